@@ -1,0 +1,60 @@
+# captioner: every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CAPTIONER := $(BIN)/captioner
+STAMP := $(VENV)/.installed
+
+CONFIG ?= configs/demo.toml
+RUN ?=
+IMAGES ?=
+CHECKPOINT ?=
+SPLIT ?= test
+BEAM ?= 3
+NPROC ?= 1
+ARGS ?=
+
+.PHONY: install test demo extract train evaluate caption bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet "pip>=23.1" "setuptools>=64" wheel
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+demo: install
+	$(BIN)/python -m pipeline demo $(ARGS)
+
+extract: install
+	$(CAPTIONER) extract --config $(CONFIG) $(ARGS)
+
+ifeq ($(NPROC),1)
+train: install
+	$(CAPTIONER) train --config $(CONFIG) $(ARGS)
+else
+train: install
+	$(BIN)/torchrun --standalone --nproc_per_node $(NPROC) -m pipeline train --config $(CONFIG) $(ARGS)
+endif
+
+evaluate: install
+	$(CAPTIONER) evaluate $(if $(RUN),$(RUN),runs/demo) --split $(SPLIT) --beam-size $(BEAM) $(ARGS)
+
+caption: install
+	@test -n "$(IMAGES)" || (echo "usage: make caption IMAGES='a.jpg b.jpg' CHECKPOINT=runs/NAME/best.pt" && exit 2)
+	$(CAPTIONER) caption $(IMAGES) --checkpoint $(if $(CHECKPOINT),$(CHECKPOINT),runs/demo/best.pt) --beam-size $(BEAM) $(ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/decode.py
+
+lint: install
+	$(BIN)/ruff check pipeline tests benchmarks
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,178 @@
+"""Stage-one speed and memory: end-to-end `extract` vs model-only forward, and peak RSS.
+
+Run standalone: `.venv/bin/python benchmarks/extract.py` (about 2-4 minutes on 2 cores).
+
+- Writes photo-like 500x375 JPEGs (gradients + blurred and fine noise, quality 90) to a temp dir.
+- For fp32 and bf16: model-only forward images/s on pre-made uint8 batches (normalisation +
+  backbone, the exact work the extractor's main loop does per batch; one warm-up batch), then
+  end-to-end extraction images/s (decode workers + forward + HDF5 writer; model build and file
+  creation excluded) with the same batch size, precision and threads, in the same process.
+- Peak RSS of an extraction of N and of 4N images, each in its own subprocess (VmHWM of the
+  main process and the largest decode worker).
+
+Prints a table, then one line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.extract.backbone import build_backbone, resolve_weights  # noqa: E402
+from pipeline.extract.extractor import (  # noqa: E402
+    ExtractJob,
+    FeatureEncoder,
+    run_extraction,
+    torch_threads,
+)
+from pipeline.extract.images import list_image_files, preprocess_image  # noqa: E402
+
+WIDTH, HEIGHT = 500, 375
+
+
+def make_photo(rng: np.random.Generator) -> Image.Image:
+    """A 500x375 RGB image with photo-like statistics: gradients, blobs and sensor noise."""
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * x + np.sin(angle) * y) / WIDTH  # (H, W)
+    coarse = rng.normal(size=(12, 16, 3)).astype(np.float32)
+    blobs = np.asarray(Image.fromarray(((coarse - coarse.min()) / np.ptp(coarse) * 255)
+                                       .astype(np.uint8)).resize((WIDTH, HEIGHT), Image.BICUBIC),
+                       dtype=np.float32)  # (H, W, 3)
+    base = rng.uniform(40, 200, size=3).astype(np.float32)
+    img = 0.5 * blobs + 0.5 * base + 60 * ramp[..., None] + rng.normal(0, 8, size=blobs.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def make_images(folder: Path, count: int, seed: int = 0) -> None:
+    """`count` JPEGs (quality 90) named 00000.jpg... in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        make_photo(rng).save(folder / f"{i:05d}.jpg", quality=90)
+
+
+def link_copies(source: Path, target: Path, copies: int) -> None:
+    """`copies` hard-linked copies of every file in `source`, in target/c0, target/c1, ..."""
+    for c in range(copies):
+        sub = target / f"c{c}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for path in sorted(source.iterdir()):
+            os.link(path, sub / path.name)
+
+
+def forward_rate(folder: Path, names: list[str], precision: str, batch_size: int) -> float:
+    """Model-only images/s: normalise + backbone on a pre-made uint8 batch, len(names) images."""
+    device = torch.device("cpu")
+    with torch_threads(device):
+        encoder = FeatureEncoder(build_backbone(resolve_weights("none"), device), device,
+                                 precision, "float16")
+        batch = torch.stack([preprocess_image(folder / n) for n in names[:batch_size]])
+        encoder.encode(batch)  # warm-up: oneDNN primitive creation
+        steps = math.ceil(len(names) / batch_size)
+        start = time.perf_counter()
+        for _ in range(steps):
+            encoder.encode(batch)  # (B, 49, 2048)
+        return steps * batch_size / (time.perf_counter() - start)
+
+
+def extract_rate(folder: Path, names: list[str], out: Path, precision: str, batch_size: int,
+                 workers: int) -> float:
+    """End-to-end images/s of run_extraction (decode, forward, HDF5 writes)."""
+    job = ExtractJob(images_root=folder, names=names, out=out, weights=resolve_weights("none"),
+                     device=torch.device("cpu"), precision=precision, dtype="float16",
+                     batch_size=batch_size, workers=workers, overwrite=True, progress=False)
+    result = run_extraction(job, log=lambda _: None)
+    return result.images_per_s
+
+
+def peak_rss_mb(folder: Path, out: Path, precision: str, batch_size: int, workers: int) -> dict:
+    """Run one extraction of every image under `folder` in a subprocess; its peak RSS in MB."""
+    cmd = [sys.executable, __file__, "--child", str(folder), str(out), precision,
+           str(batch_size), str(workers)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child(folder: str, out: str, precision: str, batch_size: int, workers: int) -> None:
+    """Subprocess body for `peak_rss_mb`: extract, then print peak RSS (MB) as JSON."""
+    names = list_image_files(folder)
+    extract_rate(Path(folder), names, Path(out), precision, batch_size, workers)
+    main_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"images": len(names), "main_mb": main_kb / 1024,
+                      "worker_mb": workers_kb / 1024}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-fp32", type=int, default=96)
+    parser.add_argument("--n-bf16", type=int, default=256)
+    parser.add_argument("--n-rss", type=int, default=64, help="N for the N vs 4N RSS runs")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        folder, out, precision, batch_size, workers = args.child
+        child(folder, out, precision, int(batch_size), int(workers))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
+        tmp = Path(tmp)
+        count = max(args.n_fp32, args.n_bf16, args.n_rss)
+        start = time.perf_counter()
+        make_images(tmp / "images", count)
+        print(f"made {count} JPEGs {WIDTH}x{HEIGHT} in {time.perf_counter() - start:.1f}s; "
+              f"{os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, "
+              f"batch {args.batch_size}, workers {args.workers}", flush=True)
+        names = list_image_files(tmp / "images")
+        rows, report = [], {}
+        for precision, n in (("fp32", args.n_fp32), ("bf16", args.n_bf16)):
+            fwd = forward_rate(tmp / "images", names[:n], precision, args.batch_size)
+            ext = extract_rate(tmp / "images", names[:n], tmp / f"{precision}.h5", precision,
+                               args.batch_size, args.workers)
+            rows.append((precision, n, fwd, ext, ext / fwd))
+            print(f"{precision}: forward {fwd:.1f} img/s, extract {ext:.1f} img/s", flush=True)
+            report[f"images_per_s_{precision}"] = round(ext, 2)
+            report[f"forward_images_per_s_{precision}"] = round(fwd, 2)
+            report[f"ratio_extract_vs_forward_{precision}"] = round(ext / fwd, 3)
+        (tmp / "rss").mkdir()
+        link_copies(tmp / "images", tmp / "rss" / "n", 1)
+        small = tmp / "rss" / "n"
+        for path in sorted((small / "c0").iterdir())[args.n_rss:]:
+            path.unlink()
+        link_copies(small / "c0", tmp / "rss" / "4n", 4)
+        rss_n = peak_rss_mb(small, tmp / "rss_n.h5", "bf16", args.batch_size, args.workers)
+        rss_4n = peak_rss_mb(tmp / "rss" / "4n", tmp / "rss_4n.h5", "bf16", args.batch_size,
+                             args.workers)
+        print(f"\n{'precision':>9} {'images':>6} {'forward/s':>10} {'extract/s':>10} {'ratio':>6}")
+        for precision, n, fwd, ext, ratio in rows:
+            print(f"{precision:>9} {n:>6} {fwd:>10.1f} {ext:>10.1f} {ratio:>6.3f}")
+        print(f"peak RSS bf16 (main / largest worker): N={rss_n['images']}: "
+              f"{rss_n['main_mb']:.0f} / {rss_n['worker_mb']:.0f} MB; 4N={rss_4n['images']}: "
+              f"{rss_4n['main_mb']:.0f} / {rss_4n['worker_mb']:.0f} MB")
+        report.update({"rss_mb_n": round(rss_n["main_mb"], 1),
+                       "rss_mb_4n": round(rss_4n["main_mb"], 1),
+                       "rss_worker_mb_n": round(rss_n["worker_mb"], 1),
+                       "rss_worker_mb_4n": round(rss_4n["worker_mb"], 1),
+                       "n_rss": rss_n["images"], "batch_size": args.batch_size,
+                       "workers": args.workers, "threads": torch.get_num_threads()})
+        print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

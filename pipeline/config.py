@@ -1,0 +1,298 @@
+"""Typed experiment configuration: TOML file -> dataclasses, `--set section.key=value` overrides.
+
+Every section is a dataclass with defaults; a TOML file sets any subset of keys. Unknown
+sections or keys, wrong types and out-of-range values end in one `UserError` naming the
+key. The resolved config is saved with every run (`save_config`) and in every checkpoint
+(`config_to_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+CAPTION_FORMATS = ("auto", "flickr30k-csv", "flickr8k-csv", "flickr8k-token", "karpathy", "coco")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FEATURE_DTYPES = ("float16", "float32")
+DEVICES = ("auto", "cpu", "cuda")
+ATTENTIONS = ("linear", "additive")
+SCHEDULERS = ("step", "plateau", "none")
+SELECTION_METRICS = ("CIDEr", "Bleu_4", "loss")
+
+
+@dataclass
+class DataConfig:
+    """Where the captions and images are, and how to split them when the file has no split."""
+
+    captions: str = ""
+    images: str = ""
+    format: str = "auto"
+    split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    split_seed: int = 0
+    subset: float = 1.0
+
+
+@dataclass
+class FeaturesConfig:
+    """Stage one: the feature file and how it is made."""
+
+    path: str = "features/features.h5"
+    weights: str = "imagenet"
+    device: str = "auto"
+    precision: str = "auto"
+    dtype: str = "float16"
+    batch_size: int = 32
+    workers: int = 2
+    in_memory: str = "auto"
+    ram_budget_gb: float = 4.0
+
+
+@dataclass
+class VocabConfig:
+    """Vocabulary built from train-split captions only."""
+
+    min_freq: int = 5
+    max_len: int = 30
+
+
+@dataclass
+class ModelConfig:
+    """The attention LSTM decoder."""
+
+    attention: str = "additive"
+    embed_dim: int = 512
+    hidden_dim: int = 512
+    attention_dim: int = 512
+    dropout: float = 0.5
+    gate: bool = True
+    doubly_stochastic: float = 1.0
+    feature_norm: bool = True
+    pretrained_embeddings: str = ""
+    freeze_embeddings: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, checkpoints and model selection."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 4e-4
+    seed: int = 0
+    out_dir: str = "runs"
+    name: str = ""
+    scheduler: str = "step"
+    step_size: int = 10
+    gamma: float = 0.5
+    plateau_patience: int = 2
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.0
+    captions_per_image: str = "all"
+    selection_metric: str = "CIDEr"
+    patience: int = 0
+    device: str = "auto"
+    amp: bool = True
+    workers: int = 2
+    val_images: int = 0
+    samples: int = 3
+
+
+@dataclass
+class EvalConfig:
+    """Decoding for validation, evaluate and caption."""
+
+    split: str = "test"
+    beam_size: int = 3
+    length_penalty: float = 0.0
+    max_len: int = 30
+    suppress_unk: bool = True
+    batch_size: int = 50
+    examples: int = 5
+
+
+@dataclass
+class Config:
+    """A whole experiment. `name` comes from the config file's stem, not from a section."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = "default"
+
+
+SECTIONS = ("data", "features", "vocab", "model", "train", "eval")
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a TOML file (or start from defaults), apply `section.key=value` overrides, validate."""
+    raw: dict = {}
+    name = "default"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+        name = path.stem
+    for item in overrides:
+        section, key, value = parse_override(item)
+        raw.setdefault(section, {})[key] = value
+    config = config_from_dict(raw)
+    config.name = name
+    return config
+
+
+def parse_override(item: str) -> tuple[str, str, object]:
+    """Split `section.key=value`; the value is read as a TOML value, else kept as a string."""
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise UserError(f"--set expects section.key=value, got {item!r}")
+    dotted, text = item.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return section, key, value
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Build and validate a Config from nested plain dicts (TOML or a checkpoint's copy)."""
+    config = Config()
+    for section, values in raw.items():
+        if section == "name":
+            config.name = str(values)
+            continue
+        if section not in SECTIONS:
+            raise UserError(f"unknown config section [{section}]; known: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise UserError(f"config [{section}] must be a table of keys")
+        target = getattr(config, section)
+        hints = typing.get_type_hints(type(target))
+        for key, value in values.items():
+            if key not in hints:
+                known = ", ".join(f.name for f in dataclasses.fields(target))
+                raise UserError(f"unknown config key {section}.{key}; known: {known}")
+            setattr(target, key, coerce(f"{section}.{key}", value, hints[key]))
+    validate(config)
+    return config
+
+
+def coerce(where: str, value: object, kind: object) -> object:
+    """Check `value` against a field type (int, float, bool, str, list[float])."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (bool, int, float)):
+            return str(value).lower() if isinstance(value, bool) else str(value)
+    elif typing.get_origin(kind) is list:
+        if isinstance(value, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            return [float(v) for v in value]
+    name = getattr(kind, "__name__", str(kind))
+    raise UserError(f"config {where} must be {name}, got {value!r}")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(f"config {message}")
+
+
+def _choice(where: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"{where} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def validate(config: Config) -> None:
+    """Range and choice checks that types alone cannot express."""
+    d, f, v, m, t, e = (config.data, config.features, config.vocab, config.model,
+                        config.train, config.eval)
+    _choice("data.format", d.format, CAPTION_FORMATS)
+    _check(len(d.split_ratios) == 3 and all(r >= 0 for r in d.split_ratios)
+           and abs(sum(d.split_ratios) - 1.0) < 1e-6,
+           f"data.split_ratios must be three non-negative numbers summing to 1; got {d.split_ratios}")
+    _check(0.0 < d.subset <= 1.0, f"data.subset must be in (0, 1]; got {d.subset}")
+    _choice("features.device", f.device, DEVICES)
+    _choice("features.precision", f.precision, PRECISIONS)
+    _choice("features.dtype", f.dtype, FEATURE_DTYPES)
+    _choice("features.in_memory", f.in_memory, ("auto", "true", "false"))
+    _check(f.batch_size >= 1, "features.batch_size must be >= 1")
+    _check(f.workers >= 0, "features.workers must be >= 0")
+    _check(f.ram_budget_gb >= 0, "features.ram_budget_gb must be >= 0")
+    _check(v.min_freq >= 1, "vocab.min_freq must be >= 1")
+    _check(v.max_len >= 2, "vocab.max_len must be >= 2")
+    _choice("model.attention", m.attention, ATTENTIONS)
+    for key in ("embed_dim", "hidden_dim", "attention_dim"):
+        _check(getattr(m, key) >= 1, f"model.{key} must be >= 1")
+    _check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1); got {m.dropout}")
+    _check(m.doubly_stochastic >= 0, "model.doubly_stochastic must be >= 0")
+    _check(t.epochs >= 1, "train.epochs must be >= 1")
+    _check(t.batch_size >= 1, "train.batch_size must be >= 1")
+    _check(t.lr > 0, "train.lr must be > 0")
+    _choice("train.scheduler", t.scheduler, SCHEDULERS)
+    _check(t.step_size >= 1, "train.step_size must be >= 1")
+    _check(0 < t.gamma <= 1, "train.gamma must be in (0, 1]")
+    _check(t.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables)")
+    _check(0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)")
+    _choice("train.captions_per_image", t.captions_per_image, ("all", "random"))
+    _choice("train.selection_metric", t.selection_metric, SELECTION_METRICS)
+    _check(t.patience >= 0, "train.patience must be >= 0 (0 disables early stopping)")
+    _choice("train.device", t.device, DEVICES)
+    _check(t.workers >= 0, "train.workers must be >= 0")
+    _check(t.val_images >= 0, "train.val_images must be >= 0 (0 = the whole split)")
+    _check("/" not in t.name and t.name not in (".", ".."), "train.name must be a plain folder name")
+    _choice("eval.split", e.split, ("train", "val", "test"))
+    _check(e.beam_size >= 1, "eval.beam_size must be >= 1")
+    _check(e.max_len >= 2, "eval.max_len must be >= 2")
+    _check(e.batch_size >= 1, "eval.batch_size must be >= 1")
+
+
+def config_to_dict(config: Config) -> dict:
+    """Nested plain dict (str/int/float/bool/list only): safe for TOML, JSON and checkpoints."""
+    out = {section: dataclasses.asdict(getattr(config, section)) for section in SECTIONS}
+    out["name"] = config.name
+    return out
+
+
+def to_toml(config: Config) -> str:
+    """Render the resolved config as TOML that `load_config` reads back unchanged."""
+    data = config_to_dict(config)
+    lines = [f"# resolved config of experiment {data.pop('name')!r}"]
+    for section, values in data.items():
+        lines.append(f"\n[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as TOML (what `train` stores as RUN/config.toml)."""
+    Path(path).write_text(to_toml(config), encoding="utf-8")

@@ -1,0 +1,107 @@
+"""`captioner demo` (`make demo`): the whole pipeline, offline, on the embedded demo data.
+
+demo-data -> extract (random-init ResNet50: nothing to download) -> train configs/demo.toml
+-> evaluate on the demo test split -> caption three test images with attention maps. It
+also scores an image-blind baseline (every test image gets the most frequent training
+caption), so the last line shows whether the model learned to look at the images:
+
+    demo: CIDEr model=<x> baseline=<y>
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from pipeline.config import Config, load_config
+from pipeline.data.demo_data import generate_demo_data
+from pipeline.errors import UserError
+from pipeline.extract.cli import extract_command
+from pipeline.infer.caption import caption_images
+from pipeline.infer.evaluate import evaluate_checkpoint
+from pipeline.infer.metrics import format_scores, score_captions
+from pipeline.train.dataset import build_split
+from pipeline.train.experiment import ExperimentData, load_experiment_data
+from pipeline.train.trainer import train
+from pipeline.train.vocab import Vocabulary
+
+CAPTIONED_IMAGES = 3
+
+
+def baseline_scores(data: ExperimentData, config: Config,
+                    vocab: Vocabulary) -> tuple[str, dict]:
+    """Score the most frequent training caption given to every test image."""
+    train_captions = data.frame.loc[data.frame["split"] == "train", "caption"]
+    caption = Counter(" ".join(vocab.decode(vocab.encode(c, config.vocab.max_len)).split())
+                      for c in train_captions).most_common(1)[0][0]
+    test = build_split(data.frame, "test", vocab, config.vocab.max_len, data.row_of)
+    keys = [str(i) for i in range(len(test.image_names))]
+    report = score_captions(dict(zip(keys, test.references, strict=True)),
+                            {key: caption for key in keys})
+    return caption, report.scores
+
+
+def step(title: str) -> None:
+    click.secho(f"\n== {title}", bold=True)
+
+
+@click.command("demo")
+@click.option("--config", "config_path", default="configs/demo.toml", show_default=True,
+              type=click.Path(dir_okay=False))
+@click.option("--images", "n_images", default=1500, show_default=True,
+              type=click.IntRange(min=20), help="Demo images to generate.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a key of the demo config; repeatable.")
+@click.pass_context
+def demo_command(ctx: click.Context, config_path, n_images, overrides):
+    """Generate demo data, extract, train, evaluate, caption; print where everything went."""
+    started = time.perf_counter()
+    config = load_config(config_path, overrides)
+    if not config.train.name:
+        config.train.name = f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    data_dir = Path(config.data.captions).parent
+    images_dir = Path(config.data.images)
+
+    step(f"1/5 demo data -> {data_dir}")
+    if Path(config.data.captions).is_file() and images_dir.is_dir():
+        click.echo(f"reusing {config.data.captions}")
+    else:
+        stats = generate_demo_data(data_dir, n_images=n_images, seed=0)
+        click.echo(f"wrote {stats['images']} images and {stats['captions']} captions")
+
+    step(f"2/5 extract -> {config.features.path}")
+    ctx.invoke(extract_command, config_path=config_path, overrides=overrides)
+
+    step(f"3/5 train -> {config.train.out_dir}/{config.train.name}")
+    run_dir = train(config)
+
+    step("4/5 evaluate on the test split")
+    result = evaluate_checkpoint(run_dir, "test", config.eval.beam_size, run_dir / "eval-test",
+                                 examples=3)
+    vocab = Vocabulary.load(run_dir / "vocab.json")
+    data = load_experiment_data(config, echo=False)
+    caption, baseline = baseline_scores(data, config, vocab)
+    click.echo(f"image-blind baseline ({caption!r} for every image):")
+    click.echo(f"  {format_scores(baseline)}")
+
+    step("5/5 caption three test images with attention maps")
+    test_names = data.frame.loc[data.frame["split"] == "test", "image"].drop_duplicates()
+    test_images = [images_dir / name for name in list(test_names)[:CAPTIONED_IMAGES]]
+    failed = caption_images(test_images, run_dir / "best.pt", config.eval.beam_size,
+                            run_dir / "attention")
+    if failed:
+        raise UserError(f"captioning failed for {len(failed)} demo images")
+
+    minutes = (time.perf_counter() - started) / 60
+    click.echo(f"\noutputs ({minutes:.1f} min in all):")
+    click.echo(f"  data          {data_dir}")
+    click.echo(f"  features      {config.features.path}")
+    click.echo(f"  run           {run_dir} (best.pt, last.pt, config.toml, metrics.jsonl)")
+    click.echo(f"  evaluation    {run_dir / 'eval-test'} (predictions.json, metrics.json)")
+    click.echo(f"  attention     {run_dir / 'attention'} (one PNG and .npy per image)")
+    model_cider = result["scores"]["CIDEr"]
+    click.echo(f"demo: CIDEr model={model_cider:.3f} baseline={baseline['CIDEr']:.3f}")

@@ -1,0 +1,207 @@
+"""Image files -> uint8 (3, 224, 224) tensors under ONE preprocessing policy (`POLICY`).
+
+The policy, in order (recorded in every feature file as the `resize` attr, so stage two and
+`caption` can refuse features made another way):
+
+1. JPEG draft mode: the decoder is asked for the smallest DCT scale (1/2, 1/4, 1/8) that keeps
+   BOTH sides >= 256 px, so the shorter side stays >= 256 and no detail the resize keeps is lost
+   (about 1.6x faster decoding of large photos). Other formats decode at full size.
+2. EXIF orientation applied (`ImageOps.exif_transpose`): the pixels are turned the way a
+   viewer shows the photo.
+3. To RGB: grayscale/1-bit/CMYK/YCbCr are converted; images with transparency (RGBA, LA, PA,
+   palette with a transparency entry, GIF) are composited on WHITE (dropping alpha would expose
+   whatever colour the encoder left under transparent pixels, often black or noise); 16-bit
+   (I;16 / I) is scaled to 8 bits as round(v / 257) (65535 -> 255, full range, no clipping);
+   animated GIF/PNG/WebP use their first frame.
+4. Too small: an image whose shorter side is < 32 px is rejected (upscaling 9x7 px to 224 px
+   makes a blur the backbone has never seen: the features would be noise, not a photo).
+5. Resize so the shorter side is 256 (torchvision `resize` on the PIL image: bilinear,
+   antialiased), centre crop 224x224, uint8 CHW tensor.
+6. Normalisation ((x / 255 - mean) / std, ImageNet mean/std) is done later on whole batches on
+   the model's device (`normalize_batch`): uint8 crosses the DataLoader, 4x less IPC than float.
+
+Pillow's decompression-bomb guard stays on and truncated files are NOT loaded: both, like a
+missing file or a file that is not an image, are per-image failures with a reason
+(`ImageError`), never a crash of the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+
+from pipeline.data.captions import unsafe_name_reason
+
+RESIZE = 256
+IMAGE_SIZE = 224
+MIN_SIDE = 32
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+POLICY = ("captioner-v1: jpeg draft (both sides >= 256); exif_transpose; RGB (alpha on white, "
+          "16-bit round(v/257), first frame); reject shorter side < 32; shorter side -> 256 "
+          "bilinear antialias; centre crop 224; uint8; (x/255 - mean)/std on the batch")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+_WHITE = (255, 255, 255)
+
+
+class ImageError(Exception):
+    """An image that cannot be used; the message is the reason shown to the user."""
+
+
+def resolve_image_path(root: str | Path, name: str) -> Path:
+    """`root / name` for a relative POSIX `name` that stays inside `root`; else ImageError."""
+    reason = unsafe_name_reason(name)
+    if reason:
+        raise ImageError(f"unsafe name ({reason}): not read")
+    return Path(root) / name
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Decode `path` into an RGB PIL image per steps 1-4 of the policy; ImageError if unusable."""
+    try:
+        with Image.open(path) as img:
+            _check_size(img.size)
+            if img.format == "JPEG":
+                img.draft("RGB", (RESIZE, RESIZE))  # DCT-scaled decode, both sides >= 256
+            img.load()
+            return to_rgb(ImageOps.exif_transpose(img))
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("missing file") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageError("cannot read the file (permission denied)") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image file (Pillow cannot identify it)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"truncated or corrupt image ({exc})") from None
+    except Exception as exc:  # any other decoder failure is this image's problem, not the run's
+        raise ImageError(f"cannot decode ({type(exc).__name__}: {exc})") from None
+
+
+def _check_size(size: tuple[int, int]) -> None:
+    if min(size) < MIN_SIDE:
+        raise ImageError(f"too small: {size[0]}x{size[1]} px (shorter side must be >= {MIN_SIDE})")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB: alpha composited on white, 16-bit scaled to 8 bits."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        wide = np.asarray(img, dtype=np.float64)  # (H, W), values 0..65535
+        eight = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(eight).convert("RGB")  # (H, W) uint8 -> mode L -> RGB
+    try:
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img.convert("RGB")
+    except ValueError:
+        raise ImageError(f"unsupported image mode {img.mode}") from None
+
+
+def crop_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> shorter side 256 (bilinear, antialias) -> centre 224 -> uint8 (3, 224, 224)."""
+    img = TF.resize(img, RESIZE, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    img = TF.center_crop(img, [IMAGE_SIZE, IMAGE_SIZE])
+    return TF.pil_to_tensor(img)  # (3, 224, 224) uint8
+
+
+def preprocess_image(path: str | Path) -> torch.Tensor:
+    """One image file -> uint8 (3, 224, 224) under `POLICY`; ImageError with a reason if unusable.
+
+    Caption-time extraction calls this (then `normalize_batch` and the backbone) to reproduce
+    a feature file's features exactly.
+    """
+    return crop_tensor(open_rgb(path))
+
+
+def normalize_batch(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """uint8 (B, 3, 224, 224) -> float32 (B, 3, 224, 224) on `device`, ImageNet-normalised,
+    channels_last (the layout the backbone runs fastest in)."""
+    x = images.to(device, non_blocking=True).float().div_(255)  # (B, 3, 224, 224) in [0, 1]
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
+
+
+def list_image_files(root: str | Path) -> list[str]:
+    """Every image file under `root` (recursive, by suffix), as sorted relative POSIX paths.
+
+    Hidden files and folders (name starting with ".") are skipped.
+    """
+    root = Path(root)
+    names = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            names.append(rel.as_posix())
+    return sorted(names)
+
+
+class ImageItem(NamedTuple):
+    """One dataset item: the feature-file row, the image or None, and why it is None."""
+
+    row: int
+    image: torch.Tensor | None  # (3, 224, 224) uint8
+    error: str
+
+
+class ImageBatch(NamedTuple):
+    """A collated batch: images that decoded, their rows, and (row, reason) for the others."""
+
+    rows: list[int]  # rows of `images`, ascending
+    images: torch.Tensor  # (K, 3, 224, 224) uint8, K = len(rows)
+    failures: list[tuple[int, str]]
+
+
+class ImageDataset(Dataset):
+    """Rows `rows` of the image list `names` (relative to `root`), decoded per `POLICY`.
+
+    `__getitem__` never raises for a bad image: it returns ImageItem(row, None, reason).
+    """
+
+    def __init__(self, root: str | Path, names: Sequence[str], rows: Sequence[int]) -> None:
+        self.root = Path(root)
+        self.names = names
+        self.rows = list(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> ImageItem:
+        row = self.rows[index]
+        try:
+            path = resolve_image_path(self.root, self.names[row])
+            return ImageItem(row, preprocess_image(path), "")
+        except ImageError as exc:
+            return ImageItem(row, None, str(exc))
+
+
+def collate_images(items: list[ImageItem]) -> ImageBatch:
+    """DataLoader collate_fn: stack the decoded images, keep the failures aside."""
+    good = [item for item in items if item.image is not None]
+    if good:
+        images = torch.stack([item.image for item in good])  # (K, 3, 224, 224) uint8
+    else:
+        images = torch.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    failures = [(item.row, item.error) for item in items if item.image is None]
+    return ImageBatch([item.row for item in good], images, failures)

@@ -1,0 +1,1 @@
+"""Decoding (greedy, batched beam), metrics, batch evaluation and captioning new images."""

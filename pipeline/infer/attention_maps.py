@@ -1,0 +1,135 @@
+"""Attention figures ("Show, Attend and Tell" Figure 11), drawn with Pillow only.
+
+`render_attention` writes one PNG grid: the first tile is the image itself (resized and centre-cropped
+to cell x cell), then one tile per generated word, showing that word's 7x7 attention map upsampled
+smoothly (bicubic) to cell x cell, normalised per word (its least-attended point maps to 0, its most
+attended to 1) and used to darken the image: a pixel keeps `DARKEST + (1 - DARKEST) * attention` of its
+brightness. Every tile has a white label band of LABEL_BAND pixels underneath with the word in it
+(the image tile's band is empty).
+
+Output size, deterministic: with n = 1 + len(words) tiles and c = min(columns, n) columns,
+    width = c * cell,  height = ceil(n / c) * (cell + LABEL_BAND).
+Images of any Pillow mode are accepted; high-bit-depth modes (I;16, I, F) are stretched from their
+own min..max to 0..255 for display, everything else goes through Image.convert("RGB").
+"""
+
+import math
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+GRID = 7  # the encoder's spatial grid: 7 x 7 = 49 attention locations
+LOCATIONS = GRID * GRID
+LABEL_BAND = 20  # pixels of label space under each tile
+DARKEST = 0.2  # brightness kept where a word's attention is lowest
+_HIGH_DEPTH_MODES = ("I", "F")  # I, I;16, I;16B, ..., F: not 8-bit per channel
+
+
+def overlay_tile(image: Image.Image, alpha_7x7: np.ndarray, cell: int = 224) -> Image.Image:
+    """One cell x cell RGB tile: the fitted image darkened where `alpha_7x7` (49 or 7x7) is low."""
+    return _shade(_fit(image, cell), alpha_7x7)
+
+
+def render_attention(
+    image: Image.Image,
+    words: list[str],
+    alphas: np.ndarray,
+    path: str | os.PathLike,
+    cell: int = 224,
+    columns: int = 5,
+) -> None:
+    """Write the PNG grid (image tile, then one attention tile per word) to `path`.
+
+    `alphas` is (T, 49) with T == len(words). Size: see the module docstring.
+    """
+    alphas = _check_alphas(alphas)  # (T, 49)
+    if alphas.shape[0] != len(words):
+        raise ValueError(f"{len(words)} words but {alphas.shape[0]} attention rows")
+    if cell < 1 or columns < 1:
+        raise ValueError(f"cell and columns must be positive, got cell={cell}, columns={columns}")
+    base = _fit(image, cell)  # (cell, cell) RGB
+    tiles = [base] + [_shade(base, row) for row in alphas]
+    labels = [""] + list(words)
+    sheet = _grid(tiles, labels, cell, min(columns, len(tiles)))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sheet.save(path, format="PNG")
+
+
+def save_attention_npy(path: str | os.PathLike, alphas: np.ndarray) -> None:
+    """Write the raw (T, 49) attention weights as float32 .npy exactly at `path`."""
+    weights = _check_alphas(alphas)  # (T, 49)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as handle:  # a file handle: np.save would append ".npy" to a bare path
+        np.save(handle, weights)
+
+
+def _check_alphas(alphas: np.ndarray) -> np.ndarray:
+    """(T, 49) finite float32 copy of `alphas`, or ValueError."""
+    weights = np.asarray(alphas, dtype=np.float32)
+    if weights.ndim != 2 or weights.shape[1] != LOCATIONS:
+        raise ValueError(f"attention must have shape (T, {LOCATIONS}), got {weights.shape}")
+    if not np.isfinite(weights).all():
+        raise ValueError("attention weights contain NaN or infinity")
+    return weights
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """An RGB version of an image of any mode (high-bit-depth modes stretched to 0..255)."""
+    if image.mode.startswith(_HIGH_DEPTH_MODES):
+        values = np.asarray(image, dtype=np.float64)  # (H, W)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        return Image.fromarray(scaled.round().astype(np.uint8), "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow wants palette transparency resolved first
+    return image.convert("RGB")
+
+
+def _fit(image: Image.Image, cell: int) -> Image.Image:
+    """The image as RGB, resized and centre-cropped to cell x cell."""
+    return ImageOps.fit(_to_rgb(image), (cell, cell), method=Image.Resampling.BICUBIC)
+
+
+def _attention_mask(alpha_7x7: np.ndarray, cell: int) -> np.ndarray:
+    """(cell, cell) float32 in [0, 1]: one word's 7x7 map, normalised and bicubically upsampled."""
+    grid = _check_alphas(np.reshape(alpha_7x7, (1, -1)))[0].reshape(GRID, GRID)  # (7, 7)
+    grid = grid - grid.min()
+    peak = float(grid.max())
+    grid = grid / peak if peak > 0 else np.ones_like(grid)  # uniform attention: nothing darkened
+    smooth = Image.fromarray(grid, "F").resize((cell, cell), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(smooth, dtype=np.float32), 0.0, 1.0)  # bicubic overshoots a little
+
+
+def _shade(tile: Image.Image, alpha_7x7: np.ndarray) -> Image.Image:
+    """Darken an RGB tile where the word's attention is low."""
+    mask = _attention_mask(alpha_7x7, tile.width)  # (cell, cell)
+    pixels = np.asarray(tile, dtype=np.float32)  # (cell, cell, 3)
+    shaded = pixels * (DARKEST + (1.0 - DARKEST) * mask)[..., None]
+    return Image.fromarray(shaded.round().astype(np.uint8), "RGB")
+
+
+def _grid(tiles: list[Image.Image], labels: list[str], cell: int, columns: int) -> Image.Image:
+    """Paste tiles row-major on a white sheet, each with its label centred in the band below."""
+    rows = math.ceil(len(tiles) / columns)
+    sheet = Image.new("RGB", (columns * cell, rows * (cell + LABEL_BAND)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for index, (tile, label) in enumerate(zip(tiles, labels, strict=True)):
+        left, top = (index % columns) * cell, (index // columns) * (cell + LABEL_BAND)
+        sheet.paste(tile, (left, top))
+        text = _fit_label(draw, font, label, cell - 4)
+        # Centre by measuring the text: anchors are not supported by Pillow's bitmap fallback font.
+        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+        origin = (left + (cell - x1 - x0) / 2, top + cell + (LABEL_BAND - y1 - y0) / 2)
+        draw.text(origin, text, fill="black", font=font)
+    return sheet
+
+
+def _fit_label(draw: ImageDraw.ImageDraw, font, label: str, width: int) -> str:
+    """The label, shortened with '..' until it fits `width` pixels."""
+    if draw.textlength(label, font=font) <= width:
+        return label
+    while label and draw.textlength(label + "..", font=font) > width:
+        label = label[:-1]
+    return label + ".."

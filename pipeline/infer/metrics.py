@@ -1,0 +1,312 @@
+"""Caption metrics computed the way coco-caption (pycocoevalcap) computes them.
+
+`score_captions` tokenises references and predictions with pycocoevalcap's PTBTokenizer, then runs
+Bleu(4), Meteor(), Rouge() and Cider() on every predicted image against ALL of its references, exactly
+like `COCOEvalCap.evaluate` (SPICE is left out: it downloads models). Scores are on pycocoevalcap's
+0-1 scale (CIDEr may exceed 1); `format_scores` shows them x100.
+
+Java matters twice: the PTB tokenizer and METEOR are both Java programs. Without a working `java`
+(none on PATH, or one that fails to start), or with `use_java=False`:
+- the tokenizer falls back to `simple_tokenize`, a pure-Python imitation of PTBTokenizer followed by
+  coco-caption's punctuation removal (lowercase, split clitics such as "'s" and "n't", drop the
+  punctuation tokens). It matches PTB on ordinary captions, but not on every rare construction, so
+  BLEU/ROUGE-L/CIDEr may shift slightly compared with a Java run; `MetricReport.tokenizer` says which
+  tokenizer was used ("ptb" or "simple");
+- METEOR is reported as None, with the reason in `MetricReport.notes`.
+A Java failure in the middle of a run never crashes scoring: it becomes a note.
+"""
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
+
+METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+BLEU_NAMES = METRIC_NAMES[:4]
+JAVA_PROBE_TIMEOUT_S = 20
+
+_DISPLAY_NAMES = {
+    "Bleu_1": "BLEU-1",
+    "Bleu_2": "BLEU-2",
+    "Bleu_3": "BLEU-3",
+    "Bleu_4": "BLEU-4",
+    "METEOR": "METEOR",
+    "ROUGE_L": "ROUGE-L",
+    "CIDEr": "CIDEr",
+}
+# PTB splits these clitics off the word before them ("dog's" -> "dog 's", "don't" -> "do n't").
+_CLITIC_NT = re.compile(r"(?<=[^\W_])n't\b")
+_CLITIC_APOSTROPHE = re.compile(r"(?<=[^\W_])'(s|re|m|ll|ve|d)\b")
+# PTB also splits "cannot" -> "can not", "gonna" -> "gon na", "wanna", "gotta".
+_SPLIT_WORDS = re.compile(r"\b(can)(not)\b|\b(gon|wan)(na)\b|\b(got)(ta)\b")
+_TOKEN = re.compile(
+    r"n't|'(?:s|re|m|ll|ve|d)\b"  # clitics, already split off above
+    r"|(?:[^\W\d_]\.){2,}"  # letter-dot abbreviations: "u.s.", "p.m."
+    r"|\b(?:mr|mrs|ms|dr|st|jr|sr|vs)\."  # common abbreviations keep their period
+    r"|\d+(?:[.,:/]\d+)+"  # numbers with separators: "3.5", "10,000", "5:30"
+    r"|[^\W_]+(?:[-/&.][^\W_]+)*"  # words, incl. "black-and-white", "and/or"
+    r"|[.?!]+|-+"  # punctuation runs: "...", "?!", "--"
+    r"|\S"  # any other single symbol: quotes, commas, "$", "%", brackets
+)
+_PTB_SYMBOLS = {
+    "(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-",
+    '"': "''", "`": "``",
+}  # fmt: skip
+
+
+class JavaFailure(RuntimeError):
+    """A Java helper of pycocoevalcap (PTB tokenizer or METEOR) could not run."""
+
+
+@dataclass
+class MetricReport:
+    """Scores of one evaluation, with notes on anything that could not be computed."""
+
+    # pycocoevalcap names -> 0-1 scale (CIDEr may exceed 1); None = unavailable
+    scores: dict[str, float | None]
+    # why something is missing, e.g. "METEOR unavailable: java not found on PATH ..."
+    notes: list[str] = field(default_factory=list)
+    # "ptb" (pycocoevalcap PTBTokenizer, needs java) or "simple" (pure-Python fallback)
+    tokenizer: str = "ptb"
+
+
+def java_available() -> bool:
+    """True when `java` is on PATH and `java -version` runs successfully."""
+    return _java_problem() is None
+
+
+def _java_problem() -> str | None:
+    """Why Java cannot be used, or None when `java -version` works."""
+    java = shutil.which("java")
+    if java is None:
+        return "java not found on PATH (install a JRE, e.g. openjdk-17-jre-headless)"
+    try:
+        probe = subprocess.run(
+            [java, "-version"], capture_output=True, timeout=JAVA_PROBE_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"java at {java} does not run ({exc})"
+    if probe.returncode != 0:
+        detail = _tail(probe.stderr.decode(errors="replace"))
+        return f"java at {java} fails (exit {probe.returncode}: {detail})"
+    return None
+
+
+def simple_tokenize(caption: str) -> str:
+    """Pure-Python stand-in for PTBTokenizer + coco-caption punctuation removal (space-joined tokens)."""
+    text = caption.replace("\n", " ").lower()
+    text = _CLITIC_APOSTROPHE.sub(r" '\1", _CLITIC_NT.sub(" n't", text))
+    text = _SPLIT_WORDS.sub(lambda match: " ".join(part for part in match.groups() if part), text)
+    tokens = (_PTB_SYMBOLS.get(token, token) for token in _TOKEN.findall(text))
+    return " ".join(token for token in tokens if token not in PUNCTUATIONS)
+
+
+def score_captions(
+    references: dict[str, list[str]],
+    predictions: dict[str, str],
+    metrics: Sequence[str] = METRIC_NAMES,
+    use_java: bool | None = None,
+) -> MetricReport:
+    """Score each prediction against all references of its image, as coco-caption does.
+
+    `references` and `predictions` must have exactly the same keys (else ValueError). `use_java`:
+    None = use Java when `java_available()`, False = never (simple tokenizer, no METEOR), True = try
+    Java even if the probe fails (failures still become notes).
+    """
+    _check_inputs(references, predictions, metrics)
+    notes: list[str] = []
+    java_problem = _java_problem() if use_java is None else None
+    if use_java is False:
+        java_problem = "Java disabled by the caller (use_java=False)"
+    refs_tok, preds_tok, tokenizer = _tokenize(references, predictions, java_problem, notes)
+    if tokenizer == "simple" and java_problem is None:
+        java_problem = "the PTB tokenizer (java) failed"
+    gts = refs_tok  # {id: [tokenized reference, ...]}
+    res = {key: [preds_tok[key][0]] for key in gts}  # {id: [tokenized prediction]}
+    scores: dict[str, float | None] = {}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints progress and BLEU stats
+        if any(name in metrics for name in BLEU_NAMES):
+            bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+            scores.update(zip(BLEU_NAMES, (float(value) for value in bleu), strict=True))
+        if "METEOR" in metrics:
+            scores["METEOR"] = _meteor(gts, res, java_problem, notes)
+        if "ROUGE_L" in metrics:
+            scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+        if "CIDEr" in metrics:
+            scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    ordered = {name: scores[name] for name in METRIC_NAMES if name in metrics}
+    return MetricReport(scores=ordered, notes=notes, tokenizer=tokenizer)
+
+
+def format_scores(scores: dict[str, float | None]) -> str:
+    """One-line summary such as 'BLEU-1 66.7  BLEU-4 19.1  METEOR n/a  CIDEr 40.2 (scores x100)'."""
+    parts = []
+    for name, value in scores.items():
+        label = _DISPLAY_NAMES.get(name, name)
+        parts.append(f"{label} {'n/a' if value is None else f'{100 * value:.1f}'}")
+    return "  ".join(parts) + " (scores ×100)"
+
+
+def _check_inputs(
+    references: dict[str, list[str]], predictions: dict[str, str], metrics: Sequence[str]
+) -> None:
+    """Raise ValueError unless both dicts cover exactly the same images and all inputs are usable."""
+    unknown = [name for name in metrics if name not in METRIC_NAMES]
+    if unknown or not metrics:
+        raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(METRIC_NAMES)}")
+    if not predictions:
+        raise ValueError("no predictions to score")
+    missing_refs = [key for key in predictions if key not in references]
+    missing_preds = [key for key in references if key not in predictions]
+    if missing_refs or missing_preds:
+        raise ValueError(
+            f"references and predictions must cover the same images: {len(missing_refs)} "
+            f"prediction(s) without references (first: {_first(missing_refs)}), {len(missing_preds)} "
+            f"reference set(s) without a prediction (first: {_first(missing_preds)})"
+        )
+    empty = [key for key, refs in references.items() if not refs]
+    if empty:
+        raise ValueError(
+            f"{len(empty)} image(s) without reference captions (first: {_first(empty)})"
+        )
+    bad = [key for key, text in predictions.items() if not isinstance(text, str)]
+    bad += [key for key, refs in references.items() if not _is_caption_list(refs)]
+    if bad:
+        raise ValueError(f"captions must be strings and references lists of strings: {_first(bad)}")
+
+
+def _is_caption_list(refs) -> bool:
+    """True for a list/tuple of strings."""
+    return isinstance(refs, list | tuple) and all(isinstance(text, str) for text in refs)
+
+
+def _first(keys: list, count: int = 5) -> str:
+    """The first few keys, for error messages."""
+    return ", ".join(repr(key) for key in keys[:count]) or "none"
+
+
+def _tokenize(
+    references: dict[str, list[str]],
+    predictions: dict[str, str],
+    java_problem: str | None,
+    notes: list[str],
+) -> tuple[dict[str, list[str]], dict[str, list[str]], str]:
+    """Tokenize both sides with PTB when Java works, else with `simple_tokenize` (and a note)."""
+    if java_problem is None:
+        try:
+            return *_ptb_tokenize(references, predictions), "ptb"
+        except JavaFailure as exc:
+            java_problem = str(exc)
+    notes.append(f"PTB tokenizer unavailable ({java_problem}): used the simple Python tokenizer")
+    refs = {key: [simple_tokenize(text) for text in texts] for key, texts in references.items()}
+    preds = {key: [simple_tokenize(text)] for key, text in predictions.items()}
+    return refs, preds, "simple"
+
+
+def _ptb_tokenize(
+    references: dict[str, list[str]], predictions: dict[str, str]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Run pycocoevalcap's PTBTokenizer once over references and predictions; JavaFailure if it breaks."""
+    # One Java start for both sides; PTB tokenizes line by line, so results equal two separate calls.
+    batch = {("ref", key): [{"caption": c} for c in texts] for key, texts in references.items()}
+    batch |= {("pred", key): [{"caption": text}] for key, text in predictions.items()}
+    with _captured_stderr() as stderr:  # java prints "PTBTokenizer tokenized N tokens ..." to fd 2
+        try:
+            tokenized = PTBTokenizer().tokenize(batch)
+        except OSError as exc:
+            raise JavaFailure(f"PTB tokenizer could not start java: {exc}") from exc
+        if any(len(tokenized.get(key, ())) != len(batch[key]) for key in batch):
+            raise JavaFailure(f"PTB tokenizer returned incomplete output ({_tail(stderr())})")
+    refs = {key: tokenized[("ref", key)] for key in references}
+    preds = {key: tokenized[("pred", key)] for key in predictions}
+    return refs, preds
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator:
+    """Send file descriptor 2 (where child processes write) to a temp file; yields a reader for it."""
+    with tempfile.TemporaryFile() as sink:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no usable stderr: nothing to silence
+            yield lambda: ""
+            return
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: _read_all(sink)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _read_all(sink) -> str:
+    """Everything written so far to a temp file."""
+    sink.seek(0)
+    return sink.read().decode(errors="replace")
+
+
+def _tail(text: str) -> str:
+    """Last non-empty line of a child's stderr, for notes."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no error output"
+
+
+class _ClosableMeteor(Meteor):
+    """pycocoevalcap's Meteor with a close() that cannot deadlock and always reaps the java child.
+
+    Meteor.__del__ takes a lock that compute_score leaves held when it fails half-way; this close()
+    kills and waits the process without the lock, closes its pipes, and is safe to call twice.
+    """
+
+    def close(self) -> str:
+        """Kill and reap the java process, close its pipes; returns what it wrote to stderr."""
+        process = getattr(self, "meteor_p", None)  # absent when Popen itself failed
+        if process is None or process.stdin.closed:
+            return ""
+        process.kill()
+        process.wait()
+        errors = ""
+        with contextlib.suppress(OSError, ValueError):
+            errors = process.stderr.read().decode(errors="replace")  # EOF: the process is dead
+        for stream in (process.stdin, process.stdout, process.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
+        return errors
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _meteor(
+    gts: dict[str, list[str]],
+    res: dict[str, list[str]],
+    java_problem: str | None,
+    notes: list[str],
+) -> float | None:
+    """METEOR via pycocoevalcap's java scorer, or None (with a note) when Java is unusable."""
+    if java_problem is not None:
+        notes.append(f"METEOR unavailable: {java_problem}")
+        return None
+    meteor = None
+    try:
+        meteor = _ClosableMeteor()
+        score, _ = meteor.compute_score(gts, res)
+        return float(score)
+    except (OSError, ValueError) as exc:  # no java / broken pipe / unparsable output of a dead java
+        detail = _tail(meteor.close()) if meteor is not None else "java did not start"
+        notes.append(f"METEOR unavailable: java failed ({type(exc).__name__}: {exc}; {detail})")
+        return None
+    finally:
+        if meteor is not None:
+            meteor.close()

@@ -1,0 +1,1 @@
+"""Stage two: splits, vocabulary, cached-feature loading, the attention LSTM decoder, training."""

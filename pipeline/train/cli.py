@@ -1,0 +1,29 @@
+"""`captioner train`: train the decoder from the feature cache (or resume a run)."""
+
+from pathlib import Path
+
+import click
+
+from pipeline.config import load_config
+from pipeline.errors import UserError
+
+
+@click.command("train")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML experiment file (configs/*.toml).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a config key; repeatable.")
+@click.option("--resume", "resume", type=click.Path(file_okay=False),
+              help="Continue the run in this folder from its last.pt.")
+def train_command(config_path, overrides, resume):
+    """Train the attention LSTM decoder from cached ResNet50 grids (never the images)."""
+    from pipeline.train.trainer import train
+
+    if resume:
+        if not (Path(resume) / "last.pt").is_file():
+            raise UserError(f"nothing to resume: {resume} holds no last.pt")
+        train(None, resume=resume, overrides=tuple(overrides))
+        return
+    if not config_path:
+        raise UserError("train needs --config FILE (or --resume RUN_DIR)")
+    train(load_config(config_path, overrides))

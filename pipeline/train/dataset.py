@@ -1,0 +1,199 @@
+"""Stage two's input: captions joined to rows of the HDF5 feature cache, batched by image.
+
+The feature file is opened lazily in whichever process reads it (never before a
+DataLoader worker forks), read one image per call (scattered fancy indexing is ~80x
+slower), or held in RAM once when it fits the configured budget.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import click
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import contract
+from pipeline.errors import UserError
+from pipeline.train.vocab import Vocabulary
+
+
+@dataclass
+class SplitData:
+    """One split's images (as feature rows) and its encoded captions."""
+
+    image_names: list[str]          # (n_images,) relative paths, table order
+    image_ids: list[str]            # (n_images,) ids for predictions.json
+    image_rows: np.ndarray          # (n_images,) int64 row in the feature file
+    captions_of_image: list[np.ndarray]  # per image: indices into `tokens`
+    caption_image: np.ndarray       # (n_captions,) image position of each caption
+    tokens: list[np.ndarray]        # per caption: int64 ids, <sos> ... <eos>
+    references: list[list[str]]     # per image: its raw reference captions
+
+    @property
+    def num_captions(self) -> int:
+        return len(self.tokens)
+
+
+def filter_to_cache(frame: pd.DataFrame, row_of: dict[str, int],
+                    failed: dict[str, str]) -> pd.DataFrame:
+    """Drop captions whose image is not in the cache or failed extraction (one warning line)."""
+    usable = frame["image"].map(lambda name: name in row_of and name not in failed)
+    dropped = int((~usable).sum())
+    if dropped:
+        images = frame.loc[~usable, "image"].nunique()
+        click.echo(f"warning: dropped {dropped} captions of {images} images that are missing "
+                   "from the feature file or failed extraction", err=True)
+    kept = frame[usable]
+    if kept.empty:
+        raise UserError("no caption has an image in the feature file: is features.path the "
+                        "file extracted from these captions (data.captions)?")
+    return kept.reset_index(drop=True)
+
+
+def build_split(frame: pd.DataFrame, split: str, vocab: Vocabulary, max_len: int,
+                row_of: dict[str, int]) -> SplitData:
+    """Encode the captions of `split`, grouped by image in first-appearance order."""
+    part = frame[frame["split"] == split]
+    names = list(dict.fromkeys(part["image"]))
+    position = {name: i for i, name in enumerate(names)}
+    groups: list[list[int]] = [[] for _ in names]
+    references: list[list[str]] = [[] for _ in names]
+    image_ids = [""] * len(names)
+    tokens, owners = [], []
+    for image, caption, image_id in zip(part["image"], part["caption"], part["image_id"],
+                                        strict=True):
+        i = position[image]
+        groups[i].append(len(tokens))
+        references[i].append(caption)
+        image_ids[i] = str(image_id)
+        owners.append(i)
+        tokens.append(np.asarray(vocab.encode(caption, max_len), dtype=np.int64))
+    return SplitData(
+        image_names=names,
+        image_ids=image_ids,
+        image_rows=np.asarray([row_of[n] for n in names], dtype=np.int64),
+        captions_of_image=[np.asarray(g, dtype=np.int64) for g in groups],
+        caption_image=np.asarray(owners, dtype=np.int64),
+        tokens=tokens,
+        references=references,
+    )
+
+
+class FeatureStore:
+    """Reads (n, 49, 2048) grids by row; opens the HDF5 file lazily in each process."""
+
+    def __init__(self, path: str, in_memory: bool = False):
+        self.path = str(path)
+        self.in_memory = in_memory
+        self._file = None
+        self._pid = None
+        self._array: np.ndarray | None = None
+        with contract.open_h5(self.path) as f:
+            self.dtype = f[contract.FEATURES].dtype
+            if in_memory:
+                self._array = f[contract.FEATURES][:]  # (N, 49, 2048)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"] = None  # an h5py handle must never cross a fork or a pickle
+        state["_pid"] = None
+        return state
+
+    def _dataset(self):
+        if self._file is None or self._pid != os.getpid():
+            self._file = contract.open_h5(self.path)
+            self._pid = os.getpid()
+        return self._file[contract.FEATURES]
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Grids of `rows` in the given order: (len(rows), 49, 2048) in the file's dtype.
+
+        Streamed reads go one image per call, front to back through the file.
+        """
+        if self._array is not None:
+            return self._array[rows]
+        dataset = self._dataset()
+        out = np.empty((len(rows), contract.REGIONS, contract.CHANNELS), dtype=self.dtype)
+        for i in np.argsort(rows, kind="stable"):
+            row = int(rows[i])
+            dataset.read_direct(out, np.s_[row:row + 1], np.s_[i:i + 1])
+        return out
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def cache_fits_in_memory(path: str, budget_gb: float) -> bool:
+    """Whether the whole `features` dataset fits in `budget_gb` of RAM."""
+    with contract.open_h5(path) as f:
+        ds = f[contract.FEATURES]
+        return ds.size * ds.dtype.itemsize <= budget_gb * 1024**3
+
+
+def plan_epoch(split: SplitData, batch_size: int, mode: str,
+               rng: np.random.Generator | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Batches of (image positions, caption indices); `rng=None` keeps table order.
+
+    mode "all": every caption once; a batch holds whole images (all their captions), about
+    `batch_size` captions, so each grid is read once per batch. mode "random": one random
+    caption per image (the seed report's epoch), `batch_size` images per batch.
+    """
+    order = np.arange(len(split.image_names)) if rng is None else rng.permutation(
+        len(split.image_names))
+    batches = []
+    if mode == "random":
+        for start in range(0, len(order), batch_size):
+            images = order[start:start + batch_size]
+            picks = [split.captions_of_image[i][0 if rng is None else
+                                               rng.integers(len(split.captions_of_image[i]))]
+                     for i in images]
+            batches.append((images, np.asarray(picks, dtype=np.int64)))
+        return batches
+    images: list[int] = []
+    captions: list[np.ndarray] = []
+    count = 0
+    for i in order:
+        images.append(int(i))
+        captions.append(split.captions_of_image[i])
+        count += len(split.captions_of_image[i])
+        if count >= batch_size:
+            batches.append((np.asarray(images), np.concatenate(captions)))
+            images, captions, count = [], [], 0
+    if images:
+        batches.append((np.asarray(images), np.concatenate(captions)))
+    return batches
+
+
+class CaptionBatches(torch.utils.data.Dataset):
+    """Map-style dataset whose keys are whole batches from `plan_epoch`."""
+
+    def __init__(self, store: FeatureStore, split: SplitData, pad_index: int = 0):
+        self.store = store
+        self.split = split
+        self.pad_index = pad_index
+
+    def __len__(self) -> int:
+        return len(self.split.image_names)
+
+    def __getitem__(self, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, torch.Tensor]:
+        images, caption_indices = batch
+        features = self.store.read(self.split.image_rows[images])  # (n_img, 49, 2048)
+        position = np.full(len(self.split.image_names), -1, dtype=np.int64)
+        position[images] = np.arange(len(images))
+        image_of_caption = position[self.split.caption_image[caption_indices]]  # (B,)
+        seqs = [self.split.tokens[c] for c in caption_indices]
+        lengths = np.asarray([len(s) for s in seqs], dtype=np.int64)
+        padded = np.full((len(seqs), lengths.max()), self.pad_index, dtype=np.int64)
+        for k, seq in enumerate(seqs):
+            padded[k, :len(seq)] = seq
+        return {
+            "features": torch.from_numpy(features),        # (n_img, 49, 2048)
+            "image_index": torch.from_numpy(image_of_caption),  # (B,)
+            "captions": torch.from_numpy(padded),          # (B, T)
+            "lengths": torch.from_numpy(lengths),          # (B,)
+        }

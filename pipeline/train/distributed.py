@@ -1,0 +1,118 @@
+"""torchrun support: one process per GPU (or CPU rank) with DistributedDataParallel.
+
+Plain `captioner train` never touches torch.distributed. Under torchrun (RANK, WORLD_SIZE
+and LOCAL_RANK set) each rank takes every world_size-th batch of the epoch's seeded plan
+(the same plan on every rank: a distributed sampler reseeded each epoch), gradients are
+all-reduced by DDP, and only rank 0 prints, logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job; world_size 1 and enabled False without torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    enabled: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    """Whether torchrun (or another launcher using its variables) started this process."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def setup() -> DistInfo:
+    """Join the process group when launched by torchrun: nccl on CUDA, gloo on CPU."""
+    if not launched_by_torchrun():
+        return DistInfo()
+    if not torch_dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch_dist.init_process_group(backend=backend)
+    return DistInfo(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size(),
+                    local_rank=int(os.environ["LOCAL_RANK"]), enabled=True)
+
+
+def teardown(dist: DistInfo) -> None:
+    """Leave the process group (no-op without torchrun)."""
+    if dist.enabled and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def device_for(dist: DistInfo, device: torch.device) -> torch.device:
+    """On CUDA each rank uses the GPU of its LOCAL_RANK."""
+    if dist.enabled and device.type == "cuda":
+        torch.cuda.set_device(dist.local_rank)
+        return torch.device("cuda", dist.local_rank)
+    return device
+
+
+def wrap_model(model: torch.nn.Module, dist: DistInfo, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around the model when distributed."""
+    if not dist.enabled:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside a DDP wrapper (for decoding and checkpoints)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def shard_plan(plan: list, dist: DistInfo) -> list:
+    """This rank's batches: every world_size-th one, padded so all ranks take equal steps."""
+    if not dist.enabled or dist.world_size == 1:
+        return plan
+    per_rank = -(-len(plan) // dist.world_size)
+    padded = plan + plan[: per_rank * dist.world_size - len(plan)]
+    return padded[dist.rank::dist.world_size]
+
+
+def shard_indices(count: int, dist: DistInfo) -> np.ndarray:
+    """Positions 0..count-1 that this rank handles (validation decoding)."""
+    return np.arange(dist.rank, count, dist.world_size)
+
+
+def sum_pair(a: float, b: int, dist: DistInfo, device: torch.device) -> tuple[float, int]:
+    """All-reduce a (loss sum, token count) pair."""
+    if not dist.enabled:
+        return a, b
+    tensor = torch.tensor([a, float(b)], dtype=torch.float64, device=device)
+    torch_dist.all_reduce(tensor)
+    return float(tensor[0]), int(tensor[1])
+
+
+def broadcast_float(value: float, dist: DistInfo, device: torch.device) -> float:
+    """Rank 0's value on every rank (the selection metric, for early stopping)."""
+    if not dist.enabled:
+        return value
+    tensor = torch.tensor([value if value is not None else 0.0], dtype=torch.float64,
+                          device=device)
+    torch_dist.broadcast(tensor, src=0)
+    return float(tensor[0])
+
+
+def gather_captions(part: dict[int, str], dist: DistInfo) -> dict[int, str]:
+    """Merge every rank's {position: caption} (all ranks receive the union)."""
+    if not dist.enabled:
+        return part
+    parts: list = [None] * dist.world_size
+    torch_dist.all_gather_object(parts, part)
+    merged: dict[int, str] = {}
+    for item in parts:
+        merged.update(item)
+    return merged

@@ -1,0 +1,420 @@
+"""Training from the HDF5 cache: epochs, validation, metrics log, checkpoints, resume.
+
+Determinism: each epoch reseeds torch and the batch planner from (train.seed, epoch), so a
+run resumed at an epoch boundary logs exactly what a straight run logs (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.config import Config, config_from_dict, config_to_dict, parse_override, save_config
+from pipeline.errors import UserError
+from pipeline.infer.generate import decode_rows
+from pipeline.infer.metrics import score_captions
+from pipeline.train import distributed
+from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.train.dataset import (
+    CaptionBatches,
+    FeatureStore,
+    SplitData,
+    build_split,
+    plan_epoch,
+)
+from pipeline.train.experiment import ExperimentData, load_experiment_data, resolve_device
+from pipeline.train.model import CaptionDecoder, caption_loss, load_word_vectors
+from pipeline.train.vocab import Vocabulary, build_vocabulary
+
+
+@dataclass
+class RunState:
+    """What changes from epoch to epoch and must survive a resume."""
+
+    epoch: int = 0                      # completed epochs
+    step: int = 0                       # optimizer steps so far
+    best_value: float | None = None
+    best_epoch: int = -1
+    epochs_since_best: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Trainer:
+    """The pieces of one training run, built by `build_trainer`."""
+
+    config: Config
+    run_dir: Path
+    device: torch.device
+    data: ExperimentData
+    vocab: Vocabulary
+    train_split: SplitData
+    val_split: SplitData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    state: RunState
+    dist: distributed.DistInfo
+
+
+def train(config: Config, resume: str | Path | None = None,
+          overrides: tuple[str, ...] = ()) -> Path:
+    """Train (or resume) a run; returns the run folder. Prints progress as it goes."""
+    dist = distributed.setup()
+    try:
+        trainer = build_trainer(config, resume, overrides, dist)
+        run_epochs(trainer)
+        return trainer.run_dir
+    finally:
+        distributed.teardown(dist)
+
+
+def build_trainer(config: Config, resume, overrides, dist) -> Trainer:
+    """Resolve config, data, vocabulary, model and optimizer (from a checkpoint if resuming)."""
+    checkpoint = None
+    if resume is not None:
+        checkpoint = load_checkpoint(Path(resume) / "last.pt")
+        config = resumed_config(checkpoint["config"], overrides)
+        run_dir = Path(resume)
+    else:
+        run_dir = Path(config.train.out_dir) / (config.train.name or default_run_name(config))
+    device = distributed.device_for(dist, resolve_device(config.train.device))
+    echo = dist.is_main
+    data = load_experiment_data(config, checkpoint["features"] if checkpoint else None, echo)
+    if checkpoint:
+        vocab = Vocabulary(checkpoint["vocab"])
+    else:
+        vocab = make_vocabulary(data, config, echo)
+    train_split = build_split(data.frame, "train", vocab, config.vocab.max_len, data.row_of)
+    val_split = build_split(data.frame, "val", vocab, config.vocab.max_len, data.row_of)
+    if not train_split.tokens or not val_split.tokens:
+        raise UserError("the train and val splits both need images: check data.split_ratios")
+    torch.manual_seed(config.train.seed)  # the initial weights
+    model = build_model(config, vocab, echo).to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=config.train.lr)
+    scheduler = build_scheduler(config, optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_enabled(config, device))
+    state = RunState()
+    if checkpoint:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = RunState(**checkpoint["state"])
+        if echo:
+            click.echo(f"resuming {run_dir} after epoch {state.epoch} "
+                       f"(until epoch {config.train.epochs})")
+    elif dist.is_main:
+        prepare_run_dir(run_dir, config, vocab)
+    model = distributed.wrap_model(model, dist, device)
+    return Trainer(config, run_dir, device, data, vocab, train_split, val_split, model,
+                   optimizer, scheduler, scaler, state, dist)
+
+
+def resumed_config(saved: dict, overrides: tuple[str, ...]) -> Config:
+    """The checkpoint's config with `--set` overrides applied (e.g. train.epochs=N)."""
+    for item in overrides:
+        section, key, value = parse_override(item)
+        saved.setdefault(section, {})[key] = value
+    return config_from_dict(saved)
+
+
+def default_run_name(config: Config) -> str:
+    """`<config name>-<timestamp>`, a new folder per run."""
+    return f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(run_dir: Path, config: Config, vocab: Vocabulary) -> None:
+    """Create a fresh run folder with config.toml and vocab.json; refuse to reuse one."""
+    if (run_dir / "last.pt").exists():
+        raise UserError(f"{run_dir} already holds a run: resume it with "
+                        f"`captioner train --resume {run_dir}` or choose another train.name")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create run folder {run_dir}: {exc.strerror}") from None
+    save_config(config, run_dir / "config.toml")
+    vocab.save(run_dir / "vocab.json")
+    (run_dir / "metrics.jsonl").write_text("")
+
+
+def make_vocabulary(data: ExperimentData, config: Config, echo: bool) -> Vocabulary:
+    """Vocabulary from the train split's captions; prints size and the 10 most frequent words."""
+    train_captions = data.frame.loc[data.frame["split"] == "train", "caption"]
+    vocab, counts = build_vocabulary(train_captions, config.vocab.min_freq)
+    if echo:
+        top = ", ".join(f"{w} ({c})" for w, c in counts.most_common(10))
+        click.echo(f"vocabulary: {len(vocab)} tokens (min_freq {config.vocab.min_freq}, "
+                   f"{len(counts)} distinct train words); most frequent: {top}")
+    return vocab
+
+
+def build_model(config: Config, vocab: Vocabulary, echo: bool) -> CaptionDecoder:
+    """The decoder, with pretrained word vectors if configured; prints parameter counts."""
+    vectors = None
+    if config.model.pretrained_embeddings:
+        vectors, coverage = load_word_vectors(config.model.pretrained_embeddings, vocab.itos,
+                                              config.model.embed_dim)
+        if echo:
+            click.echo(f"embeddings: {config.model.pretrained_embeddings} covers "
+                       f"{coverage:.1%} of the vocabulary"
+                       f"{' (frozen)' if config.model.freeze_embeddings else ''}")
+    model = CaptionDecoder(len(vocab), config.model, pad_index=vocab.pad,
+                           pretrained_embeddings=vectors)
+    if echo:
+        total, trainable = model.parameter_counts()
+        click.echo(f"decoder ({config.model.attention} attention): {total / 1e6:.2f} M parameters, "
+                   f"{trainable / 1e6:.2f} M trainable. No CNN here: ResNet50 ran once in "
+                   "`extract` and its grids come from the feature file.")
+    return model
+
+
+def build_scheduler(config: Config, optimizer: torch.optim.Optimizer):
+    """StepLR, ReduceLROnPlateau (on the selection metric) or a constant rate."""
+    t = config.train
+    if t.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, t.step_size, t.gamma)
+    if t.scheduler == "plateau":
+        mode = "min" if t.selection_metric == "loss" else "max"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=t.gamma,
+                                                          patience=t.plateau_patience)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def amp_enabled(config: Config, device: torch.device) -> bool:
+    """Mixed precision only on CUDA (CPU training stays fp32 and deterministic)."""
+    return config.train.amp and device.type == "cuda"
+
+
+def seed_epoch(seed: int, epoch: int) -> np.random.Generator:
+    """Reseed torch for `epoch` and return the batch planner's generator."""
+    torch.manual_seed(seed * 100_003 + epoch)
+    return np.random.default_rng([seed, epoch])
+
+
+def make_loader(store: FeatureStore, split: SplitData, plan: list, pad: int, workers: int,
+                device: torch.device) -> torch.utils.data.DataLoader:
+    """Batches of `plan`; workers read HDF5 lazily (none when the cache is in memory)."""
+    return torch.utils.data.DataLoader(
+        CaptionBatches(store, split, pad), batch_size=None, sampler=plan,
+        num_workers=0 if store.in_memory else workers, pin_memory=device.type == "cuda")
+
+
+def batch_loss(model: torch.nn.Module, batch: dict, config: Config, pad: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(total loss, cross-entropy, target tokens) of one batch, computed on `device`."""
+    features = batch["features"].to(device, non_blocking=True)   # (n_img, 49, 2048)
+    image_index = batch["image_index"].to(device, non_blocking=True)  # (B,)
+    captions = batch["captions"].to(device, non_blocking=True)   # (B, T)
+    lengths = batch["lengths"].to(device, non_blocking=True)     # (B,)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=amp_enabled(config, device)):
+        logits, alphas = model(features, image_index, captions, lengths)  # (B, T-1, V), (B, T-1, 49)
+    total, cross_entropy = caption_loss(
+        logits.float(), captions[:, 1:], alphas.float(), lengths, pad,
+        config.model.doubly_stochastic, config.train.label_smoothing)
+    return total, cross_entropy, int((lengths - 1).sum())
+
+
+def split_loss(model: torch.nn.Module, store: FeatureStore, split: SplitData, config: Config,
+               pad: int, device: torch.device, dist: distributed.DistInfo | None = None) -> float:
+    """Mean per-token cross-entropy of a split, teacher forced, without gradients.
+
+    Under torchrun each rank takes every world_size-th batch and the sums are all-reduced.
+    """
+    dist = dist or distributed.DistInfo()
+    model.eval()
+    plan = plan_epoch(split, config.train.batch_size, "all", None)[dist.rank::dist.world_size]
+    loss_sum, tokens = 0.0, 0
+    with torch.inference_mode():
+        for batch in make_loader(store, split, plan, pad, config.train.workers, device):
+            _, cross_entropy, n_tokens = batch_loss(model, batch, config, pad, device)
+            loss_sum += float(cross_entropy) * n_tokens
+            tokens += n_tokens
+    loss_sum, tokens = distributed.sum_pair(loss_sum, tokens, dist, device)
+    return loss_sum / max(tokens, 1)
+
+
+def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
+    """One pass over the train split; returns mean loss and tokens/s."""
+    config = trainer.config.train
+    rng = seed_epoch(config.seed, epoch)
+    plan = distributed.shard_plan(plan_epoch(trainer.train_split, config.batch_size,
+                                             config.captions_per_image, rng), trainer.dist)
+    trainer.model.train()
+    loss_sum, tokens, started = 0.0, 0, time.perf_counter()
+    loader = make_loader(trainer.data.store, trainer.train_split, plan, trainer.vocab.pad,
+                         config.workers, trainer.device)
+    bar = tqdm(loader, total=len(plan),
+               desc=f"epoch {epoch + 1}/{config.epochs}",
+               disable=None if trainer.dist.is_main else True,
+               mininterval=1.0, leave=False)
+    for batch in bar:
+        total, cross_entropy, n_tokens = batch_loss(trainer.model, batch, trainer.config,
+                                                    trainer.vocab.pad, trainer.device)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.scaler.scale(total).backward()
+        if config.grad_clip > 0:
+            trainer.scaler.unscale_(trainer.optimizer)
+            torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), config.grad_clip)
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        trainer.state.step += 1
+        loss_sum += float(cross_entropy.detach()) * n_tokens
+        tokens += n_tokens
+        bar.set_postfix(loss=f"{loss_sum / tokens:.3f}",
+                        tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
+    loss_sum, tokens = distributed.sum_pair(loss_sum, tokens, trainer.dist, trainer.device)
+    seconds = time.perf_counter() - started
+    return {"train_loss": loss_sum / max(tokens, 1), "tokens_per_s": tokens / seconds,
+            "epoch_seconds": seconds}
+
+
+def validation_scores(trainer: Trainer) -> tuple[dict, list[tuple[str, str, list[str]]]]:
+    """Greedy-decoded BLEU-4 and CIDEr on val (train.val_images caps it); a few samples."""
+    split = trainer.val_split
+    count = len(split.image_names)
+    if trainer.config.train.val_images:
+        count = min(count, trainer.config.train.val_images)
+    positions = distributed.shard_indices(count, trainer.dist)
+    model = distributed.unwrap(trainer.model)
+    decoded = decode_rows(model, trainer.data.store, split.image_rows[positions],
+                          trainer.vocab, trainer.config.eval, 1, trainer.device)
+    captions = distributed.gather_captions(
+        {int(p): trainer.vocab.decode(d.tokens) for p, d in zip(positions, decoded, strict=True)},
+        trainer.dist)
+    if not trainer.dist.is_main:
+        return {}, []
+    predictions = {str(p): captions[p] for p in range(count)}
+    references = {str(p): split.references[p] for p in range(count)}
+    report = score_captions(references, predictions, metrics=("Bleu_4", "CIDEr"))
+    samples = [(split.image_names[p], captions[p], split.references[p])
+               for p in range(min(trainer.config.train.samples, count))]
+    return {"Bleu_4": report.scores["Bleu_4"], "CIDEr": report.scores["CIDEr"]}, samples
+
+
+def is_better(config: Config, value: float, best: float | None) -> bool:
+    """Higher is better for CIDEr/BLEU-4, lower for loss."""
+    if best is None:
+        return True
+    return value < best if config.train.selection_metric == "loss" else value > best
+
+
+def run_epochs(trainer: Trainer) -> None:
+    """Epoch loop with validation, logging, checkpoints and early stopping."""
+    config, state = trainer.config, trainer.state
+    if trainer.dist.is_main:
+        truncate_metrics(trainer.run_dir / "metrics.jsonl", state.epoch)
+    if state.epoch >= config.train.epochs:
+        click.echo(f"{trainer.run_dir} has already trained {state.epoch} epochs; "
+                   "extend it with --set train.epochs=N")
+    while state.epoch < config.train.epochs:
+        epoch = state.epoch
+        record = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"]}
+        record.update(train_one_epoch(trainer, epoch))
+        record["val_loss"] = split_loss(distributed.unwrap(trainer.model), trainer.data.store,
+                                        trainer.val_split, config, trainer.vocab.pad,
+                                        trainer.device, trainer.dist)
+        scores, samples = validation_scores(trainer)
+        record.update(scores)
+        value = distributed.broadcast_float(
+            record["val_loss"] if config.train.selection_metric == "loss"
+            else record.get(config.train.selection_metric, 0.0), trainer.dist, trainer.device)
+        step_scheduler(trainer, value)
+        state.epoch += 1
+        improved = is_better(config, value, state.best_value)
+        if improved:
+            state.best_value, state.best_epoch, state.epochs_since_best = value, epoch + 1, 0
+        else:
+            state.epochs_since_best += 1
+        state.history.append({k: v for k, v in record.items() if isinstance(v, (int, float))})
+        if trainer.dist.is_main:
+            report_epoch(trainer, record, samples, improved)
+            save_run_checkpoints(trainer, improved)
+        if config.train.patience and state.epochs_since_best >= config.train.patience:
+            if trainer.dist.is_main:
+                click.echo(f"early stopping: no {config.train.selection_metric} improvement "
+                           f"for {config.train.patience} epochs (best epoch {state.best_epoch})")
+            break
+    if trainer.dist.is_main:
+        click.echo(f"run folder: {trainer.run_dir} (best epoch {state.best_epoch}, "
+                   f"{config.train.selection_metric} {state.best_value})")
+
+
+def step_scheduler(trainer: Trainer, value: float) -> None:
+    """Plateau schedulers watch the selection metric; the others step once per epoch."""
+    if isinstance(trainer.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        trainer.scheduler.step(value)
+    else:
+        trainer.scheduler.step()
+
+
+def report_epoch(trainer: Trainer, record: dict, samples: list, improved: bool) -> None:
+    """Print the epoch line and samples; append to metrics.jsonl (and TensorBoard if present)."""
+    parts = [f"epoch {record['epoch']}", f"train_loss {record['train_loss']:.4f}",
+             f"val_loss {record['val_loss']:.4f}"]
+    parts += [f"{k} {record[k]:.4f}" for k in ("Bleu_4", "CIDEr") if record.get(k) is not None]
+    parts.append(f"{record['tokens_per_s']:.0f} tok/s")
+    click.echo("  ".join(parts) + ("  *best*" if improved else ""))
+    for image, generated, references in samples:
+        click.echo(f"  {image}: {generated!r}  (reference: {references[0]!r})")
+    with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+    log_tensorboard(trainer.run_dir, record)
+
+
+def log_tensorboard(run_dir: Path, record: dict) -> None:
+    """Scalars to RUN/tensorboard when the tensorboard package is importable."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return
+    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                writer.add_scalar(key, value, record["epoch"])
+
+
+def truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Keep only the metric lines of epochs a resumed run will not redo."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text("utf-8").splitlines()
+             if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+    path.write_text("".join(line + "\n" for line in lines), "utf-8")
+
+
+def checkpoint_payload(trainer: Trainer) -> dict:
+    """Everything a resume or an evaluation needs, as tensors and plain Python types."""
+    state = trainer.state
+    return {
+        "model": distributed.unwrap(trainer.model).state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "state": {"epoch": state.epoch, "step": state.step, "best_value": state.best_value,
+                  "best_epoch": state.best_epoch, "epochs_since_best": state.epochs_since_best,
+                  "history": state.history},
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "config": config_to_dict(trainer.config),
+        "vocab": list(trainer.vocab.itos),
+        "features": trainer.data.fingerprint,
+    }
+
+
+def save_run_checkpoints(trainer: Trainer, improved: bool) -> None:
+    """RUN/last.pt every epoch; RUN/best.pt when the selection metric improved."""
+    payload = checkpoint_payload(trainer)
+    save_checkpoint(payload, trainer.run_dir / "last.pt")
+    if improved:
+        save_checkpoint(payload, trainer.run_dir / "best.pt")

@@ -1,0 +1,77 @@
+"""Vocabulary from train-split captions only (never val/test: that leaks test words)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.data.text import tokenize
+from pipeline.errors import UserError
+
+PAD, SOS, EOS, UNK = "<pad>", "<sos>", "<eos>", "<unk>"
+SPECIALS = (PAD, SOS, EOS, UNK)
+
+
+@dataclass
+class Vocabulary:
+    """word <-> index; `<pad>` is 0, then `<sos>`, `<eos>`, `<unk>`, then words by frequency."""
+
+    itos: list[str]
+
+    def __post_init__(self) -> None:
+        if tuple(self.itos[:4]) != SPECIALS:
+            raise UserError(f"vocabulary must start with {SPECIALS}")
+        self.stoi = {word: index for index, word in enumerate(self.itos)}
+
+    @property
+    def pad(self) -> int:
+        return 0
+
+    @property
+    def sos(self) -> int:
+        return 1
+
+    @property
+    def eos(self) -> int:
+        return 2
+
+    @property
+    def unk(self) -> int:
+        return 3
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, caption: str, max_len: int) -> list[int]:
+        """`<sos>` + at most `max_len` word ids + `<eos>`."""
+        words = tokenize(caption)[:max_len]
+        return [self.sos, *(self.stoi.get(w, self.unk) for w in words), self.eos]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Words of `ids`, stopping at `<eos>` and skipping `<sos>`/`<pad>`."""
+        words = []
+        for index in ids:
+            if index == self.eos:
+                break
+            if index not in (self.pad, self.sos):
+                words.append(self.itos[index])
+        return " ".join(words)
+
+    def save(self, path: str | Path) -> None:
+        """Write `{"itos": [...]}` as JSON (RUN/vocab.json)."""
+        Path(path).write_text(json.dumps({"itos": self.itos}, ensure_ascii=False), "utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocabulary:
+        """Read a vocab.json written by `save`."""
+        return cls(json.loads(Path(path).read_text("utf-8"))["itos"])
+
+
+def build_vocabulary(captions: Iterable[str], min_freq: int) -> tuple[Vocabulary, Counter]:
+    """Words seen at least `min_freq` times, most frequent first (ties alphabetical)."""
+    counts = Counter(word for caption in captions for word in tokenize(caption))
+    words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+    return Vocabulary([*SPECIALS, *words]), counts

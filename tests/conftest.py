@@ -1,0 +1,77 @@
+"""Shared fixtures: a small real feature cache made by stage one from generated demo images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.data.demo_data import generate_demo_data
+from pipeline.extract.cli import extract_command
+
+TINY_CONFIG = """
+[data]
+captions = "{captions}"
+images = "{images}"
+
+[features]
+path = "{features}"
+weights = "none"
+workers = 0
+
+[vocab]
+min_freq = 1
+max_len = 16
+
+[model]
+attention = "additive"
+embed_dim = 16
+hidden_dim = 32
+attention_dim = 16
+dropout = 0.0
+
+[train]
+epochs = 2
+batch_size = 32
+lr = 0.003
+seed = 0
+out_dir = "{runs}"
+workers = 0
+val_images = 0
+samples = 1
+
+[eval]
+beam_size = 2
+max_len = 12
+batch_size = 16
+"""
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> dict[str, Path]:
+    """40 demo images + dataset.json + their features.h5 (random-init ResNet50, bf16)."""
+    root = tmp_path_factory.mktemp("demo")
+    generate_demo_data(root / "data", n_images=40, seed=0)
+    features = root / "features.h5"
+    result = CliRunner().invoke(extract_command, [
+        "--images", str(root / "data" / "images"), "--captions", str(root / "data/dataset.json"),
+        "--out", str(features), "--weights", "none", "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return {"root": root, "images": root / "data" / "images",
+            "captions": root / "data" / "dataset.json", "features": features}
+
+
+@pytest.fixture()
+def workspace(tmp_path, demo_cache) -> dict[str, Path]:
+    """A private copy of the cache and captions WITHOUT the images folder, plus a tiny config."""
+    features = tmp_path / "features.h5"
+    captions = tmp_path / "dataset.json"
+    shutil.copy(demo_cache["features"], features)
+    shutil.copy(demo_cache["captions"], captions)
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_CONFIG.format(captions=captions, images=tmp_path / "no-images",
+                                         features=features, runs=tmp_path / "runs"))
+    return {"root": tmp_path, "config": config, "features": features, "captions": captions,
+            "runs": tmp_path / "runs", "images": demo_cache["images"]}
