@@ -162,3 +162,16 @@ def open_complete(path: str | Path) -> h5py.File:
         f.close()
         raise
     return f
+
+
+def write_failed_and_complete(f: h5py.File, failed: list[tuple[str, str]]) -> None:
+    """Write the `failed` dataset ((M, 2) [image_id, reason]) and set complete = True.
+
+    The last step of a run: call it only when no row is pending.
+    """
+    if FAILED in f:
+        del f[FAILED]
+    rows = np.array(failed, dtype=object).reshape(-1, 2)  # (M, 2)
+    f.create_dataset(FAILED, data=rows, dtype=STRING_DTYPE)
+    f.attrs["complete"] = True
+    f.flush()

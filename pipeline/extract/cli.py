@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from pipeline.config import CAPTION_FORMATS, DEVICES, FEATURE_DTYPES, PRECISIONS, load_config
+from pipeline.distributed import launch_rank, launched_by_torchrun
 from pipeline.errors import UserError
 from pipeline.extract.backbone import resolve_weights
 from pipeline.extract.extractor import (
@@ -22,6 +23,7 @@ from pipeline.extract.extractor import (
     resolve_precision,
     run_extraction,
 )
+from pipeline.extract.sharded import run_sharded_extraction
 
 EXIT_INTERRUPTED = 130
 EXIT_STRICT = 1
@@ -29,7 +31,9 @@ SHOW_FAILURES = 10
 
 
 def _echo(message: str) -> None:
-    click.echo(message, err=True)
+    """Progress and warnings on stderr; under torchrun only rank 0 speaks."""
+    if launch_rank() == 0:
+        click.echo(message, err=True)
 
 
 @click.command("extract")
@@ -45,7 +49,7 @@ def _echo(message: str) -> None:
 @click.option("--workers", type=click.IntRange(min=0), help="Decode worker processes.")
 @click.option("--format", "fmt", type=click.Choice(CAPTION_FORMATS), help="Caption file format.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing feature file.")
-@click.option("--strict", is_flag=True, help="Exit 1 if any image failed (the file is kept).")
+@click.option("--strict", is_flag=True, help="Exit 1 if any image failed or a caption image name was unsafe (the file is kept).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML config ([data], [features]).")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -81,11 +85,16 @@ def extract_command(ctx: click.Context, images, captions, out, weights, device, 
     _echo(f"extract: {len(names)} images -> {job.out} (weights {job.weights.tag}, "
           f"{job.device.type} {job.precision}, stored {job.dtype})")
     try:
-        result = run_extraction(job, log=_echo)
+        if launched_by_torchrun():  # one shard per rank, merged by rank 0
+            result = run_sharded_extraction(job, log=_echo)
+        else:
+            result = run_extraction(job, log=_echo)
     except KeyboardInterrupt:
         _echo("stopped: rerun the same command to resume where it left off")
         sys.stdout.flush()
         ctx.exit(EXIT_INTERRUPTED)
+    if result.state == "shard":
+        return  # ranks other than 0 under torchrun: rank 0 reports for the whole job
     _report(result, job)
     if strict and (result.failed or rejected):
         _echo(f"error: --strict: {len(result.failed)} images failed and {len(rejected)} caption "

@@ -55,7 +55,6 @@ from pipeline.extract.images import (
 )
 
 WRITE_QUEUE_BATCHES = 3
-DECODE_NICE = 19  # added niceness of decode workers in CPU runs (see `_yield_to_model`)
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -368,21 +367,10 @@ def run_extraction(job: ExtractJob, log: Callable[[str], None] = print) -> Extra
 
 
 def _loader(job: ExtractJob, todo: list[int]) -> DataLoader:
-    on_cpu = job.device.type == "cpu"
+    """Decode workers -> ImageBatch of uint8 images; pinned memory for CUDA copies."""
     return DataLoader(ImageDataset(job.images_root, job.names, todo), batch_size=job.batch_size,
                       num_workers=job.workers, collate_fn=collate_images,
-                      pin_memory=not on_cpu, worker_init_fn=_yield_to_model if on_cpu else None)
-
-
-def _yield_to_model(worker_id: int) -> None:
-    """CPU runs: decode workers run at low priority, in the cores' idle moments.
-
-    The model's OpenMP threads already use every core; a decode worker at equal priority
-    preempts one of them and stalls the other at the next barrier. At low priority it decodes
-    while the model waits (between batches, in serial parts of the forward), and at full speed
-    whenever the model is starved of images, so throughput never drops below decode-then-forward.
-    """
-    os.nice(int(os.environ.get("XNICE", DECODE_NICE)))
+                      pin_memory=job.device.type == "cuda")
 
 
 def _extract_rows(job: ExtractJob, encoder: FeatureEncoder, todo: list[int],

@@ -21,7 +21,7 @@ from pipeline.config import Config, config_from_dict, config_to_dict, parse_over
 from pipeline.errors import UserError
 from pipeline.infer.generate import decode_rows
 from pipeline.infer.metrics import score_captions
-from pipeline.train import distributed
+from pipeline import distributed
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.train.dataset import (
     CaptionBatches,

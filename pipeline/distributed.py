@@ -1,15 +1,19 @@
-"""torchrun support: one process per GPU (or CPU rank) with DistributedDataParallel.
+"""torchrun support for both stages: process group, ranks, DDP helpers.
 
-Plain `captioner train` never touches torch.distributed. Under torchrun (RANK, WORLD_SIZE
-and LOCAL_RANK set) each rank takes every world_size-th batch of the epoch's seeded plan
-(the same plan on every rank: a distributed sampler reseeded each epoch), gradients are
-all-reduced by DDP, and only rank 0 prints, logs and writes checkpoints.
+Plain `captioner train` / `extract` never touch torch.distributed. Under torchrun (RANK,
+WORLD_SIZE and LOCAL_RANK set):
+- training: each rank takes every world_size-th batch of the epoch's seeded plan (the same
+  plan on every rank: a distributed sampler reseeded each epoch), gradients are all-reduced
+  by DDP, and only rank 0 prints, logs and writes checkpoints;
+- extraction: each rank extracts a contiguous shard of the image list into its own file and
+  rank 0 merges them (pipeline.extract.sharded).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -35,15 +39,30 @@ def launched_by_torchrun() -> bool:
     return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
-def setup() -> DistInfo:
-    """Join the process group when launched by torchrun: nccl on CUDA, gloo on CPU."""
+def launch_rank() -> int:
+    """This process's RANK as torchrun set it (0 without torchrun), before any setup."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def setup(backend: str | None = None, timeout: timedelta | None = None) -> DistInfo:
+    """Join the process group when launched by torchrun: nccl on CUDA, gloo on CPU.
+
+    `backend` forces one (extraction only needs barriers: gloo); `timeout` bounds how long a
+    rank waits for the others at a collective (torch's default is 10-30 minutes).
+    """
     if not launched_by_torchrun():
         return DistInfo()
     if not torch_dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch_dist.init_process_group(backend=backend)
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        torch_dist.init_process_group(backend=backend, timeout=timeout)
     return DistInfo(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size(),
                     local_rank=int(os.environ["LOCAL_RANK"]), enabled=True)
+
+
+def barrier(dist: DistInfo) -> None:
+    """Wait for every rank (no-op without torchrun)."""
+    if dist.enabled:
+        torch_dist.barrier()
 
 
 def teardown(dist: DistInfo) -> None:
