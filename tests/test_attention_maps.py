@@ -108,7 +108,7 @@ def test_overlay_is_smooth_and_normalised_per_word():
 def test_any_image_mode_is_rendered_as_rgb(tmp_path, mode):
     gradient = np.tile(np.linspace(0, 1, 40), (30, 1))  # (30, 40), dark left to bright right
     if mode == "I;16":
-        image = Image.fromarray((gradient * 4000).astype(np.uint16))  # 12-bit values in 16 bits
+        image = Image.fromarray((gradient * 65535).astype(np.uint16))  # full 16-bit range
         assert image.mode == "I;16"
     else:
         image = Image.fromarray((gradient * 255).astype(np.uint8), "L").convert(mode)

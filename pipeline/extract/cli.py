@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from pipeline.config import CAPTION_FORMATS, DEVICES, FEATURE_DTYPES, PRECISIONS, load_config
+from pipeline.device import resolve_device
 from pipeline.distributed import launch_rank, launched_by_torchrun
 from pipeline.errors import UserError
 from pipeline.extract.backbone import resolve_weights
@@ -19,7 +20,6 @@ from pipeline.extract.extractor import (
     ExtractJob,
     ExtractResult,
     list_images,
-    resolve_device,
     resolve_precision,
     run_extraction,
 )
@@ -49,7 +49,8 @@ def _echo(message: str) -> None:
 @click.option("--workers", type=click.IntRange(min=0), help="Decode worker processes.")
 @click.option("--format", "fmt", type=click.Choice(CAPTION_FORMATS), help="Caption file format.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing feature file.")
-@click.option("--strict", is_flag=True, help="Exit 1 if any image failed or a caption image name was unsafe (the file is kept).")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 if any image failed or a caption image name was unsafe (file kept).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML config ([data], [features]).")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",

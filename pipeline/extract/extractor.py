@@ -58,20 +58,11 @@ WRITE_QUEUE_BATCHES = 3
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
-    return torch.device(name)
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`auto` -> fp16 on CUDA; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX), else fp32.
 
-    Measured on a 2-core AVX512-BF16 CPU, batch 32: fp32 ~11-17 img/s, bf16 + channels_last
-    ~35-60 img/s (benchmarks/extract.py).
+    Measured with benchmarks/extract.py on a 2-core AVX512-BF16 CPU, batch 32, channels_last:
+    fp32 ~16 img/s, bf16 ~35 img/s (features within ~1.5% of fp32's), so bf16 is the default.
     """
     if precision != "auto":
         return precision
@@ -107,12 +98,12 @@ class FeatureEncoder:
 
     def encode(self, images: torch.Tensor) -> np.ndarray:
         """uint8 (B, 3, 224, 224) -> (B, 49, 2048) numpy array in the storage dtype."""
+        if images.shape[0] == 0:
+            return np.zeros((0, contract.REGIONS, contract.CHANNELS), dtype=self.dtype)
         with torch.inference_mode(), torch.autocast(
             self.device.type, dtype=_AUTOCAST.get(self.precision, torch.float32),
             enabled=self.precision in _AUTOCAST,
         ):
-            if images.shape[0] == 0:
-                return np.zeros((0, contract.REGIONS, contract.CHANNELS), dtype=self.dtype)
             x = normalize_batch(images, self.device)  # (B, 3, 224, 224) float32, channels_last
             grid = self.model(x)  # (B, 49, 2048) in the autocast dtype
             return grid.to(getattr(torch, self.dtype)).cpu().numpy()
@@ -126,8 +117,8 @@ class FeatureEncoder:
             except ImageError as exc:
                 errors[index] = str(exc)
         if not images:
-            return np.zeros((0, contract.REGIONS, contract.CHANNELS), dtype=self.dtype), errors
-        return self.encode(torch.stack(images)), errors
+            return self.encode(torch.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)), errors
+        return self.encode(torch.stack(images)), errors  # (K, 49, 2048)
 
 
 def check_policy(attrs: dict) -> None:
@@ -250,10 +241,9 @@ def _check_same_job(f: h5py.File, out: Path, attrs: dict, names: list[str]) -> N
     if stored != names:
         first = next((i for i, (a, b) in enumerate(zip(stored, names, strict=False)) if a != b),
                      min(len(stored), len(names)))
-        detail = (f"row {first}: {_at(stored, first)!r} in the file, {_at(names, first)!r} now"
-                  if first < max(len(stored), len(names)) else "")
         raise UserError(f"{out} was made for another image list ({len(stored)} images in the "
-                        f"file, {len(names)} now; {detail}); pass --overwrite or another --out")
+                        f"file, {len(names)} now; row {first}: {_at(stored, first)!r} in the "
+                        f"file, {_at(names, first)!r} now); pass --overwrite or another --out")
 
 
 def _at(items: list[str], index: int) -> str | None:
@@ -418,8 +408,4 @@ def _finish(job: ExtractJob, result: ExtractResult) -> None:
         reasons = dict(result.failed)  # every failed row was (re)tried by this run
         result.failed = [(job.names[row], reasons[job.names[row]])
                          for row in np.flatnonzero(status == contract.FAILED_STATUS)]
-        if contract.FAILED in f:
-            del f[contract.FAILED]
-        rows = np.array(result.failed, dtype=object).reshape(-1, 2)  # (M, 2)
-        f.create_dataset(contract.FAILED, data=rows, dtype=contract.STRING_DTYPE)
-        f.attrs["complete"] = True
+        contract.write_failed_and_complete(f, result.failed)

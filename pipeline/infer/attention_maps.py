@@ -19,11 +19,12 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from pipeline.extract.images import to_rgb
+
 GRID = 7  # the encoder's spatial grid: 7 x 7 = 49 attention locations
 LOCATIONS = GRID * GRID
 LABEL_BAND = 20  # pixels of label space under each tile
 DARKEST = 0.2  # brightness kept where a word's attention is lowest
-_HIGH_DEPTH_MODES = ("I", "F")  # I, I;16, I;16B, ..., F: not 8-bit per channel
 
 
 def overlay_tile(image: Image.Image, alpha_7x7: np.ndarray, cell: int = 224) -> Image.Image:
@@ -74,21 +75,9 @@ def _check_alphas(alphas: np.ndarray) -> np.ndarray:
     return weights
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """An RGB version of an image of any mode (high-bit-depth modes stretched to 0..255)."""
-    if image.mode.startswith(_HIGH_DEPTH_MODES):
-        values = np.asarray(image, dtype=np.float64)  # (H, W)
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        return Image.fromarray(scaled.round().astype(np.uint8), "L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")  # Pillow wants palette transparency resolved first
-    return image.convert("RGB")
-
-
 def _fit(image: Image.Image, cell: int) -> Image.Image:
-    """The image as RGB, resized and centre-cropped to cell x cell."""
-    return ImageOps.fit(_to_rgb(image), (cell, cell), method=Image.Resampling.BICUBIC)
+    """The image as RGB (the extractor's conversion), resized and centre-cropped to cell x cell."""
+    return ImageOps.fit(to_rgb(image), (cell, cell), method=Image.Resampling.BICUBIC)
 
 
 def _attention_mask(alpha_7x7: np.ndarray, cell: int) -> np.ndarray:

@@ -16,12 +16,13 @@ import pandas as pd
 import torch
 
 from pipeline.config import Config, config_from_dict
+from pipeline.device import resolve_device
 from pipeline.errors import UserError
 from pipeline.infer.generate import decode_rows
 from pipeline.infer.metrics import METRIC_NAMES, format_scores, score_captions
 from pipeline.train.checkpoint import load_checkpoint, resolve_checkpoint
 from pipeline.train.dataset import build_split
-from pipeline.train.experiment import load_experiment_data, resolve_device
+from pipeline.train.experiment import load_experiment_data
 from pipeline.train.model import CaptionDecoder
 from pipeline.train.trainer import split_loss
 from pipeline.train.vocab import Vocabulary

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import click
 import pandas as pd
-import torch
 
 from pipeline import contract
 from pipeline.config import Config
@@ -82,12 +81,3 @@ def use_in_memory(config: Config, path: str) -> bool:
     if config.features.in_memory == "auto":
         return cache_fits_in_memory(path, config.features.ram_budget_gb)
     return config.features.in_memory == "true"
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda was asked for but torch sees no CUDA GPU; use cpu or auto")
-    return torch.device(name)

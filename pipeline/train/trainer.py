@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.config import Config, config_from_dict, config_to_dict, parse_override, save_config
+from pipeline.device import resolve_device
 from pipeline.errors import UserError
 from pipeline.infer.generate import decode_rows
 from pipeline.infer.metrics import score_captions
-from pipeline import distributed
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.train.dataset import (
     CaptionBatches,
@@ -30,7 +31,7 @@ from pipeline.train.dataset import (
     build_split,
     plan_epoch,
 )
-from pipeline.train.experiment import ExperimentData, load_experiment_data, resolve_device
+from pipeline.train.experiment import ExperimentData, load_experiment_data
 from pipeline.train.model import CaptionDecoder, caption_loss, load_word_vectors
 from pipeline.train.vocab import Vocabulary, build_vocabulary
 
