@@ -97,7 +97,7 @@ class TrainConfig:
     patience: int = 0
     device: str = "auto"
     amp: bool = True
-    workers: int = 2
+    workers: int = 0
     val_images: int = 0
     samples: int = 3
 
