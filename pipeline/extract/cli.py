@@ -70,7 +70,7 @@ def extract_command(ctx: click.Context, images, captions, out, weights, device, 
     captions = captions if captions is not None else data.captions
     if not images:
         raise UserError("no images folder: pass --images DIR or set data.images in the config")
-    names, rejected = list_images(images, captions or None, fmt or data.format)
+    names, rejected = list_images(images, captions or None, fmt or data.format, log=_echo)
     device_ = resolve_device(device or feat.device)
     job = ExtractJob(
         images_root=Path(images), names=names, out=Path(out or feat.path),

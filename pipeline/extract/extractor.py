@@ -167,10 +167,12 @@ class ExtractResult:
 
 
 def list_images(images_root: str | Path, captions: str | Path | None = None,
-                fmt: str = "auto") -> tuple[list[str], list[tuple[str, str]]]:
+                fmt: str = "auto", log: Callable[[str], None] | None = None,
+                ) -> tuple[list[str], list[tuple[str, str]]]:
     """Sorted unique image names to extract, and caption-file names rejected as unsafe.
 
-    With `captions`, the images it names; without, every image file under `images_root`.
+    With `captions`, the images it names (and `log` gets the file's statistics: images,
+    captions, captions per image); without, every image file under `images_root`.
     """
     root = Path(images_root)
     if not root.is_dir():
@@ -178,6 +180,8 @@ def list_images(images_root: str | Path, captions: str | Path | None = None,
     if captions:
         table = read_captions(captions, fmt)
         names, rejected = sorted(set(table.images())), list(table.rejected)
+        if log is not None:
+            log(f"captions: {table.summary()}")
     else:
         names, rejected = list_image_files(root), []
     if not names:
