@@ -1,0 +1,1 @@
+"""Inputs shared by both stages: caption-file readers, tokenizer, the demo data generator."""

@@ -1,0 +1,301 @@
+"""Embedded demo data: coloured shapes on muted backgrounds with five true captions each.
+
+The images are built so that a captioner fed RANDOM-INIT ResNet50 grids can still learn
+something: captions talk mostly about colour and position (which survive random conv
+features), shapes are large (40-72 px on 224, several 7x7 cells) and sit in the cells of
+a 3x3 layout, never overlapping. Output goes through the same readers as real data: a
+Kaggle-Flickr30k `results.csv` and a Karpathy-style `dataset.json` with 80/10/10 splits.
+Everything is drawn from one `numpy.random.default_rng(seed)`: same seed, same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pipeline.data.text import tokenize
+from pipeline.errors import UserError
+
+COLOURS = {  # well separated in hue and lightness, none close to the muted backgrounds
+    "red": (215, 35, 35),
+    "green": (40, 170, 60),
+    "blue": (35, 75, 215),
+    "yellow": (245, 215, 30),
+    "purple": (140, 45, 175),
+    "white": (250, 250, 250),
+}
+SHAPES = ("circle", "square", "triangle")
+ROWS = ("top", "middle", "bottom")
+COLUMNS = ("left", "center", "right")
+CAPTIONS_PER_IMAGE = 5
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train, val, test
+_COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
+_WHERE = {  # (row, column) -> phrases that are true for a shape centred in that cell
+    ("top", "left"): ("in the top left corner", "at the top left"),
+    ("top", "center"): ("at the top", "near the top"),
+    ("top", "right"): ("in the top right corner", "at the top right"),
+    ("middle", "left"): ("on the left", "on the left side"),
+    ("middle", "center"): ("in the center", "in the middle"),
+    ("middle", "right"): ("on the right", "on the right side"),
+    ("bottom", "left"): ("in the bottom left corner", "at the bottom left"),
+    ("bottom", "center"): ("at the bottom", "near the bottom"),
+    ("bottom", "right"): ("in the bottom right corner", "at the bottom right"),
+}
+_ROW_WHERE = {"top": "near the top", "middle": "across the middle", "bottom": "near the bottom"}
+_COLUMN_WHERE = {"left": "on the left", "center": "down the center", "right": "on the right"}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One drawn shape: what it is, its 3x3 cell, and its pixel box (centre, half side)."""
+
+    colour: str
+    kind: str
+    large: bool
+    row: int
+    column: int
+    cx: float
+    cy: float
+    half: float
+
+    @property
+    def where(self) -> tuple[str, ...]:
+        return _WHERE[(ROWS[self.row], COLUMNS[self.column])]
+
+
+def _sample_scene(rng: np.random.Generator, size: int) -> list[Shape]:
+    """1-3 shapes in distinct cells of a 3x3 layout, boxes never overlapping.
+
+    The first shape is the largest (the "dominant" one). With two or more shapes the
+    second sometimes repeats the first's colour and kind, so counts ("two red circles")
+    occur in captions.
+    """
+    n = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
+    cells = rng.choice(9, size=n, replace=False)
+    large = np.sort(rng.random(n) < 0.5)[::-1]  # large shapes first
+    colours = rng.choice(len(COLOURS), size=n)
+    kinds = rng.choice(len(SHAPES), size=n)
+    if n >= 2 and rng.random() < 0.3:
+        colours[1], kinds[1], large[1] = colours[0], kinds[0], large[0]
+    halves = np.where(large, rng.uniform(0.14, 0.16, n), rng.uniform(0.09, 0.115, n)) * size
+    halves[0] = halves.max()
+    pitch = size / 3
+    for _ in range(20):
+        jitter = rng.uniform(-0.05, 0.05, size=(n, 2)) * size
+        boxes = _place(cells, halves, jitter, pitch, size)
+        if not _overlapping(boxes):
+            break
+    else:
+        boxes = _place(cells, halves, np.zeros((n, 2)), pitch, size)
+    names = list(COLOURS)
+    return [Shape(names[colours[i]], SHAPES[kinds[i]], bool(large[i]), int(cells[i] // 3),
+                  int(cells[i] % 3), *boxes[i]) for i in range(n)]
+
+
+def _place(cells: np.ndarray, halves: np.ndarray, jitter: np.ndarray, pitch: float,
+           size: int) -> list[tuple[float, float, float]]:
+    """(cx, cy, half) per shape: its cell centre plus jitter, clamped inside the image."""
+    boxes = []
+    for cell, half, (dx, dy) in zip(cells, halves, jitter, strict=True):
+        cx = (cell % 3 + 0.5) * pitch + dx
+        cy = (cell // 3 + 0.5) * pitch + dy
+        cx = float(np.clip(cx, half + 2, size - half - 2))
+        cy = float(np.clip(cy, half + 2, size - half - 2))
+        boxes.append((cx, cy, float(half)))
+    return boxes
+
+
+def _overlapping(boxes: list[tuple[float, float, float]], gap: float = 3.0) -> bool:
+    for i, (xa, ya, ha) in enumerate(boxes):
+        for xb, yb, hb in boxes[i + 1:]:
+            if abs(xa - xb) < ha + hb + gap and abs(ya - yb) < ha + hb + gap:
+                return True
+    return False
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A muted (low-saturation, mid-lightness) colour with a gentle gradient and noise."""
+    grey = rng.uniform(95, 165)
+    tint = rng.uniform(-22, 22, size=3)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.linspace(-1.0, 1.0, size)
+    gradient = np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None]  # (H, W)
+    amplitude = rng.uniform(0, 22)
+    noise = rng.normal(0.0, rng.uniform(0, 6), size=(size, size, 3))
+    pixels = grey + tint + amplitude * gradient[:, :, None] + noise  # (H, W, 3)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def _draw(scene: list[Shape], background: np.ndarray) -> Image.Image:
+    image = Image.fromarray(background)
+    pen = ImageDraw.Draw(image)
+    for shape in scene:
+        x, y, h = shape.cx, shape.cy, shape.half
+        fill = COLOURS[shape.colour]
+        if shape.kind == "circle":
+            pen.ellipse((x - h, y - h, x + h, y + h), fill=fill)
+        elif shape.kind == "square":
+            pen.rectangle((x - h, y - h, x + h, y + h), fill=fill)
+        else:
+            pen.polygon([(x, y - h), (x + h, y + h), (x - h, y + h)], fill=fill)
+    return image
+
+
+def _noun(shape: Shape, sized: bool) -> str:
+    size = ("large " if shape.large else "small ") if sized else ""
+    return f"a {size}{shape.colour} {shape.kind}"
+
+
+def _inventory(scene: list[Shape]) -> str:
+    """'two green triangles and a red circle', left to right."""
+    groups: dict[tuple[str, str], int] = {}
+    for shape in sorted(scene, key=lambda s: (s.column, s.row)):
+        groups[(shape.colour, shape.kind)] = groups.get((shape.colour, shape.kind), 0) + 1
+    parts = [f"a {colour} {kind}" if count == 1 else f"{_COUNT_WORDS[count]} {colour} {kind}s"
+             for (colour, kind), count in groups.items()]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _relations(a: Shape, b: Shape) -> list[str]:
+    """Spatial relations that hold from shape a to shape b."""
+    found = []
+    if a.column != b.column:
+        found.append("to the left of" if a.column < b.column else "to the right of")
+    if a.row != b.row:
+        found.append("above" if a.row < b.row else "below")
+    if abs(a.row - b.row) + abs(a.column - b.column) == 1:
+        found.append("next to")
+    return found
+
+
+def _located_captions(scene: list[Shape], rng: np.random.Generator) -> list[str]:
+    """Captions that say where things are (the bulk of every image's five)."""
+    out = []
+    for shape in scene:
+        for where in shape.where:
+            out.append(f"{_noun(shape, bool(rng.random() < 0.4))} {where}")
+            out.append(f"a {shape.colour} shape {where}")
+    if len(scene) == 1:
+        shape = scene[0]
+        out.append(f"a single {shape.colour} {shape.kind} {shape.where[0]}")
+        out.append(f"there is one {shape.colour} {shape.kind} {shape.where[1]}")
+        return out
+    for a in scene:
+        for b in scene:
+            if a is b or (a.colour, a.kind) == (b.colour, b.kind):
+                continue
+            for relation in _relations(a, b):
+                out.append(f"{_noun(a, False)} {relation} {_noun(b, False)}")
+    first, second = scene[0], scene[1]
+    out.append(f"{_noun(first, False)} {first.where[0]} and "
+               f"{_noun(second, False)} {second.where[0]}")
+    out.append(f"a {first.colour} shape {first.where[1]} and "
+               f"a {second.colour} shape {second.where[1]}")
+    if len({shape.row for shape in scene}) == 1:
+        out.append(f"{_inventory(scene)} {_ROW_WHERE[ROWS[first.row]]}")
+    if len({shape.column for shape in scene}) == 1:
+        out.append(f"{_inventory(scene)} {_COLUMN_WHERE[COLUMNS[first.column]]}")
+    return out
+
+
+def _plain_captions(scene: list[Shape]) -> list[str]:
+    """Captions that say what is there, not where."""
+    n = len(scene)
+    inventory = _inventory(scene)
+    if n == 1:
+        return [inventory, f"one {scene[0].colour} {scene[0].kind} on a plain background"]
+    out = [inventory, f"{_COUNT_WORDS[n]} coloured shapes including {_noun(scene[0], True)}"]
+    if " and " in inventory:  # several kinds: "two shapes: a red circle and a blue square"
+        out.append(f"{_COUNT_WORDS[n]} shapes: {inventory}")
+    return out
+
+
+def make_captions(scene: list[Shape], rng: np.random.Generator) -> list[str]:
+    """Five distinct captions true for `scene`: one about what is there, four about where."""
+    located = list(dict.fromkeys(_located_captions(scene, rng)))
+    plain = [text for text in dict.fromkeys(_plain_captions(scene)) if text not in located]
+    chosen = [plain[int(rng.integers(len(plain)))]]
+    picks = rng.choice(len(located), size=CAPTIONS_PER_IMAGE - 1, replace=False)
+    chosen += [located[int(i)] for i in picks]
+    order = rng.permutation(CAPTIONS_PER_IMAGE)
+    return [chosen[int(i)] for i in order]
+
+
+def _split_names(n_images: int, rng: np.random.Generator) -> list[str]:
+    """Deterministic ~80/10/10 train/val/test assignment by shuffled image index."""
+    n_val = round(SPLIT_FRACTIONS[1] * n_images)
+    n_test = round(SPLIT_FRACTIONS[2] * n_images)
+    names = ["val"] * n_val + ["test"] * n_test + ["train"] * (n_images - n_val - n_test)
+    return [names[int(i)] for i in rng.permutation(n_images)]
+
+
+def _prepare(out_dir: Path, n_images: int, size: int) -> Path:
+    if n_images < 1:
+        raise UserError(f"--images must be at least 1, got {n_images}")
+    if size < 64:
+        raise UserError(f"demo image size must be at least 64 pixels, got {size}")
+    images_dir = out_dir / "images"
+    try:
+        images_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot write demo data to {out_dir}: {error.strerror}") from None
+    return images_dir
+
+
+def _write_results_csv(path: Path, names: list[str], captions: list[list[str]]) -> None:
+    """Kaggle Flickr30k layout: `image_name| comment_number| comment`."""
+    lines = ["image_name| comment_number| comment"]
+    for name, texts in zip(names, captions, strict=True):
+        lines += [f"{name}| {number}| {text}" for number, text in enumerate(texts)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _write_karpathy_json(path: Path, names: list[str], captions: list[list[str]],
+                         splits: list[str]) -> None:
+    """Karpathy dataset_*.json layout (Flickr style: no filepath, no cocoid)."""
+    images = []
+    for imgid, (name, texts, split) in enumerate(zip(names, captions, splits, strict=True)):
+        sentids = [imgid * CAPTIONS_PER_IMAGE + k for k in range(len(texts))]
+        sentences = [{"tokens": tokenize(text), "raw": text, "imgid": imgid, "sentid": sentid}
+                     for text, sentid in zip(texts, sentids, strict=True)]
+        images.append({"sentids": sentids, "imgid": imgid, "sentences": sentences,
+                       "split": split, "filename": name})
+    path.write_text(json.dumps({"images": images, "dataset": "demo"}) + "\n", encoding="utf-8")
+
+
+def generate_demo_data(out_dir: str | Path, n_images: int = 1500, seed: int = 0,
+                       size: int = 224) -> dict:
+    """Write `n_images` demo JPEGs (size x size) and their captions under `out_dir`.
+
+    Files: images/demo_00000.jpg..., results.csv (Kaggle Flickr30k layout) and dataset.json
+    (Karpathy layout with train/val/test). Returns the paths and counts written.
+    """
+    out_dir = Path(out_dir)
+    images_dir = _prepare(out_dir, n_images, size)
+    rng = np.random.default_rng(seed)
+    width = max(5, len(str(n_images - 1)))
+    names, captions = [], []
+    for index in range(n_images):
+        scene = _sample_scene(rng, size)
+        image = _draw(scene, _background(rng, size))  # (size, size) RGB
+        name = f"demo_{index:0{width}d}.jpg"
+        image.save(images_dir / name, format="JPEG", quality=90)
+        names.append(name)
+        captions.append(make_captions(scene, rng))
+    splits = _split_names(n_images, rng)
+    results_csv = out_dir / "results.csv"
+    dataset_json = out_dir / "dataset.json"
+    _write_results_csv(results_csv, names, captions)
+    _write_karpathy_json(dataset_json, names, captions, splits)
+    return {
+        "images_dir": str(images_dir),
+        "results_csv": str(results_csv),
+        "dataset_json": str(dataset_json),
+        "images": n_images,
+        "captions": n_images * CAPTIONS_PER_IMAGE,
+        "splits": {name: splits.count(name) for name in ("train", "val", "test")},
+    }
