@@ -42,11 +42,12 @@ train: install
 endif
 
 evaluate: install
-	$(CAPTIONER) evaluate $(if $(RUN),$(RUN),runs/demo) --split $(SPLIT) --beam-size $(BEAM) $(ARGS)
+	@test -n "$(RUN)" || (echo "usage: make evaluate RUN='runs/NAME [runs/OTHER ...]' [SPLIT=test] [BEAM=3]" && exit 2)
+	$(CAPTIONER) evaluate $(RUN) --split $(SPLIT) --beam-size $(BEAM) $(ARGS)
 
 caption: install
-	@test -n "$(IMAGES)" || (echo "usage: make caption IMAGES='a.jpg b.jpg' CHECKPOINT=runs/NAME/best.pt" && exit 2)
-	$(CAPTIONER) caption $(IMAGES) --checkpoint $(if $(CHECKPOINT),$(CHECKPOINT),runs/demo/best.pt) --beam-size $(BEAM) $(ARGS)
+	@test -n "$(IMAGES)" -a -n "$(CHECKPOINT)" || (echo "usage: make caption IMAGES='a.jpg b.jpg' CHECKPOINT=runs/NAME/best.pt" && exit 2)
+	$(CAPTIONER) caption $(IMAGES) --checkpoint $(CHECKPOINT) --beam-size $(BEAM) $(ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/extract.py

@@ -103,5 +103,7 @@ def demo_command(ctx: click.Context, config_path, n_images, overrides):
     click.echo(f"  run           {run_dir} (best.pt, last.pt, config.toml, metrics.jsonl)")
     click.echo(f"  evaluation    {run_dir / 'eval-test'} (predictions.json, metrics.json)")
     click.echo(f"  attention     {run_dir / 'attention'} (one PNG and .npy per image)")
+    click.echo(f"next: make evaluate RUN={run_dir}   |   make caption IMAGES='your.jpg' "
+               f"CHECKPOINT={run_dir / 'best.pt'}")
     model_cider = result["scores"]["CIDEr"]
     click.echo(f"demo: CIDEr model={model_cider:.3f} baseline={baseline['CIDEr']:.3f}")
