@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from pipeline.config import ModelConfig  # noqa: E402
-from pipeline.infer.decode import beam_search  # noqa: E402
-from pipeline.train.model import CaptionDecoder  # noqa: E402
+from pipeline.decoder.decode import beam_search  # noqa: E402
+from pipeline.decoder.lstm import CaptionDecoder  # noqa: E402
 
 PAD, SOS, EOS, UNK = 0, 1, 2, 3
 

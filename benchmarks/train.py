@@ -53,6 +53,7 @@ import torch  # noqa: E402
 from pipeline import contract, distributed  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.demo_data import generate_demo_data  # noqa: E402
+from pipeline.dataset.batches import SplitData, plan_epoch  # noqa: E402
 from pipeline.extract.backbone import build_backbone, resolve_weights  # noqa: E402
 from pipeline.extract.extractor import (  # noqa: E402
     ExtractJob,
@@ -62,7 +63,6 @@ from pipeline.extract.extractor import (  # noqa: E402
     run_extraction,
 )
 from pipeline.extract.images import preprocess_image  # noqa: E402
-from pipeline.train.dataset import SplitData, plan_epoch  # noqa: E402
 from pipeline.train.trainer import Trainer, build_trainer, train_one_epoch  # noqa: E402
 
 DEMO_CONFIG = REPO / "configs" / "demo.toml"

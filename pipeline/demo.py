@@ -19,15 +19,15 @@ import click
 
 from pipeline.config import Config, load_config
 from pipeline.data.demo_data import generate_demo_data
+from pipeline.dataset.batches import build_split
+from pipeline.dataset.experiment import ExperimentData, load_experiment_data
+from pipeline.decoder.metrics import format_scores, score_captions
+from pipeline.decoder.vocab import Vocabulary
 from pipeline.errors import UserError
 from pipeline.extract.cli import extract_command
 from pipeline.infer.caption import caption_images
 from pipeline.infer.evaluate import evaluate_checkpoint
-from pipeline.infer.metrics import format_scores, score_captions
-from pipeline.train.dataset import build_split
-from pipeline.train.experiment import ExperimentData, load_experiment_data
 from pipeline.train.trainer import train
-from pipeline.train.vocab import Vocabulary
 
 CAPTIONED_IMAGES = 3
 

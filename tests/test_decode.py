@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelConfig
-from pipeline.infer.decode import beam_search, greedy_decode
-from pipeline.train.model import CaptionDecoder, Encoded
+from pipeline.decoder.decode import beam_search, greedy_decode
+from pipeline.decoder.lstm import CaptionDecoder, Encoded
 
 PAD, SOS, EOS = 0, 1, 2
 FEATURE_DIM, REGIONS = 32, 49

@@ -14,10 +14,10 @@ from PIL import Image
 
 from pipeline import contract
 from pipeline.cli import main
+from pipeline.decoder.checkpoint import load_checkpoint
+from pipeline.decoder.metrics import score_captions
 from pipeline.extract.extractor import FeatureEncoder
 from pipeline.extract.images import preprocess_image
-from pipeline.infer.metrics import score_captions
-from pipeline.train.checkpoint import load_checkpoint
 
 
 def cli(*args) -> object:

@@ -11,7 +11,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from pipeline.infer.metrics import (
+from pipeline.decoder.metrics import (
     METRIC_NAMES,
     format_scores,
     java_available,

@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.cli import main
+from pipeline.dataset.splits import assign_splits
+from pipeline.decoder.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from pipeline.decoder.vocab import build_vocabulary
 from pipeline.errors import UserError
-from pipeline.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from pipeline.train.splits import assign_splits
-from pipeline.train.vocab import build_vocabulary
 
 
 def cli(*args) -> object:

@@ -15,12 +15,12 @@ import click
 import torch
 import torchvision.transforms.functional as TF
 
+from pipeline.decoder.checkpoint import load_model
+from pipeline.decoder.generate import decode_features
 from pipeline.device import resolve_device
 from pipeline.extract.extractor import FeatureEncoder
 from pipeline.extract.images import ImageError, preprocess_image
 from pipeline.infer.attention_maps import render_attention, save_attention_npy
-from pipeline.infer.evaluate import load_model
-from pipeline.infer.generate import decode_features
 
 BATCH = 16
 

@@ -8,49 +8,19 @@ references of every image of the split, on pycocoevalcap's 0-1 scale in metrics.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import pandas as pd
-import torch
 
-from pipeline.config import Config, config_from_dict
+from pipeline.dataset.batches import build_split
+from pipeline.dataset.experiment import load_experiment_data
+from pipeline.dataset.teacher_forced import split_loss
+from pipeline.decoder.checkpoint import load_model, resolve_checkpoint
+from pipeline.decoder.generate import decode_rows
+from pipeline.decoder.metrics import METRIC_NAMES, format_scores, score_captions
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
-from pipeline.infer.generate import decode_rows
-from pipeline.infer.metrics import METRIC_NAMES, format_scores, score_captions
-from pipeline.train.checkpoint import load_checkpoint, resolve_checkpoint
-from pipeline.train.dataset import build_split
-from pipeline.train.experiment import load_experiment_data
-from pipeline.train.model import CaptionDecoder
-from pipeline.train.trainer import split_loss
-from pipeline.train.vocab import Vocabulary
-
-
-@dataclass
-class LoadedModel:
-    """A checkpoint's decoder, ready for inference, with what it was trained with."""
-
-    model: CaptionDecoder
-    vocab: Vocabulary
-    config: Config
-    features: dict         # the feature file's fingerprint at training time
-    epoch: int
-    path: Path
-
-
-def load_model(path: str | Path, device: torch.device) -> LoadedModel:
-    """Rebuild the decoder of a checkpoint (or run folder) in eval mode on `device`."""
-    path = resolve_checkpoint(path)
-    payload = load_checkpoint(path)
-    config = config_from_dict(payload["config"])
-    vocab = Vocabulary(payload["vocab"])
-    model = CaptionDecoder(len(vocab), config.model, pad_index=vocab.pad)
-    model.load_state_dict(payload["model"])
-    model.to(device).eval()
-    return LoadedModel(model, vocab, config, payload["features"],
-                       int(payload["state"]["epoch"]), path)
 
 
 def predictions_json(image_ids: list[str], captions: list[str]) -> list[dict]:

@@ -19,21 +19,17 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.config import Config, config_from_dict, config_to_dict, parse_override, save_config
+from pipeline.dataset.batches import SplitData, build_split, plan_epoch
+from pipeline.dataset.experiment import ExperimentData, load_experiment_data
+from pipeline.dataset.teacher_forced import amp_enabled, batch_loss, make_loader, split_loss
+from pipeline.decoder.build import build_decoder
+from pipeline.decoder.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.decoder.embeddings import load_word_vectors
+from pipeline.decoder.generate import decode_rows
+from pipeline.decoder.metrics import score_captions
+from pipeline.decoder.vocab import Vocabulary, build_vocabulary
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
-from pipeline.infer.generate import decode_rows
-from pipeline.infer.metrics import score_captions
-from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.train.dataset import (
-    CaptionBatches,
-    FeatureStore,
-    SplitData,
-    build_split,
-    plan_epoch,
-)
-from pipeline.train.experiment import ExperimentData, load_experiment_data
-from pipeline.train.model import CaptionDecoder, caption_loss, load_word_vectors
-from pipeline.train.vocab import Vocabulary, build_vocabulary
 
 
 @dataclass
@@ -160,7 +156,7 @@ def make_vocabulary(data: ExperimentData, config: Config, echo: bool) -> Vocabul
     return vocab
 
 
-def build_model(config: Config, vocab: Vocabulary, echo: bool) -> CaptionDecoder:
+def build_model(config: Config, vocab: Vocabulary, echo: bool) -> torch.nn.Module:
     """The decoder, with pretrained word vectors if configured; prints parameter counts."""
     vectors = None
     if config.model.pretrained_embeddings:
@@ -170,8 +166,7 @@ def build_model(config: Config, vocab: Vocabulary, echo: bool) -> CaptionDecoder
             click.echo(f"embeddings: {config.model.pretrained_embeddings} covers "
                        f"{coverage:.1%} of the vocabulary"
                        f"{' (frozen)' if config.model.freeze_embeddings else ''}")
-    model = CaptionDecoder(len(vocab), config.model, pad_index=vocab.pad,
-                           pretrained_embeddings=vectors)
+    model = build_decoder(config.model, vocab, pretrained_embeddings=vectors)
     if echo:
         total, trainable = model.parameter_counts()
         click.echo(f"decoder ({config.model.attention} attention): {total / 1e6:.2f} M parameters, "
@@ -192,57 +187,10 @@ def build_scheduler(config: Config, optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def amp_enabled(config: Config, device: torch.device) -> bool:
-    """Mixed precision only on CUDA (CPU training stays fp32 and deterministic)."""
-    return config.train.amp and device.type == "cuda"
-
-
 def seed_epoch(seed: int, epoch: int) -> np.random.Generator:
     """Reseed torch for `epoch` and return the batch planner's generator."""
     torch.manual_seed(seed * 100_003 + epoch)
     return np.random.default_rng([seed, epoch])
-
-
-def make_loader(store: FeatureStore, split: SplitData, plan: list, pad: int, workers: int,
-                device: torch.device) -> torch.utils.data.DataLoader:
-    """Batches of `plan`; workers read HDF5 lazily (none when the cache is in memory)."""
-    return torch.utils.data.DataLoader(
-        CaptionBatches(store, split, pad), batch_size=None, sampler=plan,
-        num_workers=0 if store.in_memory else workers, pin_memory=device.type == "cuda")
-
-
-def batch_loss(model: torch.nn.Module, batch: dict, config: Config, pad: int,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(total loss, cross-entropy, target tokens) of one batch, computed on `device`."""
-    features = batch["features"].to(device, non_blocking=True)   # (n_img, 49, 2048)
-    image_index = batch["image_index"].to(device, non_blocking=True)  # (B,)
-    captions = batch["captions"].to(device, non_blocking=True)   # (B, T)
-    lengths = batch["lengths"].to(device, non_blocking=True)     # (B,)
-    with torch.autocast(device.type, dtype=torch.float16, enabled=amp_enabled(config, device)):
-        logits, alphas = model(features, image_index, captions, lengths)  # (B, T-1, V), (B, T-1, 49)
-    total, cross_entropy = caption_loss(
-        logits.float(), captions[:, 1:], alphas.float(), lengths, pad,
-        config.model.doubly_stochastic, config.train.label_smoothing)
-    return total, cross_entropy, int((lengths - 1).sum())
-
-
-def split_loss(model: torch.nn.Module, store: FeatureStore, split: SplitData, config: Config,
-               pad: int, device: torch.device, dist: distributed.DistInfo | None = None) -> float:
-    """Mean per-token cross-entropy of a split, teacher forced, without gradients.
-
-    Under torchrun each rank takes every world_size-th batch and the sums are all-reduced.
-    """
-    dist = dist or distributed.DistInfo()
-    model.eval()
-    plan = plan_epoch(split, config.train.batch_size, "all", None)[dist.rank::dist.world_size]
-    loss_sum, tokens = 0.0, 0
-    with torch.inference_mode():
-        for batch in make_loader(store, split, plan, pad, config.train.workers, device):
-            _, cross_entropy, n_tokens = batch_loss(model, batch, config, pad, device)
-            loss_sum += float(cross_entropy) * n_tokens
-            tokens += n_tokens
-    loss_sum, tokens = distributed.sum_pair(loss_sum, tokens, dist, device)
-    return loss_sum / max(tokens, 1)
 
 
 def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
@@ -261,7 +209,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
                mininterval=1.0, leave=False)
     for batch in bar:
         total, cross_entropy, n_tokens = batch_loss(trainer.model, batch, trainer.config,
-                                                    trainer.vocab.pad, trainer.device)
+                                                    trainer.device)
         trainer.optimizer.zero_grad(set_to_none=True)
         trainer.scaler.scale(total).backward()
         if config.grad_clip > 0:

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from pipeline.config import Config, config_from_dict
+from pipeline.decoder.build import build_decoder
+from pipeline.decoder.vocab import Vocabulary
 from pipeline.errors import UserError
 
 CHECKPOINT_FORMAT = "captioner-checkpoint-v1"
@@ -63,3 +67,28 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     return path
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's decoder, ready for inference, with what it was trained with."""
+
+    model: torch.nn.Module
+    vocab: Vocabulary
+    config: Config
+    features: dict         # the feature file's fingerprint at training time
+    epoch: int
+    path: Path
+
+
+def load_model(path: str | Path, device: torch.device) -> LoadedModel:
+    """Rebuild the decoder of a checkpoint (or run folder) in eval mode on `device`."""
+    path = resolve_checkpoint(path)
+    payload = load_checkpoint(path)
+    config = config_from_dict(payload["config"])
+    vocab = Vocabulary(payload["vocab"])
+    model = build_decoder(config.model, vocab)
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    return LoadedModel(model, vocab, config, payload["features"],
+                       int(payload["state"]["epoch"]), path)

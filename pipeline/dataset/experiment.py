@@ -15,9 +15,10 @@ import pandas as pd
 from pipeline import contract
 from pipeline.config import Config
 from pipeline.data.captions import read_captions
+from pipeline.dataset.batches import filter_to_cache
+from pipeline.dataset.splits import assign_splits, split_counts
+from pipeline.dataset.store import FeatureStore, cache_fits_in_memory
 from pipeline.errors import UserError
-from pipeline.train.dataset import FeatureStore, cache_fits_in_memory, filter_to_cache
-from pipeline.train.splits import assign_splits, split_counts
 
 EXPECTED = {"backbone": "resnet50", "grid": contract.GRID}
 

@@ -1,4 +1,4 @@
-"""Caption many cached images in batches with the one decoding module (pipeline.infer.decode)."""
+"""Caption many cached images in batches with the one decoding module (pipeline.decoder.decode)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from pipeline.config import EvalConfig
-from pipeline.infer.decode import Decoded, beam_search, greedy_decode
-from pipeline.train.vocab import Vocabulary
+from pipeline.decoder.decode import Decoded, beam_search, greedy_decode
+from pipeline.decoder.vocab import Vocabulary
 
 
 def suppressed_tokens(vocab: Vocabulary, decoding: EvalConfig) -> list[int]:

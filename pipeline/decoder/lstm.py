@@ -3,21 +3,20 @@
 The decoder reads a batch of (B, 49, 2048) feature grids, attends over the 49 regions at every
 step and predicts the next word with an LSTM cell. `encode` computes the image side of the
 attention once per batch; `step` is one decoding step and is shared by teacher-forced training
-(`forward`) and by greedy / beam decoding (`pipeline.infer.decode`). Device-agnostic (CPU, CUDA)
+(`forward`) and by greedy / beam decoding (`pipeline.decoder.decode`). Device-agnostic (CPU, CUDA)
 and safe under `torch.autocast`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.config import ModelConfig
-from pipeline.errors import UserError
+from pipeline.decoder.loss import target_mask
 
 State = tuple[Tensor, Tensor]  # h, c: each (B, H)
 
@@ -134,28 +133,45 @@ class CaptionDecoder(nn.Module):
 
     def step(self, words: Tensor, state: State, encoded: Encoded) -> tuple[Tensor, Tensor, State]:
         """One step: words (B,) long, state 2 x (B, H) -> logits (B, V), alpha (B, R), new state."""
-        h, c = state
+        context, alpha = self._attend(encoded, state[0])  # (B, D), (B, R)
+        h, c = self._cell(self._word_gates(self.embedding(words)), context, state)  # (B, H) each
+        return self.output(self.dropout(h)), alpha, (h, c)
+
+    def _attend(self, encoded: Encoded, h: Tensor) -> tuple[Tensor, Tensor]:
+        """h (B, H) -> gated context (B, D), alpha (B, R)."""
         context, alpha = self.attention(encoded, h)  # (B, D), (B, R)
         if self.gate is not None:
             context = torch.sigmoid(self.gate(h)) * context  # β (B, D) scales the context
-        inputs = torch.cat([self.embedding(words), context], dim=1)  # (B, E + D)
-        h, c = self.lstm(inputs, (h, c))  # (B, H) each
-        logits = self.output(self.dropout(h))  # (B, V)
-        return logits, alpha, (h, c)
+        return context, alpha
 
-    def reorder(self, encoded: Encoded, index: Tensor) -> Encoded:
-        """Select / repeat rows of `encoded` (index (B',) long); used by beam search."""
-        return encoded.index_select(index)
+    def _word_gates(self, embedded: Tensor) -> Tensor:
+        """The embedding's share of the LSTM gates plus both biases: (..., E) -> (..., 4H).
+
+        The LSTM input is [embedding; context], so W_ih splits into an embedding part and a
+        context part; teacher forcing computes this part for every step in one matmul.
+        """
+        weight = self.lstm.weight_ih[:, :self.embedding.embedding_dim]  # (4H, E)
+        return F.linear(embedded, weight, self.lstm.bias_ih + self.lstm.bias_hh)
+
+    def _cell(self, word_gates: Tensor, context: Tensor, state: State) -> State:
+        """nn.LSTMCell's update (gate order i, f, g, o) with the word share precomputed."""
+        h, c = state
+        weight = self.lstm.weight_ih[:, self.embedding.embedding_dim:]  # (4H, D)
+        gates = word_gates + F.linear(context, weight) + F.linear(h, self.lstm.weight_hh)
+        i, f, g, o = gates.chunk(4, dim=1)  # (B, H) each
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
 
     def forward(self, features: Tensor, image_index: Tensor, captions: Tensor,
                 lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher forcing with per-step active-batch shrinking.
+        """Teacher forcing; only the recurrence runs step by step.
 
         features (n_img, 49, D); image_index (B,) long row of `features` for each caption;
         captions (B, T) long `<sos> w1 .. wn <eos> <pad>..`; lengths (B,) = n + 2.
-        Returns logits (B, T-1, V) predicting captions[:, 1:] and alphas (B, T-1, 49), zero at
-        padded steps, in the caller's row order. Rows are sorted by length internally and step
-        t runs the LSTM on the rows still active only, so padding costs no compute.
+        Returns packed logits (N, V) for the N real targets `captions[:, 1:][target_mask]`
+        (row-major, the caller's row order) and alphas (B, T-1, 49), zero at padded steps.
+        Rows are sorted by length and step t runs the LSTM on the rows still active only; the
+        embedding's share of the gates and the output projection run once, outside the loop.
         """
         batch, width = captions.shape
         steps_per_row = lengths.to(captions.device) - 1  # (B,) predictions per caption
@@ -163,22 +179,25 @@ class CaptionDecoder(nn.Module):
             raise ValueError(f"lengths exceed the caption width {width}")
         steps_sorted, order = steps_per_row.sort(descending=True, stable=True)  # (B,), (B,)
         active = _active_counts(steps_sorted, width - 1)  # rows alive at each step
-        encoded = self.encode(features).index_select(image_index.to(order.device)[order])  # (B, R, D)
-        inputs = captions.index_select(0, order)  # (B, T) sorted
+        encoded = self.encode(features).index_select(image_index.to(order.device)[order])  # (B, R, *)
+        inputs = captions.index_select(0, order)[:, :-1]  # (B, T-1) sorted
+        word_gates = self._word_gates(self.embedding(inputs)).transpose(0, 1).unbind(0)  # T-1 x (B, 4H)
         h, c = self.init_state(encoded)  # (B, H) each
-        logits_out = alphas_out = None
+        hiddens, alphas = [], []
         for t, n in enumerate(active):
-            logits, alpha, (h, c) = self.step(inputs[:n, t], (h[:n], c[:n]), encoded.head(n))
-            if logits_out is None:
-                logits_out = logits.new_zeros(batch, width - 1, self.vocab_size)  # (B, T-1, V)
-                alphas_out = alpha.new_zeros(batch, width - 1, alpha.shape[1])  # (B, T-1, R)
-            logits_out[:n, t] = logits  # (n, V)
-            alphas_out[:n, t] = alpha  # (n, R)
-        if logits_out is None:  # no caption has a step to predict
-            logits_out = features.new_zeros(batch, max(width - 1, 0), self.vocab_size).float()
-            alphas_out = features.new_zeros(batch, max(width - 1, 0), features.shape[1]).float()
-        inverse = order.argsort()  # (B,) back to the caller's order
-        return logits_out.index_select(0, inverse), alphas_out.index_select(0, inverse)
+            context, alpha = self._attend(encoded.head(n), h[:n])  # (n, D), (n, R)
+            h, c = self._cell(word_gates[t][:n], context, (h[:n], c[:n]))  # (n, H) each
+            hiddens.append(h)
+            alphas.append(alpha)
+        mask = target_mask(lengths, width - 1)  # (B, T-1) caller order
+        regions = encoded.features.shape[1]
+        alphas_out = features.new_zeros(batch, max(width - 1, 0), regions, dtype=torch.float32)
+        if not hiddens:  # no caption has a step to predict
+            return features.new_zeros(0, self.vocab_size, dtype=torch.float32), alphas_out
+        index = _row_major_index(active, order.argsort(), mask)  # (N,)
+        packed = torch.cat(hiddens).index_select(0, index)  # (N, H) caller row-major
+        alphas_out[mask] = torch.cat(alphas).float().index_select(0, index)  # (N, R)
+        return self.output(self.dropout(packed)), alphas_out  # (N, V), (B, T-1, R)
 
     def parameter_counts(self) -> tuple[int, int]:
         """(total, trainable) number of parameters."""
@@ -194,88 +213,15 @@ def _active_counts(steps_sorted: Tensor, width: int) -> list[int]:
     return [n for n in counts if n > 0]
 
 
-def caption_loss(logits: Tensor, targets: Tensor, alphas: Tensor, lengths: Tensor,
-                 pad_index: int = 0, doubly_stochastic: float = 0.0,
-                 label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Cross-entropy over real tokens plus the doubly stochastic attention penalty.
+def _row_major_index(active: list[int], rank: Tensor, mask: Tensor) -> Tensor:
+    """Positions in the step-major packed outputs of each real (row, step), row-major.
 
-    logits (B, T-1, V); targets (B, T-1) = captions[:, 1:]; alphas (B, T-1, R); lengths (B,).
-    total = CE (mean over non-pad targets, optional label smoothing)
-            + λ · mean_over_batch Σ_i (1 − Σ_t α_ti)², the sum over t on active steps only.
-    Returns (total, cross_entropy).
+    Step t's outputs hold the `active[t]` longest rows, sorted; `rank` (B,) is each caller
+    row's place in that sort and `mask` (B, T-1) marks its real steps.
     """
-    vocab = logits.shape[-1]
-    cross_entropy = F.cross_entropy(logits.reshape(-1, vocab).float(), targets.reshape(-1),
-                                    ignore_index=pad_index, label_smoothing=label_smoothing)
-    if doubly_stochastic == 0:
-        return cross_entropy, cross_entropy
-    steps = torch.arange(alphas.shape[1], device=alphas.device)  # (T-1,)
-    active = steps.unsqueeze(0) < (lengths.to(alphas.device) - 1).unsqueeze(1)  # (B, T-1)
-    coverage = (alphas.float() * active.unsqueeze(2)).sum(dim=1)  # (B, R) Σ_t α_ti
-    penalty = ((1.0 - coverage) ** 2).sum(dim=1).mean()  # scalar
-    return cross_entropy + doubly_stochastic * penalty, cross_entropy
-
-
-def load_word_vectors(path: str | Path, vocab_itos: list[str], dim: int) -> tuple[Tensor, float]:
-    """Read a word2vec / GloVe text file into a (V, dim) matrix aligned to `vocab_itos`.
-
-    Lines are `word v1 .. v_dim` (a word may itself contain spaces); an optional word2vec header
-    line `count dim` is accepted. Vocabulary words absent from the file keep Xavier-uniform rows.
-    Returns (matrix, coverage) with coverage = found words / vocabulary size (special tokens
-    included). A missing or malformed file, or vectors of another dimension, end in UserError.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"word vectors file not found: {path}")
-    rows = {word: i for i, word in enumerate(vocab_itos)}
-    matrix = nn.init.xavier_uniform_(torch.empty(len(vocab_itos), dim))  # (V, dim)
-    found = torch.zeros(len(vocab_itos), dtype=torch.bool)  # (V,)
-    seen_vectors = False
-    try:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                line = line.rstrip()
-                if not line or (number == 1 and _is_header(line, path, dim)):
-                    continue
-                if not seen_vectors:
-                    _check_dimension(len(line.split(" ")) - 1, path, dim)
-                    seen_vectors = True
-                word, values = _split_vector_line(line, path, number, dim)
-                row = rows.get(word)
-                if row is not None and not found[row]:
-                    matrix[row] = _parse_values(values, path, number)
-                    found[row] = True
-    except UnicodeDecodeError:
-        raise UserError(f"word vectors file {path} is not UTF-8 text") from None
-    if not seen_vectors:
-        raise UserError(f"word vectors file {path} holds no vectors")
-    return matrix, float(found.float().mean()) if len(vocab_itos) else 0.0
-
-
-def _is_header(line: str, path: Path, dim: int) -> bool:
-    """True for a word2vec `count dim` header line (checking its dimension)."""
-    parts = line.split()
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        return False
-    _check_dimension(int(parts[1]), path, dim)
-    return True
-
-
-def _check_dimension(found: int, path: Path, dim: int) -> None:
-    if found != dim:
-        raise UserError(f"word vectors in {path} have dimension {found}, "
-                        f"but model.embed_dim is {dim}")
-
-
-def _split_vector_line(line: str, path: Path, number: int, dim: int) -> tuple[str, list[str]]:
-    parts = line.rsplit(" ", dim)
-    if len(parts) != dim + 1 or not parts[0]:
-        raise UserError(f"{path}:{number}: expected a word and {dim} numbers")
-    return parts[0], parts[1:]
-
-
-def _parse_values(values: list[str], path: Path, number: int) -> Tensor:
-    try:
-        return torch.tensor([float(v) for v in values])  # (dim,)
-    except ValueError:
-        raise UserError(f"{path}:{number}: word vector has a value that is not a number") from None
+    starts = [0]
+    for n in active[:-1]:
+        starts.append(starts[-1] + n)
+    starts += [0] * (mask.shape[1] - len(starts))  # steps no row reaches (masked out)
+    offsets = torch.tensor(starts, device=mask.device)  # (T-1,)
+    return (offsets.unsqueeze(0) + rank.to(mask.device).unsqueeze(1))[mask]  # (N,)

@@ -1,8 +1,7 @@
 """Greedy and batched beam-search decoding: the one module used by validation, evaluate, caption.
 
-Both work on any model with the `CaptionDecoder` decoding interface: `encode(features)` ->
-an encoded batch with `index_select(index)`, `init_state(encoded)` -> (h, c) and
-`step(words, state, encoded)` -> (logits (B, V), alpha (B, R), state). Both run under
+Both work on any decoder implementing `pipeline.decoder.protocol.CaptionDecoderProtocol`
+(encode, init_state, step; a state is a tuple of batch-first tensors). Both run under
 `torch.inference_mode`; putting the model in eval mode is the caller's job.
 
 Lengths: decoding runs at most `max_len` steps, one generated token per step. A finished caption
@@ -20,6 +19,8 @@ import numpy
 import torch
 from torch import Tensor
 
+from pipeline.decoder.protocol import CaptionDecoderProtocol, EncodedBatch, State
+
 
 @dataclass
 class Decoded:
@@ -31,7 +32,8 @@ class Decoded:
     finished: bool  # False when max_len was hit without <eos>
 
 
-def greedy_decode(model, features: Tensor, sos: int, eos: int, max_len: int,
+def greedy_decode(model: CaptionDecoderProtocol, features: Tensor, sos: int, eos: int,
+                  max_len: int,
                   suppress: Sequence[int] = ()) -> list[Decoded]:
     """Most likely next word at every step, batched; rows leave the batch once they end.
 
@@ -71,7 +73,7 @@ def greedy_decode(model, features: Tensor, sos: int, eos: int, max_len: int,
         return results
 
 
-def beam_search(model, features: Tensor, sos: int, eos: int, beam_size: int, max_len: int,
+def beam_search(model: CaptionDecoderProtocol, features: Tensor, sos: int, eos: int, beam_size: int, max_len: int,
                 length_penalty: float = 0.0, suppress: Sequence[int] = ()) -> list[Decoded]:
     """Beam search batched over images x beams; returns the best caption of each image.
 
@@ -112,8 +114,8 @@ class _Live:
     tokens: Tensor  # (n, k, t) long
     alphas: Tensor  # (n, k, t, R) float32
     words: Tensor  # (n*k,) long: the last word of each beam
-    state: tuple[Tensor, Tensor]  # 2 x (n*k, H)
-    encoded: object  # the model's encoded batch, (n*k, R, D)
+    state: State  # batch-first tensors, (n*k, ...)
+    encoded: EncodedBatch  # the model's encoded batch, n*k rows
 
     def keep(self, rows: list[int]) -> _Live:
         """Only the images at `rows` (positions in `images`)."""
@@ -131,7 +133,7 @@ class _Live:
                      encoded=self.encoded.index_select(flat))
 
 
-def _start(model, features: Tensor, sos: int, k: int) -> _Live:
+def _start(model: CaptionDecoderProtocol, features: Tensor, sos: int, k: int) -> _Live:
     """Encode once, repeat each image k times; only beam 0 is live at first (the k are equal)."""
     batch, regions, device = features.shape[0], features.shape[1], features.device
     encoded = model.encode(features)  # (B, R, D)
@@ -176,7 +178,7 @@ def _collect_finished(finished: list[list[Decoded]], live: _Live,
 
 
 def _advance(live: _Live, top: tuple[Tensor, Tensor, Tensor], alpha: Tensor,
-             state: tuple[Tensor, Tensor], eos: int) -> _Live:
+             state: State, eos: int) -> _Live:
     """Keep, per image, the k best extensions that do not end in <eos>."""
     top_scores, beams, words = top  # (n, 2k) each
     n, k = live.scores.shape
