@@ -19,7 +19,7 @@ epoch is the trainer's own `train_one_epoch` on a `build_trainer` Trainer.
 2. End-to-end (the seed's way): the same Trainer with a store that decodes the JPEGs and runs
    ResNet50 fp32 on every read, vs the in-memory cache, on the same fixed batches (first K
    train images, same epoch index), alternated, best of each. Also with the seed's batch
-   composition (captions_per_image = "random": 64 images, one caption each) unless --quick.
+   composition (batching = "random": 64 images, one caption each) unless --quick.
 3. Memory of one training epoch, each in its own subprocess: streamed (train.workers 2) on the
    N and the 4N cache, and (for contrast) in memory: the main process's VmHWM and the
    largest DataLoader worker's private memory.
@@ -217,9 +217,9 @@ def head_split(split: SplitData, count: int) -> SplitData:
 
 
 def with_composition(trainer: Trainer, mode: str) -> Trainer:
-    """The same Trainer (model, optimizer) with train.captions_per_image = `mode`."""
+    """The same Trainer (model, optimizer) with train.batching = `mode`."""
     config = trainer.config
-    train = dataclasses.replace(config.train, captions_per_image=mode)
+    train = dataclasses.replace(config.train, batching=mode)
     return dataclasses.replace(trainer, config=dataclasses.replace(config, train=train))
 
 
@@ -408,13 +408,13 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
     m, t = first.config.model, first.config.train
     print(f"decoder: configs/demo.toml ({m.attention} attention, embed {m.embed_dim}, hidden "
           f"{m.hidden_dim}, attention {m.attention_dim}, vocab {len(first.vocab)}), batch_size "
-          f"{t.batch_size} captions ({t.captions_per_image!r}: whole images), Adam lr {t.lr}, "
+          f"{t.batch_size} captions ({t.batching!r} batching), Adam lr {t.lr}, "
           f"CPU fp32; train split {len(first.train_split.image_names)} images / "
           f"{first.train_split.num_captions} captions", flush=True)
     records = alternate_epochs(trainers, args.rounds + 1)
     encoder = FeatureEncoder(build_backbone(resolve_weights("none"), CPU), CPU, "fp32", "float32")
-    per_batch = len(plan_epoch(first.train_split, t.batch_size, "all", None)[0][0])  # images
-    e2e = [end_to_end(first, cache["images"], encoder, per_batch * args.e2e_batches, "all", 2)]
+    per_batch = len(plan_epoch(first.train_split, t.batch_size, "images", None)[0][0])  # images
+    e2e = [end_to_end(first, cache["images"], encoder, per_batch * args.e2e_batches, "images", 2)]
     if not args.quick:
         e2e.append(end_to_end(first, cache["images"], encoder, t.batch_size, "random", 2))
     rss = {"stream_n": peak_rss(cache, tmp / "runs", "rss1", False, RSS_WORKERS),

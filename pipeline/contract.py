@@ -8,12 +8,18 @@ Layout (documented for users in features/README.md):
 - `image_ids`  (N,) UTF-8 strings: image paths relative to the images folder, unique.
 - `status`     (N,) int8: 0 pending, 1 written, 2 failed.
 - `failed`     (M, 2) UTF-8 strings: [image_id, reason], written when the run completes.
+- `image_size_bytes`, `image_mtime_ns`  (N,) int64: each image's size and modification time
+               when it was read (-1: unreadable), so a rerun notices changed or deleted images.
+               Optional for readers (files made before they existed have neither).
+- Sharded (torchrun) files may hold `features`, `image_ids`, `status` and the stamps as HDF5
+  virtual datasets over shard files next to them; they read exactly like plain ones.
 - attrs        backbone, weights, image_size, resize, mean, std, grid, dtype, precision,
                versions, created, num_images, complete.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +29,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 
+BACKBONE = "resnet50"
 GRID = 7
 REGIONS = GRID * GRID
 CHANNELS = 2048
@@ -30,6 +37,10 @@ FEATURES = "features"
 IMAGE_IDS = "image_ids"
 STATUS = "status"
 FAILED = "failed"
+IMAGE_SIZE_BYTES = "image_size_bytes"
+IMAGE_MTIME_NS = "image_mtime_ns"
+STAMPS = (IMAGE_SIZE_BYTES, IMAGE_MTIME_NS)  # (N,) int64 each; -1 = could not stat
+PER_ROW = (FEATURES, IMAGE_IDS, STATUS, *STAMPS)  # the datasets with one entry per row
 PENDING, WRITTEN, FAILED_STATUS = 0, 1, 2
 
 # Attributes that must match for two runs to write the same file, and for stage two /
@@ -60,11 +71,18 @@ def create_feature_file(path: str | Path, image_ids: list[str], attrs: dict, dty
         h5py.h5d.create(f.id, FEATURES.encode(), tid, space, dcpl=dcpl)
         f.create_dataset(IMAGE_IDS, data=np.array(image_ids, dtype=object), dtype=STRING_DTYPE)
         f.create_dataset(STATUS, data=np.zeros(n, dtype=np.int8))
+        for name in STAMPS:
+            f.create_dataset(name, data=np.full(n, -1, dtype=np.int64))
         for key, value in attrs.items():
             f.attrs[key] = encode_attr(value)
         f.attrs["num_images"] = n
         f.attrs["complete"] = False
     os.replace(tmp, path)
+
+
+def row_bytes(dtype: str | np.dtype) -> int:
+    """Bytes of one image's grid: 49 x 2048 x bytes per value."""
+    return REGIONS * CHANNELS * np.dtype(dtype).itemsize
 
 
 def encode_attr(value: object) -> object:
@@ -122,25 +140,94 @@ def _text(value: object) -> str:
 
 
 def check_layout(f: h5py.File, path: str | Path) -> None:
-    """Refuse files that do not follow the contract's datasets and shapes."""
+    """Refuse files that do not follow the contract: datasets, shapes, dtypes, unique ids.
+
+    Also refuses a sharded (virtual) file whose shard files are missing.
+    """
     for name in (FEATURES, IMAGE_IDS, STATUS):
         if name not in f:
             raise UserError(f"{path} is not a captioner feature file (no '{name}' dataset)")
-    shape = f[FEATURES].shape
+    features = f[FEATURES]
+    if not isinstance(features, h5py.Dataset) or features.dtype not in (np.float16, np.float32):
+        raise UserError(f"{path}: 'features' is not a float16/float32 dataset")
+    shape = features.shape
     if len(shape) != 3 or shape[1:] != (REGIONS, CHANNELS):
         raise UserError(f"{path}: features have shape {shape}, expected (N, {REGIONS}, {CHANNELS})")
-    if f[IMAGE_IDS].shape[0] != shape[0]:
-        raise UserError(f"{path}: {f[IMAGE_IDS].shape[0]} image ids for {shape[0]} feature rows")
+    n = shape[0]
+    _check_vector(f, path, IMAGE_IDS, n, "a string", lambda d: h5py.check_string_dtype(d))
+    _check_vector(f, path, STATUS, n, "int8", lambda d: d == np.int8)
+    for name in STAMPS:
+        if name in f:
+            _check_vector(f, path, name, n, "int64", lambda d: d == np.int64)
+    if FAILED in f:
+        failed = f[FAILED]
+        if (not isinstance(failed, h5py.Dataset) or len(failed.shape) != 2
+                or failed.shape[1] != 2 or not h5py.check_string_dtype(failed.dtype)):
+            raise UserError(f"{path}: dataset 'failed' must be (M, 2) strings [image_id, reason]")
+    _check_unique(read_image_ids(f), path)
+    _check_sources(f, path)
+
+
+def _check_vector(f: h5py.File, path: str | Path, name: str, n: int, kind: str, ok) -> None:
+    """Dataset `name` must be (n,) with a dtype `ok` accepts (described as `kind`)."""
+    data = f[name]
+    if not isinstance(data, h5py.Dataset) or data.shape != (n,) or not ok(data.dtype):
+        got = (f"{getattr(data, 'shape', '?')} {getattr(data, 'dtype', 'group')}")
+        raise UserError(f"{path}: dataset '{name}' is {got}, expected ({n},) {kind} "
+                        "(not a captioner feature file, or damaged)")
+
+
+def _check_unique(ids: list[str], path: str | Path) -> None:
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise UserError(f"{path}: image ids are not unique ({dup!r} appears more than once)")
+
+
+def _check_sources(f: h5py.File, path: str | Path) -> None:
+    """Every shard file a virtual dataset maps must exist (else HDF5 reads zeros silently)."""
+    for name in PER_ROW:
+        if name in f and f[name].is_virtual:
+            missing = sorted({s.file_name for s in f[name].virtual_sources()
+                              if not source_path(path, s.file_name).is_file()})
+            if missing:
+                raise UserError(f"{path} reads its rows from shard files that are missing "
+                                f"({', '.join(missing[:3])}): keep the shards next to it "
+                                "(see features/README.md)")
+
+
+def source_path(path: str | Path, file_name: str) -> Path:
+    """Where HDF5 finds a virtual dataset's source: relative names are next to the file."""
+    source = Path(file_name)
+    return source if source.is_absolute() else Path(path).parent / source
+
+
+def is_virtual(f: h5py.File) -> bool:
+    """True if the file's rows live in shard files (HDF5 virtual datasets)."""
+    return f[FEATURES].is_virtual
 
 
 def fingerprint(f: h5py.File) -> dict:
-    """What identifies the extractor behind a file: MATCH_KEYS plus N. Plain types only."""
+    """What identifies a file: MATCH_KEYS (the extractor), N and `image_list_sha256`.
+
+    Plain types only. `image_list_sha256` is computed from the file's ids (see
+    `image_list_sha256`), so files made before it existed have one too.
+    """
     attrs = read_attrs(f)
     out = {key: attrs.get(key) for key in MATCH_KEYS}
     out["num_images"] = int(attrs.get("num_images", f[FEATURES].shape[0]))
     if "weights_path" in attrs:
         out["weights_path"] = attrs["weights_path"]
+    out["image_list_sha256"] = image_list_sha256(read_image_ids(f))
     return out
+
+
+def image_list_sha256(image_ids: list[str]) -> str:
+    """Hex sha256 over the row-ordered ids, each UTF-8 encoded and followed by a newline."""
+    digest = hashlib.sha256()
+    for image_id in image_ids:
+        digest.update(image_id.encode("utf-8") + b"\n")
+    return digest.hexdigest()
 
 
 def fingerprint_mismatch(expected: dict, actual: dict, keys: tuple[str, ...] = MATCH_KEYS) -> list[str]:
@@ -154,10 +241,15 @@ def open_complete(path: str | Path) -> h5py.File:
     f = open_h5(path)
     try:
         check_layout(f, path)
+        pending = int((f[STATUS][:] == PENDING).sum())
+        n = f[FEATURES].shape[0]
         if not bool(f.attrs.get("complete", False)):
-            done = int((f[STATUS][:] != PENDING).sum())
-            raise UserError(f"{path} is incomplete ({done}/{f[FEATURES].shape[0]} rows done): "
+            raise UserError(f"{path} is incomplete ({n - pending}/{n} rows done): "
                             "rerun the same `captioner extract` command to finish it")
+        if pending:
+            raise UserError(f"{path} says it is complete but {pending}/{n} rows are still "
+                            "pending: it is damaged or not made by captioner; rerun "
+                            "`captioner extract` with --overwrite")
     except UserError:
         f.close()
         raise

@@ -11,38 +11,19 @@ caption), so the last line shows whether the model learned to look at the images
 from __future__ import annotations
 
 import time
-from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
 import click
 
 from pipeline.config import Config, load_config
-from pipeline.data.demo_data import generate_demo_data
-from pipeline.dataset.batches import build_split
-from pipeline.dataset.experiment import ExperimentData, load_experiment_data
-from pipeline.decoder.metrics import format_scores, score_captions
-from pipeline.decoder.vocab import Vocabulary
 from pipeline.errors import UserError
-from pipeline.extract.cli import extract_command
-from pipeline.infer.caption import caption_images
-from pipeline.infer.evaluate import evaluate_checkpoint
-from pipeline.train.trainer import train
 
 CAPTIONED_IMAGES = 3
 
 
-def baseline_scores(data: ExperimentData, config: Config,
-                    vocab: Vocabulary) -> tuple[str, dict]:
-    """Score the most frequent training caption given to every test image."""
-    train_captions = data.frame.loc[data.frame["split"] == "train", "caption"]
-    caption = Counter(" ".join(vocab.decode(vocab.encode(c, config.vocab.max_len)).split())
-                      for c in train_captions).most_common(1)[0][0]
-    test = build_split(data.frame, "test", vocab, config.vocab.max_len, data.row_of)
-    keys = [str(i) for i in range(len(test.image_names))]
-    report = score_captions(dict(zip(keys, test.references, strict=True)),
-                            {key: caption for key in keys})
-    return caption, report.scores
+def echo_err(message: str) -> None:
+    click.echo(message, err=True)
 
 
 def step(title: str) -> None:
@@ -56,13 +37,25 @@ def step(title: str) -> None:
               type=click.IntRange(min=20), help="Demo images to generate.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a key of the demo config; repeatable.")
-@click.pass_context
-def demo_command(ctx: click.Context, config_path, n_images, overrides):
+def demo_command(config_path, n_images, overrides):
     """Generate demo data, extract, train, evaluate, caption; print where everything went."""
-    started = time.perf_counter()
     config = load_config(config_path, overrides)
     if not config.train.name:
         config.train.name = f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_demo(config, n_images)
+
+
+def run_demo(config: Config, n_images: int) -> None:
+    """The five demo steps for `config` (its train.name set), then the summary lines."""
+    # Imported here so that `captioner --help` does not load torch.
+    from pipeline.data.demo_data import generate_demo_data
+    from pipeline.dataset.experiment import load_experiment_data
+    from pipeline.extract.job import job_from_config, run_job
+    from pipeline.infer.caption import caption_images
+    from pipeline.infer.evaluate import evaluate_checkpoint
+    from pipeline.train.trainer import train
+
+    started = time.perf_counter()
     data_dir = Path(config.data.captions).parent
     images_dir = Path(config.data.images)
 
@@ -74,19 +67,18 @@ def demo_command(ctx: click.Context, config_path, n_images, overrides):
         click.echo(f"wrote {stats['images']} images and {stats['captions']} captions")
 
     step(f"2/5 extract -> {config.features.path}")
-    ctx.invoke(extract_command, config_path=config_path, overrides=overrides)
+    run_job(job_from_config(config, log=echo_err), log=echo_err)
 
     step(f"3/5 train -> {config.train.out_dir}/{config.train.name}")
     run_dir = train(config)
 
     step("4/5 evaluate on the test split")
     result = evaluate_checkpoint(run_dir, "test", config.eval.beam_size, run_dir / "eval-test",
-                                 examples=3)
-    vocab = Vocabulary.load(run_dir / "vocab.json")
+                                 examples=3)  # scores the image-blind baseline too
+    baseline = result["baseline"]
+    if baseline is None:
+        raise UserError("the demo data has no training captions for the baseline")
     data = load_experiment_data(config, echo=False)
-    caption, baseline = baseline_scores(data, config, vocab)
-    click.echo(f"image-blind baseline ({caption!r} for every image):")
-    click.echo(f"  {format_scores(baseline)}")
 
     step("5/5 caption three test images with attention maps")
     test_names = data.frame.loc[data.frame["split"] == "test", "image"].drop_duplicates()
@@ -101,9 +93,11 @@ def demo_command(ctx: click.Context, config_path, n_images, overrides):
     click.echo(f"  data          {data_dir}")
     click.echo(f"  features      {config.features.path}")
     click.echo(f"  run           {run_dir} (best.pt, last.pt, config.toml, metrics.jsonl)")
-    click.echo(f"  evaluation    {run_dir / 'eval-test'} (predictions.json, metrics.json)")
+    click.echo(f"  evaluation    {run_dir / 'eval-test'} (predictions.json, metrics.json, "
+               "report.html)")
     click.echo(f"  attention     {run_dir / 'attention'} (one PNG and .npy per image)")
     click.echo(f"next: make evaluate RUN={run_dir}   |   make caption IMAGES='your.jpg' "
                f"CHECKPOINT={run_dir / 'best.pt'}")
+    click.echo(f"report: {run_dir / 'eval-test' / 'report.html'}")
     model_cider = result["scores"]["CIDEr"]
-    click.echo(f"demo: CIDEr model={model_cider:.3f} baseline={baseline['CIDEr']:.3f}")
+    click.echo(f"demo: CIDEr model={model_cider:.3f} baseline={baseline['scores']['CIDEr']:.3f}")

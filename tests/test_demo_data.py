@@ -145,3 +145,26 @@ def test_demo_data_cli_reports_bad_arguments_in_one_line(tmp_path):
     result = CliRunner().invoke(demo_data_command, [str(tmp_path / "x"), "--images", "0"])
     assert result.exit_code == 2
     assert "error: --images must be at least 1" in result.output
+
+
+def test_demo_data_never_overwrites_a_users_files(tmp_path):
+    folder = tmp_path / "flickr30k"
+    folder.mkdir()
+    mine = folder / "results.csv"
+    mine.write_text("my own captions\n")
+    refused = CliRunner().invoke(demo_data_command, [str(folder), "--images", "2"])
+    assert refused.exit_code == 2
+    assert "already holds files" in refused.output and "--overwrite" in refused.output
+    assert mine.read_text() == "my own captions\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["results.csv"]
+    assert [p.name for p in tmp_path.iterdir()] == ["flickr30k"]  # no temp folder left
+    forced = CliRunner().invoke(demo_data_command, [str(folder), "--images", "2", "--overwrite"])
+    assert forced.exit_code == 0, forced.output
+    assert mine.read_text().startswith("image_name| comment_number| comment")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    stats = generate_demo_data(empty, n_images=2)
+    assert (empty / "dataset.json").is_file() and stats["dataset_json"] == str(empty / "dataset.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "flickr30k"]
+    with pytest.raises(UserError, match="already holds files"):
+        generate_demo_data(empty, n_images=2)

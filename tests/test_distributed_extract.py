@@ -1,4 +1,5 @@
-"""torchrun extraction with 2 CPU processes: shards merged into the single-process file."""
+"""torchrun extraction with 2 CPU processes: shards joined (virtual datasets) into a file that
+reads exactly like the single-process one, before and after `--consolidate`."""
 
 from __future__ import annotations
 
@@ -96,9 +97,16 @@ def test_two_ranks_equal_one_process_and_survive_a_killed_rank(tmp_path):
     rerun = subprocess.run(TORCHRUN + args(images, out), env=env(), cwd=tmp_path,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    assert not shard1.exists() and not shard_path(out, 0, 2).exists()
+    assert shard1.exists() and shard_path(out, 0, 2).exists()  # the file maps them
     assert_same_file(out, single)
     assert read(out)["failed"] == {"broken.jpg": read(single)["failed"]["broken.jpg"]}
+
+    result = CliRunner().invoke(extract_command, ["--consolidate", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not shard1.exists() and not shard_path(out, 0, 2).exists()
+    with h5py.File(out) as f:
+        assert not f[contract.FEATURES].is_virtual
+    assert_same_file(out, single)
 
 
 def rank_of(pid: str) -> str | None:

@@ -217,3 +217,16 @@ def test_format_scores_is_one_line_on_the_x100_scale():
     text = format_scores({"Bleu_1": 0.6667, "Bleu_4": 0.191, "METEOR": None, "CIDEr": 1.0234})
 
     assert text == "BLEU-1 66.7  BLEU-4 19.1  METEOR n/a  CIDEr 102.3 (scores ×100)"
+
+
+def test_per_image_cider_averages_to_the_corpus_score_and_ranks_images():
+    mixed = {**PREDICTIONS, "img2": REFERENCES["img2"][0]}  # img2 predicted perfectly
+
+    report = score_captions(REFERENCES, mixed, use_java=False)
+
+    assert set(report.per_image_cider) == set(REFERENCES)
+    mean = sum(report.per_image_cider.values()) / len(REFERENCES)
+    assert mean == pytest.approx(report.scores["CIDEr"], abs=1e-9)
+    assert max(report.per_image_cider, key=report.per_image_cider.get) == "img2"
+    assert score_captions(REFERENCES, PREDICTIONS, metrics=("Bleu_4",),
+                          use_java=False).per_image_cider == {}

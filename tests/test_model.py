@@ -1,10 +1,11 @@
-"""CaptionDecoder, caption_loss and load_word_vectors on small real tensors and files."""
+"""Both decoder kinds, caption_loss and load_word_vectors on small real tensors and files."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pipeline.config import ModelConfig
+from pipeline.decoder.build import DECODERS
 from pipeline.decoder.embeddings import load_word_vectors
 from pipeline.decoder.loss import caption_loss
 from pipeline.decoder.lstm import CaptionDecoder
@@ -19,6 +20,16 @@ def make_model(attention="additive", gate=True, dropout=0.0, seed=0, **kwargs):
     config = ModelConfig(attention=attention, embed_dim=16, hidden_dim=24, attention_dim=12,
                          dropout=dropout, gate=gate, **kwargs)
     return CaptionDecoder(VOCAB, config, feature_dim=FEATURE_DIM, pad_index=PAD)
+
+
+def make_decoder(kind, dropout=0.0, seed=0, **kwargs):
+    """A small decoder of `kind` (the LSTM with additive attention)."""
+    if kind == "lstm":
+        return make_model(dropout=dropout, seed=seed, **kwargs)
+    torch.manual_seed(seed)
+    config = ModelConfig(kind=kind, embed_dim=16, layers=2, heads=4, ff_dim=32, dropout=dropout,
+                         **kwargs)
+    return DECODERS[kind](VOCAB, config, feature_dim=FEATURE_DIM, pad_index=PAD)
 
 
 def make_batch(seed=1):
@@ -51,9 +62,10 @@ def naive_forward(model, features, image_index, captions):
     return torch.stack(logits, dim=1), torch.stack(alphas, dim=1)
 
 
-@pytest.mark.parametrize("attention", ["linear", "additive"])
-def test_forward_shapes_alpha_sums_and_padding(attention):
-    model = make_model(attention).eval()
+@pytest.mark.parametrize("kind,attention", [("lstm", "linear"), ("lstm", "additive"),
+                                            ("transformer", None)])
+def test_forward_shapes_alpha_sums_and_padding(kind, attention):
+    model = (make_model(attention) if kind == "lstm" else make_decoder(kind)).eval()
     features, image_index, captions, lengths = make_batch()
     logits, alphas = model(features, image_index, captions, lengths)
     active = active_mask(lengths, 7)
@@ -66,9 +78,15 @@ def test_forward_shapes_alpha_sums_and_padding(attention):
 
 
 @pytest.mark.parametrize("attention,gate", [("linear", True), ("additive", True),
-                                            ("additive", False)])
-def test_shrinking_forward_equals_naive_steps(attention, gate):
-    model = make_model(attention, gate=gate).eval()
+                                            ("additive", False), ("transformer", None),
+                                            ("transformer-untied", None)])
+def test_forward_equals_naive_steps(attention, gate):
+    """Teacher forcing (LSTM: sorted, shrinking; Transformer: all steps at once under the
+    causal mask) equals feeding each row word by word through `step`."""
+    if attention.startswith("transformer"):
+        model = make_decoder("transformer", tied_output=attention == "transformer").eval()
+    else:
+        model = make_model(attention, gate=gate).eval()
     features, image_index, captions, lengths = make_batch()
     logits, alphas = model(features, image_index, captions, lengths)
     naive_logits, naive_alphas = naive_forward(model, features, image_index, captions)
@@ -77,9 +95,10 @@ def test_shrinking_forward_equals_naive_steps(attention, gate):
     torch.testing.assert_close(alphas[active], naive_alphas[active], atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("attention", ["linear", "additive"])
+@pytest.mark.parametrize("attention", ["linear", "additive", "transformer"])
 def test_gradients_reach_every_trainable_parameter(attention):
-    model = make_model(attention, doubly_stochastic=1.0).train()
+    model = (make_decoder("transformer", dropout=0.1) if attention == "transformer"
+             else make_model(attention, doubly_stochastic=1.0)).train()
     features, image_index, captions, lengths = make_batch()
     logits, alphas = model(features, image_index, captions, lengths)
     total, _ = caption_loss(logits, captions, alphas, lengths, doubly_stochastic=1.0)
@@ -129,7 +148,8 @@ def test_doubly_stochastic_term():
     logits, alphas = model(features, image_index, captions, lengths)
     total0, ce0 = caption_loss(logits, captions, alphas, lengths, doubly_stochastic=0.0)
     assert total0.item() == ce0.item()
-    total, ce = caption_loss(logits, captions, alphas, lengths, doubly_stochastic=0.5)
+    total, ce = caption_loss(logits, captions, alphas, lengths, doubly_stochastic=0.5,
+                             attention_penalty="sum")
     assert ce.item() == ce0.item()
     coverage = alphas.sum(dim=1)  # (B, 49): zeros at padded steps add nothing
     expected = ((1 - coverage) ** 2).sum(dim=1).mean()
@@ -137,8 +157,9 @@ def test_doubly_stochastic_term():
     torch.testing.assert_close(total - ce, 0.5 * expected)
 
 
-def test_cross_entropy_counts_real_targets_only_and_label_smoothing_changes_it():
-    model = make_model().eval()
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_cross_entropy_counts_real_targets_only_and_label_smoothing_changes_it(kind):
+    model = make_decoder(kind).eval()
     features, image_index, captions, lengths = make_batch()
     logits, alphas = model(features, image_index, captions, lengths)
     targets = captions[:, 1:]
@@ -153,12 +174,14 @@ def test_cross_entropy_counts_real_targets_only_and_label_smoothing_changes_it()
     assert abs(smoothed.item() - ce.item()) > 1e-4
 
 
-def test_frozen_pretrained_embeddings_stay_frozen():
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_frozen_pretrained_embeddings_stay_frozen(kind):
     pretrained = torch.randn(VOCAB, 16)
     torch.manual_seed(0)
-    config = ModelConfig(embed_dim=16, hidden_dim=24, attention_dim=12, dropout=0.0,
-                         freeze_embeddings=True)
-    model = CaptionDecoder(VOCAB, config, feature_dim=FEATURE_DIM, pretrained_embeddings=pretrained)
+    config = ModelConfig(kind=kind, embed_dim=16, hidden_dim=24, attention_dim=12, dropout=0.0,
+                         freeze_embeddings=True, layers=1, heads=2, ff_dim=8, tied_output=False)
+    decoder = DECODERS[kind]
+    model = decoder(VOCAB, config, feature_dim=FEATURE_DIM, pretrained_embeddings=pretrained)
     weight = model.embedding.weight
     torch.testing.assert_close(weight[1:], pretrained[1:])
     assert (weight[PAD] == 0).all()
@@ -173,11 +196,10 @@ def test_frozen_pretrained_embeddings_stay_frozen():
     optimizer.step()
     assert torch.equal(model.embedding.weight, before["embedding.weight"])
     assert not torch.equal(model.output.weight, before["output.weight"])
-    unfrozen = make_model()
+    unfrozen = make_decoder(kind)
     assert unfrozen.parameter_counts()[0] == unfrozen.parameter_counts()[1]
     with pytest.raises(ValueError):
-        CaptionDecoder(VOCAB, config, feature_dim=FEATURE_DIM,
-                       pretrained_embeddings=torch.zeros(VOCAB, 8))
+        decoder(VOCAB, config, feature_dim=FEATURE_DIM, pretrained_embeddings=torch.zeros(VOCAB, 8))
 
 
 def test_load_word_vectors(tmp_path):
@@ -223,8 +245,9 @@ def test_load_word_vectors_missing_file(tmp_path):
         load_word_vectors(tmp_path / "nope.txt", ["dog"], 4)
 
 
-def test_autocast_forward_and_backward():
-    model = make_model(attention="additive").train()
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_autocast_forward_and_backward(kind):
+    model = make_decoder(kind, dropout=0.1).train()
     features, image_index, captions, lengths = make_batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, alphas = model(features, image_index, captions, lengths)
@@ -233,4 +256,4 @@ def test_autocast_forward_and_backward():
     assert logits.shape == (18, VOCAB) and torch.isfinite(total)
     total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    assert model.output.weight.grad.abs().sum() > 0
+    assert model.embedding.weight.grad.abs().sum() > 0

@@ -48,7 +48,7 @@ def test_training_from_cache_alone_lowers_the_loss(workspace):
     assert payload["format"] == CHECKPOINT_FORMAT
     assert payload["state"]["epoch"] == 2
     assert set(payload) >= {"model", "optimizer", "scheduler", "scaler", "config", "vocab",
-                            "features", "rng"}
+                            "features", "splits"}
     assert payload["features"]["num_images"] == 40
     assert "vocabulary:" in result.output and "No CNN here" in result.output
 
@@ -124,7 +124,9 @@ def test_captions_without_grids_are_dropped_with_a_warning(workspace):
     ("model.nope=1", "unknown config key model.nope"),
     ("train.epochs=two", "train.epochs must be int"),
     ("model.attention=dot", "model.attention must be one of"),
-    ("train.lr=-1", "train.lr must be > 0"),
+    ("train.lr=-1", "train.lr must be finite and > 0"),
+    ("train.lr=inf", "train.lr must be a finite number"),
+    ("model.dropout=nan", "model.dropout must be a finite number"),
     ("banana", "--set expects section.key=value"),
     ("colour.x=1", "unknown config section [colour]"),
 ])

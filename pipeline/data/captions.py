@@ -40,6 +40,7 @@ class CaptionTable:
     frame: pd.DataFrame  # columns: image, caption, split, image_id (see module docstring)
     format: str
     dropped_empty: int = 0
+    dropped_punctuation: int = 0
     recovered: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
@@ -53,7 +54,8 @@ class CaptionTable:
         n_captions = len(self.frame)
         per_image = n_captions / n_images if n_images else 0.0
         text = (f"{n_images:,} images, {n_captions:,} captions, {per_image:.2f} captions per image "
-                f"(dropped {self.dropped_empty:,} empty, recovered {self.recovered:,} malformed, "
+                f"(dropped {self.dropped_empty:,} empty, {self.dropped_punctuation:,} "
+                f"punctuation-only, recovered {self.recovered:,} malformed, "
                 f"rejected {len(self.rejected):,} unsafe names)")
         splits = self.frame.dropna(subset=["split"]).groupby("split", sort=False)["image"].nunique()
         if len(splits):
@@ -71,14 +73,18 @@ class _Rows:
     split: list[str | None] = field(default_factory=list)
     image_id: list[str] = field(default_factory=list)
     dropped_empty: int = 0
+    dropped_punctuation: int = 0
     recovered: int = 0
 
     def add(self, image: object, caption: object, split: str | None = None,
             image_id: object = None) -> None:
-        """Keep one caption row; a missing or blank caption is only counted."""
+        """Keep one caption row; a missing, blank or punctuation-only caption is only counted."""
         text = caption.strip() if isinstance(caption, str) else ""
         if not text:
             self.dropped_empty += 1
+            return
+        if not any(char.isalnum() for char in text):
+            self.dropped_punctuation += 1
             return
         name = str(image).strip() if image is not None else ""
         self.image.append(name)
@@ -109,8 +115,8 @@ class _Rows:
             "split": pd.Series([self.split[i] for i in keep], dtype=object),
             "image_id": ids,
         }, columns=list(COLUMNS))
-        return CaptionTable(frame, fmt, self.dropped_empty, self.recovered,
-                            list(rejected.items()))
+        return CaptionTable(frame, fmt, self.dropped_empty, self.dropped_punctuation,
+                            self.recovered, list(rejected.items()))
 
 
 def unsafe_name_reason(name: str) -> str:

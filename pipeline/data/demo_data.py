@@ -11,6 +11,8 @@ Everything is drawn from one `numpy.random.default_rng(seed)`: same seed, same b
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,17 +235,44 @@ def _split_names(n_images: int, rng: np.random.Generator) -> list[str]:
     return [names[int(i)] for i in rng.permutation(n_images)]
 
 
-def _prepare(out_dir: Path, n_images: int, size: int) -> Path:
+def _check_arguments(n_images: int, size: int) -> None:
     if n_images < 1:
         raise UserError(f"--images must be at least 1, got {n_images}")
     if size < 64:
         raise UserError(f"demo image size must be at least 64 pixels, got {size}")
-    images_dir = out_dir / "images"
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    """A file, or a folder holding anything, is refused unless `overwrite` (a folder)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"cannot write demo data to {out_dir}: it is not a folder")
+    if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} already holds files: demo-data writes only into a new or "
+                        "empty folder (--overwrite replaces its images/, results.csv and "
+                        "dataset.json)")
+
+
+def _staging_dir(out_dir: Path, overwrite: bool) -> Path:
+    """Where files are written: `out_dir` itself with `overwrite`, else a temp sibling
+    renamed into place at the end (a killed run never leaves a half-made folder)."""
+    target = out_dir if overwrite else out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    if target != out_dir and target.exists():
+        shutil.rmtree(target)
     try:
-        images_dir.mkdir(parents=True, exist_ok=True)
+        (target / "images").mkdir(parents=True, exist_ok=overwrite)
     except OSError as error:
         raise UserError(f"cannot write demo data to {out_dir}: {error.strerror}") from None
-    return images_dir
+    return target
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    if staging == out_dir:
+        return
+    try:
+        os.rename(staging, out_dir)  # fails if out_dir was filled meanwhile
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"cannot write demo data to {out_dir}: {error.strerror}") from None
 
 
 def _write_results_csv(path: Path, names: list[str], captions: list[list[str]]) -> None:
@@ -268,14 +297,37 @@ def _write_karpathy_json(path: Path, names: list[str], captions: list[list[str]]
 
 
 def generate_demo_data(out_dir: str | Path, n_images: int = 1500, seed: int = 0,
-                       size: int = 224) -> dict:
+                       size: int = 224, overwrite: bool = False) -> dict:
     """Write `n_images` demo JPEGs (size x size) and their captions under `out_dir`.
 
     Files: images/demo_00000.jpg..., results.csv (Kaggle Flickr30k layout) and dataset.json
-    (Karpathy layout with train/val/test). Returns the paths and counts written.
+    (Karpathy layout with train/val/test). `out_dir` must be new or empty unless `overwrite`.
+    Returns the paths and counts written.
     """
     out_dir = Path(out_dir)
-    images_dir = _prepare(out_dir, n_images, size)
+    _check_arguments(n_images, size)
+    _check_target(out_dir, overwrite)
+    staging = _staging_dir(out_dir, overwrite)
+    try:
+        names, captions, splits = _write_files(staging, n_images, seed, size)
+    except BaseException:
+        if staging != out_dir:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _move_into_place(staging, out_dir)
+    return {
+        "images_dir": str(out_dir / "images"),
+        "results_csv": str(out_dir / "results.csv"),
+        "dataset_json": str(out_dir / "dataset.json"),
+        "images": n_images,
+        "captions": n_images * CAPTIONS_PER_IMAGE,
+        "splits": {name: splits.count(name) for name in ("train", "val", "test")},
+    }
+
+
+def _write_files(root: Path, n_images: int, seed: int,
+                 size: int) -> tuple[list[str], list[list[str]], list[str]]:
+    """Images, results.csv and dataset.json under `root`; returns names, captions, splits."""
     rng = np.random.default_rng(seed)
     width = max(5, len(str(n_images - 1)))
     names, captions = [], []
@@ -283,19 +335,10 @@ def generate_demo_data(out_dir: str | Path, n_images: int = 1500, seed: int = 0,
         scene = _sample_scene(rng, size)
         image = _draw(scene, _background(rng, size))  # (size, size) RGB
         name = f"demo_{index:0{width}d}.jpg"
-        image.save(images_dir / name, format="JPEG", quality=90)
+        image.save(root / "images" / name, format="JPEG", quality=90)
         names.append(name)
         captions.append(make_captions(scene, rng))
     splits = _split_names(n_images, rng)
-    results_csv = out_dir / "results.csv"
-    dataset_json = out_dir / "dataset.json"
-    _write_results_csv(results_csv, names, captions)
-    _write_karpathy_json(dataset_json, names, captions, splits)
-    return {
-        "images_dir": str(images_dir),
-        "results_csv": str(results_csv),
-        "dataset_json": str(dataset_json),
-        "images": n_images,
-        "captions": n_images * CAPTIONS_PER_IMAGE,
-        "splits": {name: splits.count(name) for name in ("train", "val", "test")},
-    }
+    _write_results_csv(root / "results.csv", names, captions)
+    _write_karpathy_json(root / "dataset.json", names, captions, splits)
+    return names, captions, splits

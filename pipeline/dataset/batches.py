@@ -78,27 +78,55 @@ def build_split(frame: pd.DataFrame, split: str, vocab: Vocabulary, max_len: int
 
 def plan_epoch(split: SplitData, batch_size: int, mode: str,
                rng: np.random.Generator | None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Batches of (image positions, caption indices); `rng=None` keeps table order.
+    """Batches of (image positions, caption indices) for one epoch; `rng=None` keeps table order.
 
-    mode "all": every caption once; a batch holds whole images (all their captions), about
-    `batch_size` captions, so each grid is read once per batch. mode "random": one random
-    caption per image (the seed report's epoch), `batch_size` images per batch.
+    mode (`train.batching`, choices in `pipeline.config.BATCHINGS`):
+    "captions": every caption once, shuffled across images, `batch_size` captions per batch
+    (so about `batch_size` distinct images: the recipe of Show-Attend-Tell implementations).
+    "images": every caption once; a batch holds whole images (all their captions), about
+    `batch_size` captions, so each grid is read once per epoch (cheaper reads, worse captions).
+    "random": one random caption per image (the seed report's epoch), `batch_size` images.
     """
-    order = np.arange(len(split.image_names)) if rng is None else rng.permutation(
-        len(split.image_names))
-    batches = []
+    if mode == "captions":
+        return _caption_batches(split, batch_size, rng)
     if mode == "random":
-        for start in range(0, len(order), batch_size):
-            images = order[start:start + batch_size]
-            picks = [split.captions_of_image[i][0 if rng is None else
-                                               rng.integers(len(split.captions_of_image[i]))]
-                     for i in images]
-            batches.append((images, np.asarray(picks, dtype=np.int64)))
-        return batches
+        return _random_caption_batches(split, batch_size, rng)
+    if mode == "images":
+        return _image_batches(split, batch_size, rng)
+    raise ValueError(f"unknown batching {mode!r}")
+
+
+def _caption_batches(split: SplitData, batch_size: int,
+                     rng: np.random.Generator | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    count = split.num_captions
+    order = np.arange(count) if rng is None else rng.permutation(count)  # (n_captions,)
+    batches = []
+    for start in range(0, count, batch_size):
+        captions = order[start:start + batch_size].astype(np.int64)  # (B,)
+        batches.append((np.unique(split.caption_image[captions]), captions))
+    return batches
+
+
+def _random_caption_batches(split: SplitData, batch_size: int,
+                            rng: np.random.Generator | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    order = _image_order(split, rng)
+    batches = []
+    for start in range(0, len(order), batch_size):
+        images = order[start:start + batch_size]
+        picks = [split.captions_of_image[i][0 if rng is None else
+                                           rng.integers(len(split.captions_of_image[i]))]
+                 for i in images]
+        batches.append((images, np.asarray(picks, dtype=np.int64)))
+    return batches
+
+
+def _image_batches(split: SplitData, batch_size: int,
+                   rng: np.random.Generator | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    batches = []
     images: list[int] = []
     captions: list[np.ndarray] = []
     count = 0
-    for i in order:
+    for i in _image_order(split, rng):
         images.append(int(i))
         captions.append(split.captions_of_image[i])
         count += len(split.captions_of_image[i])
@@ -108,6 +136,11 @@ def plan_epoch(split: SplitData, batch_size: int, mode: str,
     if images:
         batches.append((np.asarray(images), np.concatenate(captions)))
     return batches
+
+
+def _image_order(split: SplitData, rng: np.random.Generator | None) -> np.ndarray:
+    count = len(split.image_names)
+    return np.arange(count) if rng is None else rng.permutation(count)
 
 
 class CaptionBatches(torch.utils.data.Dataset):

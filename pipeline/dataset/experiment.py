@@ -2,7 +2,9 @@
 
 Reads the caption file and the feature cache (never the images), checks the cache, assigns
 splits and joins captions to feature rows. Training, evaluation and resume all go through
-`load_experiment_data`, so a test split is the same split everywhere.
+`load_experiment_data`, so a test split is the same split everywhere: a new run computes
+its splits and records them (`ExperimentData.splits`); evaluate and --resume pass those
+saved lists back in, and the feature file must hold the image list the run was trained on.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import click
 import pandas as pd
 
 from pipeline import contract
+from pipeline.checksum import file_sha256
 from pipeline.config import Config
 from pipeline.data.captions import read_captions
 from pipeline.dataset.batches import filter_to_cache
-from pipeline.dataset.splits import assign_splits, split_counts
+from pipeline.dataset.splits import apply_saved_splits, assign_splits, split_counts, split_lists
 from pipeline.dataset.store import FeatureStore, cache_fits_in_memory
 from pipeline.errors import UserError
 
-EXPECTED = {"backbone": "resnet50", "grid": contract.GRID}
+EXPECTED = {"backbone": contract.BACKBONE, "grid": contract.GRID}
 
 
 @dataclass
@@ -31,6 +34,7 @@ class ExperimentData:
     fingerprint: dict             # the cache's identity (contract.fingerprint)
     row_of: dict[str, int]        # image name -> feature row
     store: FeatureStore
+    splits: dict                  # captions_sha256 + the image list of train, val and test
 
 
 def open_cache(path: str, expected: dict | None = None) -> tuple[dict, dict[str, int], dict]:
@@ -57,16 +61,27 @@ def open_cache(path: str, expected: dict | None = None) -> tuple[dict, dict[str,
 
 
 def load_experiment_data(config: Config, expected_fingerprint: dict | None = None,
-                         echo: bool = True) -> ExperimentData:
-    """Read captions + cache, drop captions without usable grids, assign splits."""
+                         echo: bool = True, saved_splits: dict | None = None) -> ExperimentData:
+    """Read captions + cache, drop captions without usable grids, assign splits.
+
+    `expected_fingerprint` and `saved_splits` come from a checkpoint (evaluate, --resume):
+    the cache must then hold the same images, and the saved split lists are used as they are.
+    """
     path = config.features.path
     fingerprint, row_of, failed = open_cache(path, expected_fingerprint)
+    if expected_fingerprint is not None:
+        check_same_images(path, expected_fingerprint, fingerprint, row_of, saved_splits)
     if not config.data.captions:
         raise UserError("config data.captions is empty: name the caption file")
     table = read_captions(config.data.captions, config.data.format)
+    captions_sha256 = file_sha256(config.data.captions)
     frame = filter_to_cache(table.frame, row_of, failed)
-    frame = assign_splits(frame, config.data.split_ratios, config.data.split_seed,
-                          config.data.subset)
+    if saved_splits:
+        frame = frozen_splits(frame, saved_splits, captions_sha256, config.data.captions)
+    else:
+        frame = assign_splits(frame, config.data.split_ratios, config.data.split_seed,
+                              config.data.subset)
+    splits = {"captions_sha256": captions_sha256, **split_lists(frame)}
     store = FeatureStore(path, in_memory=use_in_memory(config, path))
     if echo:
         counts = split_counts(frame)
@@ -74,7 +89,46 @@ def load_experiment_data(config: Config, expected_fingerprint: dict | None = Non
         click.echo(f"splits (images): train {counts['train']}, val {counts['val']}, "
                    f"test {counts['test']}; features: {path} "
                    f"({'in memory' if store.in_memory else 'streamed from HDF5'})")
-    return ExperimentData(frame=frame, fingerprint=fingerprint, row_of=row_of, store=store)
+    return ExperimentData(frame=frame, fingerprint=fingerprint, row_of=row_of, store=store,
+                          splits=splits)
+
+
+def frozen_splits(frame: pd.DataFrame, saved: dict, captions_sha256: str,
+                  captions_path: str) -> pd.DataFrame:
+    """The run's saved splits on today's caption file; one warning line if the file changed."""
+    frame, notes = apply_saved_splits(frame, saved)
+    if saved.get("captions_sha256") not in (None, captions_sha256):
+        click.echo(f"warning: {captions_path} changed since this run was trained; using the "
+                   f"run's saved splits{': ' + '; '.join(notes) if notes else ''}", err=True)
+    if frame.empty:
+        raise UserError(f"no image of the run's saved splits is left in {captions_path}")
+    return frame
+
+
+def check_same_images(path: str, expected: dict, fingerprint: dict, row_of: dict[str, int],
+                      saved_splits: dict | None, shown: int = 3) -> None:
+    """Refuse a feature file whose image list differs from the checkpoint's (moved is fine).
+
+    Compares the row count and, when both fingerprints carry it, the image list's sha256.
+    Older checkpoints without `image_list_sha256` are checked on the row count alone.
+    """
+    same_count = expected.get("num_images") in (None, fingerprint.get("num_images"))
+    hashes = (expected.get("image_list_sha256"), fingerprint.get("image_list_sha256"))
+    same_list = None in hashes or hashes[0] == hashes[1]
+    if same_count and same_list:
+        return
+    detail = (f"checkpoint: {expected.get('num_images')} images, file: "
+              f"{fingerprint.get('num_images')}")
+    if saved_splits:
+        missing = [image for name in ("train", "val", "test")
+                   for image in saved_splits.get(name, []) if image not in row_of]
+        if missing:
+            detail += (f"; {len(missing)} of the run's images are not in it, e.g. "
+                       f"{', '.join(missing[:shown])}")
+    if not same_list and same_count:
+        detail += "; same count, other images or order"
+    raise UserError(f"{path} holds another image list than the features this run was trained "
+                    f"on ({detail}): use that feature file (it may be moved or renamed)")
 
 
 def use_in_memory(config: Config, path: str) -> bool:

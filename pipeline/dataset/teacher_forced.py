@@ -12,11 +12,33 @@ from pipeline.config import Config
 from pipeline.dataset.batches import CaptionBatches, SplitData, plan_epoch
 from pipeline.dataset.store import FeatureStore
 from pipeline.decoder.loss import caption_loss
+from pipeline.device import AUTOCAST_DTYPES
 
 
-def amp_enabled(config: Config, device: torch.device) -> bool:
-    """Mixed precision only on CUDA (CPU training stays fp32 and deterministic)."""
-    return config.train.amp and device.type == "cuda"
+def training_precision(config: Config, device: torch.device) -> str:
+    """train.precision resolved to fp32 | bf16 | fp16.
+
+    "auto": on CUDA bf16 where the GPU supports it (no GradScaler needed), else fp16; on the
+    CPU fp32 (bf16 autocast is slower than fp32 on CPUs without native bf16, and its effect on
+    caption quality has not been measured on CPUs with it: ask for "bf16" explicitly).
+    """
+    precision = config.train.precision
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def training_autocast(config: Config, device: torch.device) -> torch.autocast:
+    """The autocast context of train.precision on `device` (disabled for fp32)."""
+    dtype = AUTOCAST_DTYPES.get(training_precision(config, device))
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def grad_scaler_enabled(config: Config, device: torch.device) -> bool:
+    """fp16 needs loss scaling; bf16 and fp32 do not."""
+    return training_precision(config, device) == "fp16"
 
 
 def make_loader(store: FeatureStore, split: SplitData, plan: list, pad: int, workers: int,
@@ -34,11 +56,12 @@ def batch_loss(model: torch.nn.Module, batch: dict, config: Config,
     image_index = batch["image_index"].to(device, non_blocking=True)  # (B,)
     captions = batch["captions"].to(device, non_blocking=True)   # (B, T)
     lengths = batch["lengths"].to(device, non_blocking=True)     # (B,)
-    with torch.autocast(device.type, dtype=torch.float16, enabled=amp_enabled(config, device)):
+    with training_autocast(config, device):
         logits, alphas = model(features, image_index, captions, lengths)  # (N, V), (B, T-1, 49)
     total, cross_entropy = caption_loss(logits, captions, alphas, lengths,
                                         config.model.doubly_stochastic,
-                                        config.train.label_smoothing)
+                                        config.train.label_smoothing,
+                                        config.model.attention_penalty)
     return total, cross_entropy, int((lengths - 1).sum())
 
 
@@ -50,7 +73,7 @@ def split_loss(model: torch.nn.Module, store: FeatureStore, split: SplitData, co
     """
     dist = dist or distributed.DistInfo()
     model.eval()
-    plan = plan_epoch(split, config.train.batch_size, "all", None)[dist.rank::dist.world_size]
+    plan = plan_epoch(split, config.train.batch_size, "images", None)[dist.rank::dist.world_size]
     loss_sum, tokens = 0.0, 0
     with torch.inference_mode():
         for batch in make_loader(store, split, plan, pad, config.train.workers, device):

@@ -16,7 +16,8 @@ def load_word_vectors(path: str | Path, vocab_itos: list[str], dim: int) -> tupl
     Lines are `word v1 .. v_dim` (a word may itself contain spaces); an optional word2vec header
     line `count dim` is accepted. Vocabulary words absent from the file keep Xavier-uniform rows.
     Returns (matrix, coverage) with coverage = found words / vocabulary size (special tokens
-    included). A missing or malformed file, or vectors of another dimension, end in UserError.
+    included). A missing or malformed file, vectors of another dimension, or a nan/inf value
+    end in UserError.
     """
     path = Path(path)
     if not path.is_file():
@@ -70,6 +71,9 @@ def _split_vector_line(line: str, path: Path, number: int, dim: int) -> tuple[st
 
 def _parse_values(values: list[str], path: Path, number: int) -> Tensor:
     try:
-        return torch.tensor([float(v) for v in values])  # (dim,)
+        vector = torch.tensor([float(v) for v in values])  # (dim,)
     except ValueError:
         raise UserError(f"{path}:{number}: word vector has a value that is not a number") from None
+    if not bool(torch.isfinite(vector).all()):
+        raise UserError(f"{path}:{number}: word vector has a non-finite value (nan or inf)")
+    return vector

@@ -19,13 +19,16 @@ def target_mask(lengths: Tensor, width: int) -> Tensor:
 
 def caption_loss(logits: Tensor, captions: Tensor, alphas: Tensor, lengths: Tensor,
                  doubly_stochastic: float = 0.0,
-                 label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
+                 label_smoothing: float = 0.0,
+                 attention_penalty: str = "mean") -> tuple[Tensor, Tensor]:
     """Cross-entropy over real tokens plus the doubly stochastic attention penalty.
 
     logits (N, V) packed (see `target_mask`); captions (B, T); alphas (B, T-1, R) zero at
     padded steps; lengths (B,).
     total = CE (mean over the N targets, optional label smoothing)
-            + λ · mean_over_batch Σ_i (1 − Σ_t α_ti)², the sum over t on real steps only.
+            + λ · mean_over_batch  agg_i (1 − Σ_t α_ti)², the sum over t on real steps only,
+    where agg_i (`attention_penalty`, `model.attention_penalty`) is "sum" over the R regions
+    (Xu et al.'s equation) or "mean" over them (= sum / R: the same λ means 49× less here).
     Returns (total, cross_entropy).
     """
     targets = captions[:, 1:][target_mask(lengths.to(captions.device), captions.shape[1] - 1)]
@@ -33,5 +36,11 @@ def caption_loss(logits: Tensor, captions: Tensor, alphas: Tensor, lengths: Tens
     if doubly_stochastic == 0:
         return cross_entropy, cross_entropy
     coverage = alphas.float().sum(dim=1)  # (B, R) Σ_t α_ti
-    penalty = ((1.0 - coverage) ** 2).sum(dim=1).mean()  # scalar
+    per_region = (1.0 - coverage) ** 2  # (B, R)
+    if attention_penalty == "sum":
+        penalty = per_region.sum(dim=1).mean()  # scalar
+    elif attention_penalty == "mean":
+        penalty = per_region.mean()  # scalar
+    else:
+        raise ValueError(f"unknown attention_penalty {attention_penalty!r}")
     return cross_entropy + doubly_stochastic * penalty, cross_entropy

@@ -19,6 +19,8 @@ from pipeline.config import ModelConfig
 from pipeline.decoder.loss import target_mask
 
 State = tuple[Tensor, Tensor]  # h, c: each (B, H)
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}  # keys: config.ATTENTION_ACTIVATIONS
+UNIFORM_INIT = 0.1  # model.init = "uniform": embedding and output weights ~ U(-0.1, 0.1)
 
 
 @dataclass
@@ -45,18 +47,23 @@ class Attention(nn.Module):
     is the same for every region, so the softmax cancels it: α depends on the image alone and
     W_h receives no gradient. This is the seed's design, kept faithful; `attention_dim` is unused.
 
-    "additive" (Show-Attend-Tell): score_i = v·tanh(W_f·feature_i + W_h·h_{t-1}).
+    "additive" (Show-Attend-Tell): score_i = v·act(W_f·feature_i + W_h·h_{t-1}), act = tanh
+    (Bahdanau, Xu et al.) or relu (sgrvinod's tutorial), `model.attention_activation`.
 
     W_f·features is computed once per batch (`project`, called by `CaptionDecoder.encode`);
     only W_h·h is computed at each step.
     """
 
-    def __init__(self, kind: str, feature_dim: int, hidden_dim: int, attention_dim: int):
+    def __init__(self, kind: str, feature_dim: int, hidden_dim: int, attention_dim: int,
+                 activation: str = "tanh"):
         super().__init__()
         if kind not in ("linear", "additive"):
             raise ValueError(f"unknown attention {kind!r}; expected 'linear' or 'additive'")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown attention activation {activation!r}")
         width = 1 if kind == "linear" else attention_dim
         self.kind = kind
+        self.activation = ACTIVATIONS[activation]
         self.feature_proj = nn.Linear(feature_dim, width)  # W_f (holds the one bias)
         self.hidden_proj = nn.Linear(hidden_dim, width, bias=False)  # W_h
         self.score = nn.Linear(attention_dim, 1) if kind == "additive" else None  # v
@@ -71,7 +78,7 @@ class Attention(nn.Module):
         if self.score is None:
             scores = (encoded.projected + hidden).squeeze(2)  # (B, R)
         else:
-            scores = self.score(torch.tanh(encoded.projected + hidden)).squeeze(2)  # (B, R)
+            scores = self.score(self.activation(encoded.projected + hidden)).squeeze(2)  # (B, R)
         alpha = torch.softmax(scores.float(), dim=1)  # (B, R)
         context = torch.bmm(alpha.unsqueeze(1), encoded.features).squeeze(1)  # (B, D)
         return context, alpha
@@ -90,7 +97,7 @@ class CaptionDecoder(nn.Module):
         self.vocab_size = vocab_size
         self.pad_index = pad_index
         self.embedding = nn.Embedding(vocab_size, embed, padding_idx=pad_index)
-        self._init_embedding(pretrained_embeddings)
+        self.init_tanh = config.init_state_tanh
         self.embedding.weight.requires_grad_(not config.freeze_embeddings)
         # LayerNorm over each region's 2048 channels: random-init grids reach |x| ~ 300 and
         # ImageNet ones vary by image; normalised grids keep tanh/sigmoid out of saturation.
@@ -99,18 +106,27 @@ class CaptionDecoder(nn.Module):
         # no gradient (that gradient was ~40% of a CPU epoch).
         self.feature_norm = (nn.LayerNorm(feature_dim, elementwise_affine=False)
                              if config.feature_norm else None)
-        self.attention = Attention(config.attention, feature_dim, hidden, config.attention_dim)
+        self.attention = Attention(config.attention, feature_dim, hidden, config.attention_dim,
+                                   config.attention_activation)
         self.gate = nn.Linear(hidden, feature_dim) if config.gate else None  # W_β
         self.init_h = nn.Linear(feature_dim, hidden)
         self.init_c = nn.Linear(feature_dim, hidden)
         self.lstm = nn.LSTMCell(embed + feature_dim, hidden)
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(hidden, vocab_size)
+        self._init_weights(config.init, pretrained_embeddings)
 
-    def _init_embedding(self, pretrained: Tensor | None) -> None:
+    def _init_weights(self, init: str, pretrained: Tensor | None) -> None:
+        """model.init "uniform": embedding and output weights U(-0.1, 0.1), output bias 0 (the
+        tutorial's); "xavier": Xavier-uniform embedding, PyTorch's default output layer."""
         weight = self.embedding.weight  # (V, E)
         with torch.no_grad():
-            if pretrained is None:
+            if init == "uniform":
+                nn.init.uniform_(self.output.weight, -UNIFORM_INIT, UNIFORM_INIT)
+                nn.init.zeros_(self.output.bias)
+            if pretrained is None and init == "uniform":
+                nn.init.uniform_(weight, -UNIFORM_INIT, UNIFORM_INIT)
+            elif pretrained is None:
                 nn.init.xavier_uniform_(weight)
             elif tuple(pretrained.shape) != tuple(weight.shape):
                 raise ValueError(f"pretrained embeddings have shape {tuple(pretrained.shape)}, "
@@ -127,9 +143,11 @@ class CaptionDecoder(nn.Module):
         return Encoded(features, self.attention.project(features))  # projected (B, R, A|1)
 
     def init_state(self, encoded: Encoded) -> State:
-        """h0, c0 = tanh(Linear(mean of the regions)), each (B, H)."""
+        """h0, c0 = Linear(mean of the regions), each (B, H), through tanh if
+        `model.init_state_tanh` (Xu et al. use an MLP; the tutorial no tanh)."""
         mean = encoded.features.mean(dim=1)  # (B, D)
-        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
+        h, c = self.init_h(mean), self.init_c(mean)  # (B, H) each
+        return (torch.tanh(h), torch.tanh(c)) if self.init_tanh else (h, c)
 
     def step(self, words: Tensor, state: State, encoded: Encoded) -> tuple[Tensor, Tensor, State]:
         """One step: words (B,) long, state 2 x (B, H) -> logits (B, V), alpha (B, R), new state."""

@@ -36,7 +36,7 @@ METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CI
 BLEU_NAMES = METRIC_NAMES[:4]
 JAVA_PROBE_TIMEOUT_S = 20
 
-_DISPLAY_NAMES = {
+DISPLAY_NAMES = {
     "Bleu_1": "BLEU-1",
     "Bleu_2": "BLEU-2",
     "Bleu_3": "BLEU-3",
@@ -79,6 +79,8 @@ class MetricReport:
     notes: list[str] = field(default_factory=list)
     # "ptb" (pycocoevalcap PTBTokenizer, needs java) or "simple" (pure-Python fallback)
     tokenizer: str = "ptb"
+    # image key -> that image's CIDEr (its mean is `scores["CIDEr"]`); empty without CIDEr
+    per_image_cider: dict[str, float] = field(default_factory=dict)
 
 
 def java_available() -> bool:
@@ -135,6 +137,7 @@ def score_captions(
     gts = refs_tok  # {id: [tokenized reference, ...]}
     res = {key: [preds_tok[key][0]] for key in gts}  # {id: [tokenized prediction]}
     scores: dict[str, float | None] = {}
+    per_image: dict[str, float] = {}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints progress and BLEU stats
         if any(name in metrics for name in BLEU_NAMES):
             bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
@@ -144,16 +147,19 @@ def score_captions(
         if "ROUGE_L" in metrics:
             scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
         if "CIDEr" in metrics:
-            scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+            corpus, each = Cider().compute_score(gts, res)  # each: one score per key of gts
+            scores["CIDEr"] = float(corpus)
+            per_image = dict(zip(gts, (float(value) for value in each), strict=True))
     ordered = {name: scores[name] for name in METRIC_NAMES if name in metrics}
-    return MetricReport(scores=ordered, notes=notes, tokenizer=tokenizer)
+    return MetricReport(scores=ordered, notes=notes, tokenizer=tokenizer,
+                        per_image_cider=per_image)
 
 
 def format_scores(scores: dict[str, float | None]) -> str:
     """One-line summary such as 'BLEU-1 66.7  BLEU-4 19.1  METEOR n/a  CIDEr 40.2 (scores x100)'."""
     parts = []
     for name, value in scores.items():
-        label = _DISPLAY_NAMES.get(name, name)
+        label = DISPLAY_NAMES.get(name, name)
         parts.append(f"{label} {'n/a' if value is None else f'{100 * value:.1f}'}")
     return "  ".join(parts) + " (scores ×100)"
 

@@ -13,7 +13,6 @@ so the exact same network can be rebuilt later (`build_backbone_from_attrs`):
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +21,10 @@ import torchvision
 from torch import nn
 from torchvision.models import ResNet50_Weights
 
-from pipeline.contract import GRID
+from pipeline.checksum import file_sha256
+from pipeline.contract import BACKBONE, GRID
 from pipeline.errors import UserError
 
-BACKBONE = "resnet50"
 IMAGENET_TAG = "imagenet:IMAGENET1K_V2"
 NONE_SEED = 0
 _OTHER_OPTIONS = ("use --weights none (random features, for trying the pipeline) or "
@@ -58,16 +57,7 @@ def resolve_weights(spec: str) -> WeightsSource:
     if not path.is_file():
         raise UserError(f"--weights must be imagenet, none or a state_dict file; "
                         f"{spec!r} is none of these (file not found)")
-    return WeightsSource(f"file:sha256:{sha256_file(path)}", str(path.resolve()))
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return WeightsSource(f"file:sha256:{file_sha256(path)}", str(path.resolve()))
 
 
 class GridEncoder(nn.Module):
@@ -103,7 +93,7 @@ def _imagenet_state_dict() -> dict:
 def _file_state_dict(path: str, expected_sha256: str | None = None) -> dict:
     if not Path(path).is_file():
         raise UserError(f"weights file not found: {path}")
-    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
         raise UserError(f"weights file {path} is not the one the features were made with "
                         f"(sha256 differs from {expected_sha256[:12]}...)")
     try:

@@ -3,19 +3,32 @@
 - DataLoader workers decode and resize (uint8 crosses process boundaries); the main process
   normalises whole batches on the device and runs the frozen backbone under inference_mode,
   channels_last and autocast (bf16 on CPU, fp16 on CUDA by default).
-- A writer thread with a bounded queue writes each batch's contiguous row runs in one h5py call,
-  flushes, then marks the rows in `status` (1 written, 2 failed) and flushes again. Memory stays
-  flat: at most a few batches exist at any time, whatever the number of images.
-- An interrupted file (Ctrl-C, kill -9) is finished by the same command: only rows whose status
-  is not 1 are (re)done. A complete file is left alone unless `overwrite`; a file made with other
+- A writer thread with a bounded queue writes each batch's contiguous row runs straight into
+  the file's pre-allocated chunks (`RowFile`: plain `pwrite`s at offsets read from HDF5 once, so
+  a full disk is a plain OSError and never leaves HDF5 with unwritable buffers), then the rows'
+  image stamps, then their `status` (1 written, 2 failed) last. Memory stays flat: at most a few
+  batches exist at any time, whatever the number of images.
+- Before writing, the file's remaining size is compared with the free space (and `ulimit -f`);
+  a run that cannot fit is refused with both numbers. A disk that fills up anyway ends the run
+  with one line; every row already marked is kept, and the same command resumes.
+- A row whose grid holds NaN/inf is never written: it is marked failed with a reason.
+- An interrupted file (Ctrl-C, kill -9, disk full) is finished by the same command: only rows
+  whose status is not 1 are (re)done. A complete file is kept unless `overwrite`, except rows
+  whose image changed or disappeared since it was read (size or mtime differ from the file's
+  stamps): those are re-extracted (a deleted image becomes a failed row). A file made with other
   settings or for another image list is refused, never modified.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import functools
 import os
 import queue
+import resource
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +46,7 @@ from tqdm import tqdm
 
 from pipeline import contract
 from pipeline.data.captions import read_captions
+from pipeline.device import AUTOCAST_DTYPES, cpu_has_native_bf16
 from pipeline.errors import UserError
 from pipeline.extract.backbone import (
     BACKBONE,
@@ -41,6 +55,7 @@ from pipeline.extract.backbone import (
     build_backbone,
     build_backbone_from_attrs,
 )
+from pipeline.extract.device_decode import RawImageDataset, collate_raw, decode_on_device
 from pipeline.extract.images import (
     IMAGE_SIZE,
     MEAN,
@@ -49,13 +64,19 @@ from pipeline.extract.images import (
     ImageDataset,
     ImageError,
     collate_images,
+    image_stamp,
     list_image_files,
     normalize_batch,
     preprocess_image,
+    resolve_image_path,
 )
 
 WRITE_QUEUE_BATCHES = 3
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Room for what grows at the end of a run (ids, stamps, `failed`, HDF5 metadata) besides the grids.
+SPACE_MARGIN_BYTES = 1 << 20
+SPACE_PER_ROW_BYTES = 512
+NON_FINITE = "non-finite features (NaN or inf) from the backbone"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -68,9 +89,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "fp16"
-    native_bf16 = (getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-                   or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-    return "bf16" if native_bf16 else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 class FeatureEncoder:
@@ -101,8 +120,8 @@ class FeatureEncoder:
         if images.shape[0] == 0:
             return np.zeros((0, contract.REGIONS, contract.CHANNELS), dtype=self.dtype)
         with torch.inference_mode(), torch.autocast(
-            self.device.type, dtype=_AUTOCAST.get(self.precision, torch.float32),
-            enabled=self.precision in _AUTOCAST,
+            self.device.type, dtype=AUTOCAST_DTYPES.get(self.precision, torch.float32),
+            enabled=self.precision in AUTOCAST_DTYPES,
         ):
             x = normalize_batch(images, self.device)  # (B, 3, 224, 224) float32, channels_last
             grid = self.model(x)  # (B, 49, 2048) in the autocast dtype
@@ -146,11 +165,20 @@ class ExtractJob:
     workers: int = 1
     overwrite: bool = False
     progress: bool = True
+    strict: bool = False  # exit 1 when images failed or caption names were rejected
+    device_decode: bool | None = None  # JPEGs decoded on `device`; None: on CUDA only
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # unsafe caption names
+
+    @property
+    def decodes_on_device(self) -> bool:
+        """Whether JPEGs are decoded on the model's device (pipeline/extract/device_decode.py)."""
+        return self.device.type == "cuda" if self.device_decode is None else self.device_decode
 
 
 @dataclass
 class ExtractResult:
-    """What a run did. `state`: "complete" (already done, untouched) or "done"."""
+    """What a run did. `state`: "complete" (already done, untouched), "done", or "shard" (a
+    rank other than 0 under torchrun: rank 0 reports for the whole job)."""
 
     state: str
     total: int = 0
@@ -158,6 +186,7 @@ class ExtractResult:
     written: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, reason), all rows
     seconds: float = 0.0  # decode + forward + write loop, excluding model build
+    stale: int = 0  # rows of a complete file redone because their image changed or vanished
 
     @property
     def images_per_s(self) -> float:
@@ -215,7 +244,7 @@ def check_output(job: ExtractJob, attrs: dict) -> str:
     out = job.out
     if not out.exists():
         return "new"
-    if not out.is_file() or not h5py.is_hdf5(out):
+    if not out.is_file() or not _is_hdf5(out):
         raise UserError(f"--out {out} exists and is not an HDF5 file; refusing to touch it "
                         "(choose another --out)")
     with contract.open_h5(out) as f:
@@ -224,6 +253,91 @@ def check_output(job: ExtractJob, attrs: dict) -> str:
             return "new"
         _check_same_job(f, out, attrs, job.names)
         return "complete" if bool(f.attrs.get("complete", False)) else "resume"
+
+
+def _is_hdf5(path: Path) -> bool:
+    try:
+        return h5py.is_hdf5(path)
+    except OSError:
+        return False
+
+
+def check_free_space(job: ExtractJob, state: str) -> None:
+    """UserError when what is left to write of `job.out` cannot fit on its disk or under the
+    file size limit (`ulimit -f`), with both numbers. `state` is check_output's answer."""
+    final = final_size(len(job.names), job.dtype)
+    allocated = _allocated_bytes(job.out)  # freed by --overwrite, or already written by a resume
+    needed = max(0, final - allocated) if state == "resume" else final
+    require_space(job.out, needed, final, freed=allocated if state == "new" else 0)
+
+
+def final_size(rows: int, dtype: str) -> int:
+    """Upper bound of a finished feature file's size in bytes: grids plus a margin."""
+    return rows * (contract.row_bytes(dtype) + SPACE_PER_ROW_BYTES) + SPACE_MARGIN_BYTES
+
+
+def require_space(out: Path, needed: int, final: int, freed: int = 0) -> None:
+    """UserError unless `needed` more bytes fit where `out` goes (plus `freed` bytes that
+    replacing it frees) and a file of `final` bytes is within `ulimit -f`."""
+    folder = _existing_folder(out.parent)
+    free = shutil.disk_usage(folder).free + freed
+    if needed > free:
+        raise UserError(f"not enough free space for {out}: it needs {_size(needed)} more "
+                        f"and {folder} has {_size(free)} free; free some space or choose "
+                        "another --out")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and final > limit:
+        raise UserError(f"{out} would be {_size(final)} but the file size limit "
+                        f"(ulimit -f) is {_size(limit)}")
+
+
+def _allocated_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_blocks * 512
+    except OSError:
+        return 0
+
+
+def _existing_folder(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _size(count: int) -> str:
+    return f"{count:,} bytes ({count / 1e9:.2f} GB)"
+
+
+def stale_rows(job: ExtractJob) -> list[int]:
+    """Rows of `job.out` (complete or not) whose image changed or vanished since it was read:
+    its (size, mtime_ns) now differs from the file's stamps. [] for files without stamps."""
+    with contract.open_h5(job.out) as f:
+        if contract.IMAGE_SIZE_BYTES not in f:
+            return []
+        status = f[contract.STATUS][:]  # (N,) int8
+        recorded = np.stack([f[name][:] for name in contract.STAMPS], axis=1)  # (N, 2) int64
+    stale = []
+    for row in np.flatnonzero(status != contract.PENDING):
+        try:
+            now = image_stamp(resolve_image_path(job.images_root, job.names[row]))
+        except ImageError:
+            now = (-1, -1)
+        if tuple(recorded[row]) != now:
+            stale.append(int(row))
+    return stale
+
+
+def mark_pending(path: Path, rows: list[int]) -> None:
+    """Set `rows` back to pending and the file to incomplete (to redo them)."""
+    with contract.open_h5(path, "r+") as f:
+        if contract.is_virtual(f):
+            raise UserError(f"{len(rows)} images of {path} changed since extraction, and its "
+                            "rows live in shard files: run `captioner extract --consolidate` "
+                            "on it first, then rerun")
+        status = f[contract.STATUS][:]  # (N,) int8
+        status[rows] = contract.PENDING
+        f[contract.STATUS][:] = status
+        f.attrs["complete"] = False
 
 
 def create_output(job: ExtractJob, attrs: dict) -> None:
@@ -272,24 +386,105 @@ def contiguous_runs(rows: Sequence[int]) -> Iterator[tuple[int, int, int, int]]:
             start = i
 
 
+class RowFile:
+    """Writes rows of an allocated feature file with plain `pwrite`s (no HDF5 call).
+
+    The offsets of every `features` chunk and of `status` and the stamps are read once; the
+    file then stays open only as a descriptor, locked exclusively (another extract of the same
+    file is refused). A full disk is an OSError from `pwrite` and nothing else.
+    """
+
+    def __init__(self, path: Path) -> None:
+        with contract.open_h5(path) as f:
+            features = f[contract.FEATURES]
+            self.dtype = features.dtype
+            self.row_offsets = _chunk_offsets(features, path)  # (N,) int64
+            self.offsets = {name: _contiguous_offset(f, name, path)
+                            for name in (contract.STATUS, *contract.STAMPS) if name in f}
+        self.row_bytes = contract.row_bytes(self.dtype)
+        self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise UserError(f"{path} is being written by another process") from None
+
+    def close(self) -> None:
+        """Release the lock and the descriptor."""
+        os.close(self.fd)
+
+    def write_features(self, rows: list[int], features: np.ndarray) -> None:
+        """features (K, 49, 2048) -> rows `rows` (ascending), one pwrite per run of rows."""
+        data = np.ascontiguousarray(features, dtype=self.dtype)
+        for row_start, row_stop, i, j in contiguous_runs(rows):
+            offsets = self.row_offsets[row_start:row_stop]
+            if (np.diff(offsets) == self.row_bytes).all():
+                _pwrite_all(self.fd, data[i:j].tobytes(), int(offsets[0]))
+            else:
+                for k, offset in enumerate(offsets):
+                    _pwrite_all(self.fd, data[i + k].tobytes(), int(offset))
+
+    def write_column(self, name: str, values: dict[int, int], dtype: str) -> None:
+        """values[row] into the contiguous (N,) dataset `name` (skipped if the file lacks it)."""
+        if name not in self.offsets or not values:
+            return
+        rows = sorted(values)
+        data = np.array([values[row] for row in rows], dtype=dtype)
+        size = data.itemsize
+        for row_start, _, i, j in contiguous_runs(rows):
+            _pwrite_all(self.fd, data[i:j].tobytes(), self.offsets[name] + row_start * size)
+
+
+def _chunk_offsets(features: h5py.Dataset, path: Path) -> np.ndarray:
+    """File offset of every row's chunk, (N,) int64; UserError if not laid out as we write."""
+    n = features.shape[0]
+    offsets = np.full(n, -1, dtype=np.int64)
+    if features.chunks == (1, contract.REGIONS, contract.CHANNELS) and not features.is_virtual \
+            and features.compression is None:
+        def keep(info) -> None:
+            offsets[info.chunk_offset[0]] = info.byte_offset
+        features.id.chunk_iter(keep)
+    if (offsets < 0).any():
+        raise UserError(f"{path}: features are not stored one uncompressed, allocated chunk per "
+                        "image, as captioner writes them; use --overwrite or another --out")
+    return offsets
+
+
+def _contiguous_offset(f: h5py.File, name: str, path: Path) -> int:
+    offset = f[name].id.get_offset()
+    if offset is None or f[name].chunks is not None:
+        raise UserError(f"{path}: dataset '{name}' is not stored as captioner writes it; use "
+                        "--overwrite or another --out")
+    return offset
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
+
+
 class FeatureWriter(threading.Thread):
-    """Background HDF5 writer: features of a batch, flush, then its status marks, flush.
+    """Background writer: a batch's features, then its stamps, then its status marks.
 
     `put` blocks when WRITE_QUEUE_BATCHES batches are waiting (bounded memory). An error in
     the thread is kept in `error` (the caller checks it); later batches are then dropped.
     """
 
-    def __init__(self, f: h5py.File, depth: int = WRITE_QUEUE_BATCHES) -> None:
+    def __init__(self, rows: RowFile, depth: int = WRITE_QUEUE_BATCHES) -> None:
         super().__init__(name="feature-writer", daemon=True)
-        self.f = f
+        self.rows = rows
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.failures: dict[int, str] = {}
         self.written = 0
 
-    def put(self, rows: list[int], features: np.ndarray, failures: list[tuple[int, str]]) -> None:
-        """Queue one batch: rows (ascending) with features (K, 49, 2048), and failed rows."""
-        self.queue.put((rows, features, failures))
+    def put(self, rows: list[int], features: np.ndarray, failures: list[tuple[int, str]],
+            stamps: dict[int, tuple[int, int]]) -> None:
+        """Queue one batch: rows (ascending) with features (K, 49, 2048), failed rows, and
+        every row's (size, mtime_ns) stamp."""
+        self.queue.put((rows, features, failures, stamps))
 
     def stop(self) -> None:
         """Write everything queued and stop the thread (an error stays in `self.error`)."""
@@ -305,20 +500,16 @@ class FeatureWriter(threading.Thread):
                 except BaseException as exc:  # handed to the main thread
                     self.error = exc
 
-    def _write(self, rows: list[int], features: np.ndarray,
-               failures: list[tuple[int, str]]) -> None:
-        dataset = self.f[contract.FEATURES]
-        for row_start, row_stop, i, j in contiguous_runs(rows):
-            dataset[row_start:row_stop] = features[i:j]  # (run, 49, 2048)
-        self.f.flush()
+    def _write(self, rows: list[int], features: np.ndarray, failures: list[tuple[int, str]],
+               stamps: dict[int, tuple[int, int]]) -> None:
+        self.rows.write_features(rows, features)
+        self.rows.write_column(contract.IMAGE_SIZE_BYTES,
+                               {row: size for row, (size, _) in stamps.items()}, "<i8")
+        self.rows.write_column(contract.IMAGE_MTIME_NS,
+                               {row: mtime for row, (_, mtime) in stamps.items()}, "<i8")
         marks = {row: contract.WRITTEN for row in rows}
         marks.update({row: contract.FAILED_STATUS for row, _ in failures})
-        if marks:
-            low, high = min(marks), max(marks) + 1
-            status = self.f[contract.STATUS][low:high]  # (high - low,) int8
-            status[np.array(list(marks)) - low] = list(marks.values())
-            self.f[contract.STATUS][low:high] = status
-            self.f.flush()
+        self.rows.write_column(contract.STATUS, marks, "i1")  # last: status 1 = on disk
         self.failures.update(failures)
         self.written += len(rows)
 
@@ -336,11 +527,22 @@ def torch_threads(device: torch.device) -> Iterator[None]:
 
 
 def run_extraction(job: ExtractJob, log: Callable[[str], None] = print) -> ExtractResult:
-    """Extract (or finish) `job.out`. KeyboardInterrupt: flush, close, log how far, re-raise."""
+    """Extract (or finish) `job.out`. KeyboardInterrupt: log how far, re-raise."""
     attrs = feature_attrs(job)
     state = check_output(job, attrs)
-    if state == "complete":
-        return ExtractResult("complete", total=len(job.names))
+    stale: list[int] = []
+    if state != "new":
+        stale = stale_rows(job)
+    if state == "complete" and not stale:
+        with contract.open_h5(job.out) as f:
+            failed = list(contract.read_failed(f).items())
+        return ExtractResult("complete", total=len(job.names), failed=failed)
+    if stale:
+        log(f"{len(stale)} images changed or disappeared since they were read: "
+            "re-extracting them")
+        mark_pending(job.out, stale)
+        state = "resume"
+    check_free_space(job, state)
     if state == "new":
         _ensure_folder(job.out.parent)  # fail early, before a possible weights download
     if job.weights.warning:
@@ -350,10 +552,11 @@ def run_extraction(job: ExtractJob, log: Callable[[str], None] = print) -> Extra
                                  job.precision, job.dtype)
         if state == "new":
             create_output(job, attrs)
-        with contract.open_h5(job.out, "r+") as f:
+        with contract.open_h5(job.out) as f:
             status = f[contract.STATUS][:]  # (N,) int8
         todo = np.flatnonzero(status != contract.WRITTEN).tolist()
-        result = ExtractResult("done", total=len(job.names), reused=len(job.names) - len(todo))
+        result = ExtractResult("done", total=len(job.names), reused=len(job.names) - len(todo),
+                               stale=len(stale))
         if todo:
             _extract_rows(job, encoder, todo, result, log)
         _finish(job, result)
@@ -361,10 +564,15 @@ def run_extraction(job: ExtractJob, log: Callable[[str], None] = print) -> Extra
 
 
 def _loader(job: ExtractJob, todo: list[int]) -> DataLoader:
-    """Decode workers -> ImageBatch of uint8 images; pinned memory for CUDA copies."""
-    return DataLoader(ImageDataset(job.images_root, job.names, todo), batch_size=job.batch_size,
-                      num_workers=job.workers, collate_fn=collate_images,
-                      pin_memory=job.device.type == "cuda")
+    """Decode workers -> batches of uint8 images (or JPEG bytes to decode on the device);
+    pinned memory for CUDA copies."""
+    if job.decodes_on_device:
+        dataset = RawImageDataset(job.images_root, job.names, todo)
+        collate = functools.partial(collate_raw, root=job.images_root, names=job.names)
+    else:
+        dataset, collate = ImageDataset(job.images_root, job.names, todo), collate_images
+    return DataLoader(dataset, batch_size=job.batch_size, num_workers=job.workers,
+                      collate_fn=collate, pin_memory=job.device.type == "cuda")
 
 
 def _extract_rows(job: ExtractJob, encoder: FeatureEncoder, todo: list[int],
@@ -372,29 +580,36 @@ def _extract_rows(job: ExtractJob, encoder: FeatureEncoder, todo: list[int],
     """Run the decode -> forward -> write loop over `todo` rows, filling `result`."""
     start = time.perf_counter()
     batches = iter(_loader(job, todo))  # forks the decode workers before the file is open
+    rows_file = RowFile(job.out)  # (an error here drops `batches`, stopping the workers)
     bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not job.progress,
                dynamic_ncols=True)
-    with contract.open_h5(job.out, "r+") as f:
-        writer = FeatureWriter(f)
-        writer.start()
+    writer = FeatureWriter(rows_file)
+    writer.start()
+    try:
         try:
-            try:
-                for batch in batches:
-                    if writer.error is not None:
-                        break
-                    features = encoder.encode(batch.images)  # (K, 49, 2048) storage dtype
-                    writer.put(batch.rows, features, batch.failures)
-                    bar.update(len(batch.rows) + len(batch.failures))
-            finally:
-                bar.close()
-                del batches  # stops the decode workers
-                writer.stop()  # what was computed is written and flushed
-        except KeyboardInterrupt:
-            done = result.reused + writer.written + len(writer.failures)
-            log(f"interrupted: {done}/{result.total} rows done and saved in {job.out}")
-            raise
+            for batch in batches:
+                if writer.error is not None:
+                    break
+                if job.decodes_on_device:
+                    batch = decode_on_device(batch, job.device)  # images (K, 3, 224, 224)
+                features = encoder.encode(batch.images)  # (K, 49, 2048) storage dtype
+                rows, features, failures = drop_non_finite(batch.rows, features, batch.failures)
+                writer.put(rows, features, failures, batch.stamps)
+                bar.update(len(batch.rows) + len(batch.failures))
+        finally:
+            bar.close()
+            del batches  # stops the decode workers
+            writer.stop()  # what was computed is written
+            rows_file.close()
+    except KeyboardInterrupt:
+        log(f"interrupted: {_done(result, writer)}/{result.total} rows done and saved in "
+            f"{job.out}")
+        raise
     if isinstance(writer.error, OSError):
-        raise UserError(f"writing {job.out} failed ({writer.error}); fix that and rerun the "
+        what = ("the disk is full" if writer.error.errno in DISK_FULL
+                else writer.error.strerror or str(writer.error))
+        raise UserError(f"writing {job.out} failed: {what}; {_done(result, writer)}/"
+                        f"{result.total} rows are saved in it: free some space and rerun the "
                         "same command to resume") from None
     if writer.error is not None:
         raise writer.error
@@ -403,13 +618,33 @@ def _extract_rows(job: ExtractJob, encoder: FeatureEncoder, todo: list[int],
     result.seconds = time.perf_counter() - start
 
 
+def _done(result: ExtractResult, writer: FeatureWriter) -> int:
+    return result.reused + writer.written + len(writer.failures)
+
+
+def drop_non_finite(rows: list[int], features: np.ndarray, failures: list[tuple[int, str]],
+                    ) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+    """Move rows whose grid (in the storage dtype) holds NaN/inf from `rows` to `failures`."""
+    finite = np.isfinite(features).all(axis=(1, 2))  # (K,)
+    if finite.all():
+        return rows, features, failures
+    bad = [(row, NON_FINITE) for row, ok in zip(rows, finite, strict=True) if not ok]
+    kept = [row for row, ok in zip(rows, finite, strict=True) if ok]
+    return kept, features[finite], sorted(failures + bad)
+
+
 def _finish(job: ExtractJob, result: ExtractResult) -> None:
     """Write the `failed` dataset (image, reason) and mark the file complete."""
-    with contract.open_h5(job.out, "r+") as f:
-        status = f[contract.STATUS][:]  # (N,) int8
-        if (status == contract.PENDING).any():
-            raise RuntimeError(f"{int((status == contract.PENDING).sum())} rows still pending")
-        reasons = dict(result.failed)  # every failed row was (re)tried by this run
-        result.failed = [(job.names[row], reasons[job.names[row]])
-                         for row in np.flatnonzero(status == contract.FAILED_STATUS)]
-        contract.write_failed_and_complete(f, result.failed)
+    try:
+        with contract.open_h5(job.out, "r+") as f:
+            status = f[contract.STATUS][:]  # (N,) int8
+            if (status == contract.PENDING).any():
+                raise RuntimeError(f"{int((status == contract.PENDING).sum())} rows still pending")
+            reasons = contract.read_failed(f)  # failures of rows kept from an earlier run
+            reasons.update(result.failed)  # every row this run (re)tried
+            result.failed = [(job.names[row], reasons[job.names[row]])
+                             for row in np.flatnonzero(status == contract.FAILED_STATUS)]
+            contract.write_failed_and_complete(f, result.failed)
+    except OSError as exc:
+        raise UserError(f"finishing {job.out} failed ({exc}); every row is saved: free some "
+                        "space and rerun the same command") from None

@@ -22,11 +22,17 @@ The policy, in order (recorded in every feature file as the `resize` attr, so st
 
 Pillow's decompression-bomb guard stays on and truncated files are NOT loaded: both, like a
 missing file or a file that is not an image, are per-image failures with a reason
-(`ImageError`), never a crash of the run.
+(`ImageError`), never a crash of the run. Only regular files are read: a FIFO, socket or
+device named as an image fails that image (checked before opening, and again on the opened
+descriptor, which is opened non-blocking so a FIFO can never hang the run). Inside an images
+folder, a name whose symlinks resolve outside the folder is refused like `../x.jpg`.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -48,6 +54,7 @@ STD = (0.229, 0.224, 0.225)
 POLICY = ("captioner-v1: jpeg draft (both sides >= 256); exif_transpose; RGB (alpha on white, "
           "16-bit round(v/257), first frame); reject shorter side < 32; shorter side -> 256 "
           "bilinear antialias; centre crop 224; uint8; (x/255 - mean)/std on the batch")
+NO_STAMP = (-1, -1)  # (size, mtime_ns) of an image that could not be stat'ed
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 _WHITE = (255, 255, 255)
 
@@ -57,17 +64,63 @@ class ImageError(Exception):
 
 
 def resolve_image_path(root: str | Path, name: str) -> Path:
-    """`root / name` for a relative POSIX `name` that stays inside `root`; else ImageError."""
+    """`root / name` for a relative POSIX `name` that stays inside `root`, symlinks resolved;
+    else ImageError."""
     reason = unsafe_name_reason(name)
     if reason:
         raise ImageError(f"unsafe name ({reason}): not read")
-    return Path(root) / name
+    path = Path(root) / name
+    if not path.resolve().is_relative_to(Path(root).resolve()):
+        raise ImageError("unsafe name (a symlink resolving outside the images folder): not read")
+    return path
+
+
+def image_stamp(path: str | Path) -> tuple[int, int]:
+    """(size in bytes, mtime in ns) of the file `path` points to; NO_STAMP if it cannot be stat'ed."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return NO_STAMP
+    return info.st_size, info.st_mtime_ns
+
+
+def _not_regular(mode: int) -> str:
+    """Why a file of this st_mode cannot be an image ("" for a regular file)."""
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        return "is a directory, not an image file"
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    kind = next((text for test, text in kinds if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
+
+
+def open_regular(path: str | Path):
+    """A binary file object for `path`, which must be a regular file; never blocks on a FIFO.
+
+    ImageError for anything else (checked with stat before opening and fstat after).
+    """
+    reason = _not_regular(os.stat(path).st_mode)
+    if reason:
+        raise ImageError(reason)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ENODEV):  # a socket, or swapped for a device
+            raise ImageError("not a regular file") from None
+        raise
+    reason = _not_regular(os.fstat(fd).st_mode)
+    if reason:
+        os.close(fd)
+        raise ImageError(reason)
+    return os.fdopen(fd, "rb")
 
 
 def open_rgb(path: str | Path) -> Image.Image:
     """Decode `path` into an RGB PIL image per steps 1-4 of the policy; ImageError if unusable."""
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as handle, Image.open(handle) as img:
             _check_size(img.size)
             if img.format == "JPEG":
                 img.draft("RGB", (RESIZE, RESIZE))  # DCT-scaled decode, both sides >= 256
@@ -123,6 +176,16 @@ def crop_tensor(img: Image.Image) -> torch.Tensor:
     return TF.pil_to_tensor(img)  # (3, 224, 224) uint8
 
 
+def resize_crop_tensor(image: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, H, W) on any device -> shorter side 256 (bilinear, antialias) -> centre 224.
+
+    The tensor twin of `crop_tensor` (used where images are decoded on the GPU): equal to it
+    within a few grey levels, not bit for bit. Returns uint8 (3, 224, 224) on the same device.
+    """
+    resized = TF.resize(image, RESIZE, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return TF.center_crop(resized, [IMAGE_SIZE, IMAGE_SIZE])
+
+
 def preprocess_image(path: str | Path) -> torch.Tensor:
     """One image file -> uint8 (3, 224, 224) under `POLICY`; ImageError with a reason if unusable.
 
@@ -158,11 +221,13 @@ def list_image_files(root: str | Path) -> list[str]:
 
 
 class ImageItem(NamedTuple):
-    """One dataset item: the feature-file row, the image or None, and why it is None."""
+    """One dataset item: the feature-file row, the image or None, why it is None, and the
+    file's (size, mtime_ns) stamp taken before reading it."""
 
     row: int
     image: torch.Tensor | None  # (3, 224, 224) uint8
     error: str
+    stamp: tuple[int, int] = NO_STAMP
 
 
 class ImageBatch(NamedTuple):
@@ -171,6 +236,7 @@ class ImageBatch(NamedTuple):
     rows: list[int]  # rows of `images`, ascending
     images: torch.Tensor  # (K, 3, 224, 224) uint8, K = len(rows)
     failures: list[tuple[int, str]]
+    stamps: dict[int, tuple[int, int]]  # every row of the batch -> (size, mtime_ns)
 
 
 class ImageDataset(Dataset):
@@ -189,11 +255,13 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> ImageItem:
         row = self.rows[index]
+        stamp = NO_STAMP
         try:
             path = resolve_image_path(self.root, self.names[row])
-            return ImageItem(row, preprocess_image(path), "")
+            stamp = image_stamp(path)
+            return ImageItem(row, preprocess_image(path), "", stamp)
         except ImageError as exc:
-            return ImageItem(row, None, str(exc))
+            return ImageItem(row, None, str(exc), stamp)
 
 
 def collate_images(items: list[ImageItem]) -> ImageBatch:
@@ -204,4 +272,5 @@ def collate_images(items: list[ImageItem]) -> ImageBatch:
     else:
         images = torch.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     failures = [(item.row, item.error) for item in items if item.image is None]
-    return ImageBatch([item.row for item in good], images, failures)
+    stamps = {item.row: item.stamp for item in items}
+    return ImageBatch([item.row for item in good], images, failures, stamps)

@@ -1,20 +1,25 @@
-"""Extraction under torchrun: one shard of the image list per rank, merged by rank 0.
+"""Extraction under torchrun: one shard of the image list per rank, joined without a copy.
 
 Rank r extracts the r-th contiguous slice of the (sorted) image list into its own feature
 file, `OUT.shard-RRR-of-WWW`, with exactly the single-process machinery, so each shard is
 resumable on its own: a rank killed mid-run leaves shards that the same torchrun command
-finishes. Once every rank is done, rank 0 copies the shards in order into `OUT.merging`,
-writes `failed`, marks it complete and renames it to OUT (same rows, order and attrs as a
-single-process run); the shards are deleted only after that rename.
+finishes. Once every rank is done, rank 0 writes OUT whose per-row datasets (`features`,
+`image_ids`, `status`, the image stamps) are HDF5 virtual datasets mapping the shards in
+order (by file name, relative to OUT's folder), plus `failed` and the attrs, and renames it
+into place. Finishing reads no grid and writes a few KB whatever N is; the shards must stay
+next to OUT. `consolidate_file` (`captioner extract --consolidate`) turns such a file into
+one self-contained file, atomically, and then deletes the shards.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from pipeline import contract, distributed
@@ -24,10 +29,12 @@ from pipeline.extract.extractor import (
     ExtractResult,
     check_output,
     feature_attrs,
+    final_size,
+    require_space,
     run_extraction,
 )
 
-MERGE_BLOCK = 256  # rows copied per h5py call while merging
+COPY_BLOCK = 256  # rows copied per h5py call while consolidating
 WAIT_FOR_RANKS = timedelta(hours=72)  # ranks that finish early wait for the slowest shard
 
 
@@ -43,7 +50,7 @@ def shard_path(out: Path, rank: int, world_size: int) -> Path:
 
 
 def run_sharded_extraction(job: ExtractJob, log: Callable[[str], None]) -> ExtractResult:
-    """Extract this rank's shard, wait for all ranks, and (rank 0) merge into `job.out`."""
+    """Extract this rank's shard, wait for all ranks, and (rank 0) join them into `job.out`."""
     dist = distributed.setup(backend="gloo", timeout=WAIT_FOR_RANKS)
     try:
         state = check_output(job, feature_attrs(job))
@@ -60,8 +67,8 @@ def run_sharded_extraction(job: ExtractJob, log: Callable[[str], None]) -> Extra
         result = run_extraction(shard, log if dist.is_main else (lambda _: None))
         distributed.barrier(dist)
         if dist.is_main:
-            merged = merge_shards(job, dist.world_size)
-            result = replace(merged, seconds=result.seconds)
+            joined = join_shards(job, dist.world_size)
+            result = replace(joined, seconds=result.seconds)
         else:
             result = replace(result, state="shard")  # rank 0 reports for the whole job
         distributed.barrier(dist)
@@ -70,39 +77,87 @@ def run_sharded_extraction(job: ExtractJob, log: Callable[[str], None]) -> Extra
         distributed.teardown(dist)
 
 
-def merge_shards(job: ExtractJob, world_size: int) -> ExtractResult:
-    """Copy the complete shards, in rank order, into one file at `job.out`; delete them."""
+def join_shards(job: ExtractJob, world_size: int) -> ExtractResult:
+    """Write `job.out` as virtual datasets over the complete shards, in rank order."""
     shards = [shard_path(job.out, rank, world_size) for rank in range(world_size)]
-    with contract.open_complete(shards[0]) as first:
-        attrs = {k: v for k, v in contract.read_attrs(first).items()
-                 if k not in ("num_images", "complete")}
-    merging = job.out.with_name(job.out.name + ".merging")
-    contract.create_feature_file(merging, job.names, attrs, job.dtype)
-    failed: list[tuple[str, str]] = []
-    with contract.open_h5(merging, "r+") as out:
-        offset = 0
-        for path in shards:
-            with contract.open_complete(path) as shard:
-                n = shard[contract.FEATURES].shape[0]
-                if contract.read_image_ids(shard) != job.names[offset:offset + n]:
-                    raise UserError(f"{path} holds other images than its shard of {job.out}; "
-                                    "delete the shards and rerun")
-                copy_rows(shard, out, offset, n)
-                failed.extend(contract.read_failed(shard).items())
-                offset += n
-        contract.write_failed_and_complete(out, failed)
-    merging.replace(job.out)
+    sizes, failed, attrs = [], [], {}
+    offset = 0
     for path in shards:
-        path.unlink()
+        with contract.open_complete(path) as shard:
+            n = shard[contract.FEATURES].shape[0]
+            if contract.read_image_ids(shard) != job.names[offset:offset + n]:
+                raise UserError(f"{path} holds other images than its shard of {job.out}; "
+                                "delete the shards and rerun")
+            attrs = attrs or {k: v for k, v in contract.read_attrs(shard).items()
+                              if k not in ("num_images", "complete")}
+            failed.extend(contract.read_failed(shard).items())
+            sizes.append(n)
+            offset += n
+    joining = job.out.with_name(job.out.name + ".joining")
+    with h5py.File(joining, "w") as out:
+        for name in contract.PER_ROW:
+            _virtual_dataset(out, name, shards, sizes, job.dtype)
+        for key, value in attrs.items():
+            out.attrs[key] = contract.encode_attr(value)
+        out.attrs["num_images"] = len(job.names)
+        contract.write_failed_and_complete(out, failed)
+    joining.replace(job.out)
     return ExtractResult("done", total=len(job.names), written=len(job.names) - len(failed),
                          failed=failed)
 
 
-def copy_rows(source, target, offset: int, count: int) -> None:
-    """features and status rows [0, count) of `source` -> [offset, offset + count) of target."""
-    for start in range(0, count, MERGE_BLOCK):
-        stop = min(start + MERGE_BLOCK, count)
-        block = source[contract.FEATURES][start:stop]  # (b, 49, 2048)
-        target[contract.FEATURES][offset + start:offset + stop] = block
-        target[contract.STATUS][offset + start:offset + stop] = source[contract.STATUS][start:stop]
+def _virtual_dataset(out: h5py.File, name: str, shards: list[Path], sizes: list[int],
+                     dtype: str) -> None:
+    """Dataset `name` of `out` = the concatenation of the shards' `name` (mapped, not copied)."""
+    tail = (contract.REGIONS, contract.CHANNELS) if name == contract.FEATURES else ()
+    kinds = {contract.FEATURES: np.dtype(dtype), contract.IMAGE_IDS: contract.STRING_DTYPE,
+             contract.STATUS: np.dtype(np.int8)}
+    layout = h5py.VirtualLayout(shape=(sum(sizes), *tail), dtype=kinds.get(name, np.int64))
+    offset = 0
+    for path, n in zip(shards, sizes, strict=True):
+        layout[offset:offset + n] = h5py.VirtualSource(path.name, name, shape=(n, *tail))
+        offset += n
+    out.create_virtual_dataset(name, layout)
+
+
+def consolidate_file(path: Path, log: Callable[[str], None]) -> None:
+    """Replace a sharded (virtual) feature file by one self-contained file; delete its shards.
+
+    The copy is written under a temporary name and renamed over `path` (atomic); the shards
+    are deleted only after that. A self-contained file is left as it is.
+    """
+    with contract.open_complete(path) as f:
+        if not contract.is_virtual(f):
+            log(f"{path} is already self-contained: nothing to do")
+            return
+        shards = sorted({contract.source_path(path, s.file_name)
+                         for s in f[contract.FEATURES].virtual_sources()})
+        ids, dtype = contract.read_image_ids(f), str(f[contract.FEATURES].dtype)
+        attrs = {k: v for k, v in contract.read_attrs(f).items()
+                 if k not in ("num_images", "complete")}
+        failed = list(contract.read_failed(f).items())
+        final = final_size(len(ids), dtype)
+        require_space(path, final, final)
+        copying = path.with_name(path.name + ".consolidating")
+        try:
+            contract.create_feature_file(copying, ids, attrs, dtype)
+            with contract.open_h5(copying, "r+") as out:
+                _copy_rows(f, out, len(ids))
+                contract.write_failed_and_complete(out, failed)
+        except OSError as exc:
+            copying.unlink(missing_ok=True)
+            raise UserError(f"consolidating {path} failed ({exc}); it is unchanged") from None
+    os.replace(copying, path)
+    for shard in shards:
+        shard.unlink(missing_ok=True)
+    log(f"{path} now holds all {len(ids)} rows; deleted {len(shards)} shard files")
+
+
+def _copy_rows(source: h5py.File, target: h5py.File, count: int) -> None:
+    """Every per-row dataset but the ids (already written), COPY_BLOCK rows per call."""
+    names = [n for n in (contract.FEATURES, contract.STATUS, *contract.STAMPS) if n in source]
+    for start in range(0, count, COPY_BLOCK):
+        stop = min(start + COPY_BLOCK, count)
+        for name in names:
+            target[name][start:stop] = source[name][start:stop]  # (b, ...) rows
     target.flush()

@@ -1,6 +1,6 @@
 """Attention figures ("Show, Attend and Tell" Figure 11), drawn with Pillow only.
 
-`render_attention` writes one PNG grid: the first tile is the image itself (resized and centre-cropped
+`attention_png` encodes one PNG grid: the first tile is the image itself (resized and centre-cropped
 to cell x cell), then one tile per generated word, showing that word's 7x7 attention map upsampled
 smoothly (bicubic) to cell x cell, normalised per word (its least-attended point maps to 0, its most
 attended to 1) and used to darken the image: a pixel keeps `DARKEST + (1 - DARKEST) * attention` of its
@@ -13,16 +13,15 @@ Images of any Pillow mode are accepted; high-bit-depth modes (I;16, I, F) are st
 own min..max to 0..255 for display, everything else goes through Image.convert("RGB").
 """
 
+import io
 import math
-import os
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from pipeline.contract import GRID, REGIONS
 from pipeline.extract.images import to_rgb
 
-GRID = 7  # the encoder's spatial grid: 7 x 7 = 49 attention locations
-LOCATIONS = GRID * GRID
 LABEL_BAND = 20  # pixels of label space under each tile
 DARKEST = 0.2  # brightness kept where a word's attention is lowest
 
@@ -32,15 +31,14 @@ def overlay_tile(image: Image.Image, alpha_7x7: np.ndarray, cell: int = 224) -> 
     return _shade(_fit(image, cell), alpha_7x7)
 
 
-def render_attention(
+def attention_png(
     image: Image.Image,
     words: list[str],
     alphas: np.ndarray,
-    path: str | os.PathLike,
     cell: int = 224,
     columns: int = 5,
-) -> None:
-    """Write the PNG grid (image tile, then one attention tile per word) to `path`.
+) -> bytes:
+    """The PNG grid (image tile, then one attention tile per word), encoded.
 
     `alphas` is (T, 49) with T == len(words). Size: see the module docstring.
     """
@@ -53,23 +51,23 @@ def render_attention(
     tiles = [base] + [_shade(base, row) for row in alphas]
     labels = [""] + list(words)
     sheet = _grid(tiles, labels, cell, min(columns, len(tiles)))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    sheet.save(path, format="PNG")
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
-def save_attention_npy(path: str | os.PathLike, alphas: np.ndarray) -> None:
-    """Write the raw (T, 49) attention weights as float32 .npy exactly at `path`."""
-    weights = _check_alphas(alphas)  # (T, 49)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as handle:  # a file handle: np.save would append ".npy" to a bare path
-        np.save(handle, weights)
+def attention_npy(alphas: np.ndarray) -> bytes:
+    """The raw (T, 49) attention weights as the bytes of a float32 .npy file."""
+    buffer = io.BytesIO()
+    np.save(buffer, _check_alphas(alphas))  # (T, 49)
+    return buffer.getvalue()
 
 
 def _check_alphas(alphas: np.ndarray) -> np.ndarray:
     """(T, 49) finite float32 copy of `alphas`, or ValueError."""
     weights = np.asarray(alphas, dtype=np.float32)
-    if weights.ndim != 2 or weights.shape[1] != LOCATIONS:
-        raise ValueError(f"attention must have shape (T, {LOCATIONS}), got {weights.shape}")
+    if weights.ndim != 2 or weights.shape[1] != REGIONS:
+        raise ValueError(f"attention must have shape (T, {REGIONS}), got {weights.shape}")
     if not np.isfinite(weights).all():
         raise ValueError("attention weights contain NaN or infinity")
     return weights

@@ -2,25 +2,41 @@
 
 Scores are pycocoevalcap's (PTB tokenizer; Bleu_1..4, METEOR, ROUGE_L, CIDEr) against all
 references of every image of the split, on pycocoevalcap's 0-1 scale in metrics.json
-(printouts show ×100, as papers do).
+(printouts and reports show ×100, as papers do). Each checkpoint gets OUT/<run label>/ with
+predictions.json, metrics.json and report.html (scores next to the image-blind baseline,
+decode health, a gallery, training curves); several checkpoints also get table.md,
+table.csv and comparison.html at the top of OUT.
 """
 
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 import click
 import pandas as pd
 
-from pipeline.dataset.batches import build_split
+from pipeline.dataset.batches import SplitData, build_split
 from pipeline.dataset.experiment import load_experiment_data
 from pipeline.dataset.teacher_forced import split_loss
-from pipeline.decoder.checkpoint import load_model, resolve_checkpoint
-from pipeline.decoder.generate import decode_rows
+from pipeline.decoder.checkpoint import LoadedModel, load_model, resolve_checkpoint
+from pipeline.decoder.decode import Decoded
+from pipeline.decoder.generate import decode_rows, effective_beam_size
 from pipeline.decoder.metrics import METRIC_NAMES, format_scores, score_captions
+from pipeline.decoder.vocab import SPECIALS
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
+from pipeline.infer.baseline import baseline_scores
+from pipeline.infer.curves import read_history
+from pipeline.infer.files import OutputFolder
+from pipeline.infer.gallery import Card, load_crop
+from pipeline.infer.health import decode_health
+from pipeline.infer.report import comparison_report, run_report
+from pipeline.infer.selection import GALLERY_SIZE, select_gallery
+
+RUN_OUTPUTS = ("predictions.json", "metrics.json", "report.html")
+COMPARISON_OUTPUTS = ("table.md", "table.csv", "comparison.html")
 
 
 def predictions_json(image_ids: list[str], captions: list[str]) -> list[dict]:
@@ -31,14 +47,19 @@ def predictions_json(image_ids: list[str], captions: list[str]) -> list[dict]:
 
 def evaluate_checkpoint(path: str | Path, split: str, beam_size: int, out_dir: Path,
                         features_path: str | None = None, examples: int = 5,
-                        device_name: str = "auto") -> dict:
-    """Caption every image of `split` with one checkpoint; write predictions and metrics."""
+                        device_name: str = "auto", gallery: int = GALLERY_SIZE) -> dict:
+    """Caption every image of `split` with one checkpoint; write predictions, metrics and
+    report.html into `out_dir` (only those files; a foreign file of that name is refused)."""
+    folder = OutputFolder(out_dir)
+    for name in RUN_OUTPUTS:
+        folder.check(name)  # before the work: a refusal costs nothing
     device = resolve_device(device_name)
     loaded = load_model(path, device)
     config = loaded.config
     if features_path:
         config.features.path = features_path
-    data = load_experiment_data(config, expected_fingerprint=loaded.features, echo=False)
+    data = load_experiment_data(config, expected_fingerprint=loaded.features, echo=False,
+                                saved_splits=loaded.splits)
     split_data = build_split(data.frame, split, loaded.vocab, config.vocab.max_len, data.row_of)
     if not split_data.image_names:
         raise UserError(f"split {split!r} has no images in {config.data.captions}")
@@ -48,29 +69,83 @@ def evaluate_checkpoint(path: str | Path, split: str, beam_size: int, out_dir: P
     keys = [str(i) for i in range(len(captions))]
     report = score_captions(dict(zip(keys, split_data.references, strict=True)),
                             dict(zip(keys, captions, strict=True)))
+    baseline = baseline_scores(data.frame, split_data.references, loaded.vocab,
+                               config.vocab.max_len)
+    health = decode_health(captions, [d.finished for d in decoded], split_data.references,
+                           len(loaded.vocab) - len(SPECIALS))
     loss = split_loss(loaded.model, data.store, split_data, config, loaded.vocab.pad, device)
+    reference_counts = [len(r) for r in split_data.references]
     result = {
         "checkpoint": str(loaded.path), "run": run_label(loaded.path), "epoch": loaded.epoch,
         "split": split, "beam_size": beam_size, "num_images": len(captions),
         "scores": report.scores, "scale": "pycocoevalcap 0-1 (papers print x100)",
         "loss": loss, "tokenizer": report.tokenizer, "notes": report.notes,
         "features": config.features.path,
+        "baseline": None if baseline is None else {
+            "caption": baseline.caption, "scores": baseline.report.scores,
+            "what": "the most frequent training caption, given to every image of the split"},
+        "health": health.to_json(),
+        "decoding": {"beam_size": beam_size,
+                     "effective_beam_size": effective_beam_size(beam_size, loaded.vocab,
+                                                                config.eval),
+                     "length_penalty": config.eval.length_penalty,
+                     "max_len": config.eval.max_len, "suppress_unk": config.eval.suppress_unk},
+        "references_per_image": {"min": min(reference_counts), "max": max(reference_counts),
+                                 "mean": sum(reference_counts) / len(reference_counts)},
+        "pycocoevalcap": version("pycocoevalcap"),
+        "feature_fingerprint": data.fingerprint,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "predictions.json").write_text(
-        json.dumps(predictions_json(split_data.image_ids, captions), indent=1), "utf-8")
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2), "utf-8")
+    folder.write_text("predictions.json", json.dumps(
+        predictions_json(split_data.image_ids, captions), indent=1))
+    folder.write_text("metrics.json", json.dumps(result, indent=2))
+    cider = [report.per_image_cider[key] for key in keys]
+    sections, images_note = gallery_cards(loaded, split_data, decoded, captions, cider, gallery)
+    html = run_report(result, sections, read_history(loaded.path.parent), images_note)
+    report_path = folder.write_text("report.html", html)
     print_result(result, split_data, captions, examples)
+    click.echo(f"  report: {report_path}")
     return result
 
 
-def print_result(result: dict, split_data, captions: list[str], examples: int) -> None:
+def gallery_cards(loaded: LoadedModel, split_data: SplitData, decoded: list[Decoded],
+                  captions: list[str], cider: list[float],
+                  count: int) -> tuple[dict[str, list[Card]], str | None]:
+    """Best / worst / random cards by per-image CIDEr, and a note when images are missing."""
+    images_root = loaded.config.data.images
+    sections: dict[str, list[Card]] = {}
+    missing = shown = 0
+    for key, positions in select_gallery(cider, count).items():
+        sections[key] = []
+        for i in positions:
+            image = load_crop(images_root, split_data.image_names[i])
+            missing += image is None
+            shown += 1
+            sections[key].append(Card(
+                name=split_data.image_names[i], caption=captions[i],
+                words=[loaded.vocab.itos[t] for t in decoded[i].tokens],
+                attention=decoded[i].attention, image=image,
+                references=split_data.references[i], cider=cider[i]))
+    note = None
+    if missing:
+        where = f"data.images = {images_root!r}" if images_root else "data.images is not set"
+        note = (f"{missing} of {shown} gallery images were not found ({where}): their "
+                "attention is drawn on a neutral grey background.")
+    return sections, note
+
+
+def print_result(result: dict, split_data: SplitData, captions: list[str],
+                 examples: int) -> None:
     """The seed's evaluation printout: scores, loss, and references vs generated."""
     click.echo(f"{result['run']} (epoch {result['epoch']}) on {result['split']}, "
                f"{result['num_images']} images, beam {result['beam_size']}:")
     click.echo(f"  {format_scores(result['scores'])}  loss {result['loss']:.4f}")
+    if result["baseline"]:
+        click.echo(f"  image-blind baseline ({result['baseline']['caption']!r} for every "
+                   f"image): {format_scores(result['baseline']['scores'])}")
     for note in result["notes"]:
         click.echo(f"  note: {note}")
+    for flag in result["health"]["flags"].values():
+        click.echo(f"  warning: decoding looks degenerate: {flag}")
     for i in range(min(examples, len(captions))):
         click.echo(f"  {split_data.image_names[i]}")
         click.echo(f"    generated: {captions[i]}")
@@ -83,8 +158,8 @@ def run_label(path: Path) -> str:
     return path.parent.name if path.name == "best.pt" else f"{path.parent.name}/{path.stem}"
 
 
-def write_comparison(results: list[dict], out: Path) -> pd.DataFrame:
-    """table.md and table.csv at the top of `out`: one row per checkpoint, ranked by CIDEr."""
+def comparison_table(results: list[dict]) -> pd.DataFrame:
+    """One row per checkpoint, ranked by CIDEr."""
     rows = []
     for r in results:
         row = {"run": r["run"], "epoch": r["epoch"], "split": r["split"], "beam": r["beam_size"],
@@ -92,10 +167,16 @@ def write_comparison(results: list[dict], out: Path) -> pd.DataFrame:
         row.update({name: r["scores"].get(name) for name in METRIC_NAMES})
         row["loss"] = r["loss"]
         rows.append(row)
-    table = pd.DataFrame(rows).sort_values("CIDEr", ascending=False, na_position="last")
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "table.csv", index=False)
-    (out / "table.md").write_text(markdown_table(table), "utf-8")
+    return pd.DataFrame(rows).sort_values("CIDEr", ascending=False, na_position="last")
+
+
+def write_comparison(results: list[dict], folder: OutputFolder) -> pd.DataFrame:
+    """table.md, table.csv and comparison.html at the top of the output folder."""
+    table = comparison_table(results)
+    folder.write_text("table.csv", table.to_csv(index=False))
+    folder.write_text("table.md", markdown_table(table))
+    histories = {r["run"]: read_history(Path(r["checkpoint"]).parent) for r in results}
+    folder.write_text("comparison.html", comparison_report(results, histories))
     return table
 
 
@@ -117,18 +198,27 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 def evaluate_many(paths: list[str], split: str, beam_size: int, out: Path,
                   features_path: str | None = None, examples: int = 5,
-                  device_name: str = "auto") -> list[dict]:
-    """Evaluate each checkpoint into out/<run label>/; a comparison table when several."""
-    results = []
-    labels = set()
+                  device_name: str = "auto", gallery: int = GALLERY_SIZE) -> list[dict]:
+    """Evaluate each checkpoint into out/<run label>/; a comparison when several."""
+    labels: list[str] = []
     for path in paths:
         label = run_label(resolve_checkpoint(path)).replace("/", "-")
         if label in labels:
             raise UserError(f"two checkpoints would both write {out / label}")
-        labels.add(label)
-        results.append(evaluate_checkpoint(path, split, beam_size, out / label, features_path,
-                                           examples, device_name))
+        labels.append(label)
+    for label in labels:  # refuse before any work, not after the first run
+        run_folder = OutputFolder(out / label)
+        for name in RUN_OUTPUTS:
+            run_folder.check(name)
+    folder = OutputFolder(out)
+    if len(paths) > 1:
+        for name in COMPARISON_OUTPUTS:
+            folder.check(name)
+    results = [evaluate_checkpoint(path, split, beam_size, out / label, features_path,
+                                   examples, device_name, gallery)
+               for path, label in zip(paths, labels, strict=True)]
     if len(results) > 1:
-        table = write_comparison(results, out)
-        click.echo(f"\ncomparison ({out / 'table.md'}):\n{markdown_table(table)}")
+        table = write_comparison(results, folder)
+        click.echo(f"\ncomparison ({out / 'table.md'}, {out / 'comparison.html'}):\n"
+                   f"{markdown_table(table)}")
     return results

@@ -15,15 +15,20 @@ from pipeline.errors import UserError
               help="Override a config key; repeatable.")
 @click.option("--resume", "resume", type=click.Path(file_okay=False),
               help="Continue the run in this folder from its last.pt.")
-def train_command(config_path, overrides, resume):
-    """Train the attention LSTM decoder from cached ResNet50 grids (never the images)."""
+@click.option("--init", "init", type=click.Path(),
+              help="Start a NEW run from this checkpoint's weights, vocabulary and splits "
+                   "(a run folder means its best.pt), e.g. SCST after cross-entropy.")
+def train_command(config_path, overrides, resume, init):
+    """Train the caption decoder from cached ResNet50 grids (never the images)."""
     from pipeline.train.trainer import train
 
     if resume:
+        if init:
+            raise UserError("--init starts a new run; it cannot be combined with --resume")
         if not (Path(resume) / "last.pt").is_file():
             raise UserError(f"nothing to resume: {resume} holds no last.pt")
         train(None, resume=resume, overrides=tuple(overrides))
         return
     if not config_path:
         raise UserError("train needs --config FILE (or --resume RUN_DIR)")
-    train(load_config(config_path, overrides))
+    train(load_config(config_path, overrides), init=init)

@@ -6,10 +6,9 @@ run resumed at an epoch boundary logs exactly what a straight run logs (on CPU).
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import click
@@ -18,18 +17,33 @@ import torch
 from tqdm import tqdm
 
 from pipeline import distributed
-from pipeline.config import Config, config_from_dict, config_to_dict, parse_override, save_config
+from pipeline.config import Config, config_from_dict, config_to_dict, parse_override
 from pipeline.dataset.batches import SplitData, build_split, plan_epoch
 from pipeline.dataset.experiment import ExperimentData, load_experiment_data
-from pipeline.dataset.teacher_forced import amp_enabled, batch_loss, make_loader, split_loss
+from pipeline.dataset.teacher_forced import (
+    batch_loss,
+    grad_scaler_enabled,
+    make_loader,
+    split_loss,
+)
 from pipeline.decoder.build import build_decoder
-from pipeline.decoder.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.decoder.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from pipeline.decoder.embeddings import load_word_vectors
 from pipeline.decoder.generate import decode_rows
 from pipeline.decoder.metrics import score_captions
 from pipeline.decoder.vocab import Vocabulary, build_vocabulary
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
+from pipeline.train import scst
+from pipeline.train.run_folder import (
+    RunLock,
+    append_metrics,
+    default_run_name,
+    lock_run,
+    remove_leftovers,
+    start_run,
+    truncate_metrics,
+)
 
 
 @dataclass
@@ -61,34 +75,52 @@ class Trainer:
     scaler: torch.amp.GradScaler
     state: RunState
     dist: distributed.DistInfo
+    lock: RunLock | None = None     # held by rank 0 while it trains in run_dir
+    self_critical: scst.Scst | None = None  # train.objective = "scst": reward and settings
 
 
 def train(config: Config, resume: str | Path | None = None,
-          overrides: tuple[str, ...] = ()) -> Path:
-    """Train (or resume) a run; returns the run folder. Prints progress as it goes."""
+          overrides: tuple[str, ...] = (), init: str | Path | None = None) -> Path:
+    """Train (or resume) a run; returns the run folder. Prints progress as it goes.
+
+    `init`: a checkpoint whose weights and vocabulary start a new run (e.g. SCST after XE).
+    """
     dist = distributed.setup()
+    lock = lock_run(Path(resume)) if resume is not None and dist.is_main else None
+    trainer = None
     try:
-        trainer = build_trainer(config, resume, overrides, dist)
+        trainer = build_trainer(config, resume, overrides, dist, init, lock)
         run_epochs(trainer)
         return trainer.run_dir
     finally:
+        for held in (lock, trainer.lock if trainer else None):
+            if held is not None:
+                held.release()
         distributed.teardown(dist)
 
 
-def build_trainer(config: Config, resume, overrides, dist) -> Trainer:
-    """Resolve config, data, vocabulary, model and optimizer (from a checkpoint if resuming)."""
+def build_trainer(config: Config, resume, overrides, dist, init=None,
+                  lock: RunLock | None = None) -> Trainer:
+    """Resolve config, data, vocabulary, model and optimizer (from a checkpoint if resuming;
+    a new run's weights, vocabulary and splits from the `init` checkpoint if given).
+
+    A resumed run's folder comes locked (`lock`); a new run's is created and locked here."""
     checkpoint = None
     if resume is not None:
-        checkpoint = load_checkpoint(Path(resume) / "last.pt")
-        config = resumed_config(checkpoint["config"], overrides)
         run_dir = Path(resume)
+        if dist.is_main:
+            remove_leftovers(run_dir)
+        checkpoint = load_checkpoint(run_dir / "last.pt")
+        config = resumed_config(checkpoint["config"], overrides)
     else:
         run_dir = Path(config.train.out_dir) / (config.train.name or default_run_name(config))
     device = distributed.device_for(dist, resolve_device(config.train.device))
     echo = dist.is_main
-    data = load_experiment_data(config, checkpoint["features"] if checkpoint else None, echo)
-    if checkpoint:
-        vocab = Vocabulary(checkpoint["vocab"])
+    source = checkpoint or (load_checkpoint(init) if init is not None else None)
+    data = load_experiment_data(config, source["features"] if source else None, echo,
+                                saved_splits=source.get("splits") if source else None)
+    if source:
+        vocab = Vocabulary(source["vocab"])
     else:
         vocab = make_vocabulary(data, config, echo)
     train_split = build_split(data.frame, "train", vocab, config.vocab.max_len, data.row_of)
@@ -97,13 +129,16 @@ def build_trainer(config: Config, resume, overrides, dist) -> Trainer:
         raise UserError("the train and val splits both need images: check data.split_ratios")
     torch.manual_seed(config.train.seed)  # the initial weights
     model = build_model(config, vocab, echo).to(device)
+    if init is not None and not checkpoint:
+        scst.load_init_weights(model, config, source, str(init))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=config.train.lr)
     scheduler = build_scheduler(config, optimizer)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_enabled(config, device))
+    scaler = torch.amp.GradScaler(device.type, enabled=grad_scaler_enabled(config, device))
     state = RunState()
     if checkpoint:
-        model.load_state_dict(checkpoint["model"])
+        load_weights(model, checkpoint["model"], run_dir / "last.pt",
+                     hint="; a resumed run keeps its model.* sizes")
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
@@ -112,10 +147,14 @@ def build_trainer(config: Config, resume, overrides, dist) -> Trainer:
             click.echo(f"resuming {run_dir} after epoch {state.epoch} "
                        f"(until epoch {config.train.epochs})")
     elif dist.is_main:
-        prepare_run_dir(run_dir, config, vocab)
-    model = distributed.wrap_model(model, dist, device)
+        run_dir, lock = start_run(config, vocab, data.splits)
+    self_critical = None
+    if config.train.objective == "scst":  # samples through the bare decoder (see scst.py)
+        self_critical = scst.build_scst(config, train_split, vocab)
+    else:
+        model = distributed.wrap_model(model, dist, device)
     return Trainer(config, run_dir, device, data, vocab, train_split, val_split, model,
-                   optimizer, scheduler, scaler, state, dist)
+                   optimizer, scheduler, scaler, state, dist, lock, self_critical)
 
 
 def resumed_config(saved: dict, overrides: tuple[str, ...]) -> Config:
@@ -124,25 +163,6 @@ def resumed_config(saved: dict, overrides: tuple[str, ...]) -> Config:
         section, key, value = parse_override(item)
         saved.setdefault(section, {})[key] = value
     return config_from_dict(saved)
-
-
-def default_run_name(config: Config) -> str:
-    """`<config name>-<timestamp>`, a new folder per run."""
-    return f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def prepare_run_dir(run_dir: Path, config: Config, vocab: Vocabulary) -> None:
-    """Create a fresh run folder with config.toml and vocab.json; refuse to reuse one."""
-    if (run_dir / "last.pt").exists():
-        raise UserError(f"{run_dir} already holds a run: resume it with "
-                        f"`captioner train --resume {run_dir}` or choose another train.name")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create run folder {run_dir}: {exc.strerror}") from None
-    save_config(config, run_dir / "config.toml")
-    vocab.save(run_dir / "vocab.json")
-    (run_dir / "metrics.jsonl").write_text("")
 
 
 def make_vocabulary(data: ExperimentData, config: Config, echo: bool) -> Vocabulary:
@@ -169,10 +189,18 @@ def build_model(config: Config, vocab: Vocabulary, echo: bool) -> torch.nn.Modul
     model = build_decoder(config.model, vocab, pretrained_embeddings=vectors)
     if echo:
         total, trainable = model.parameter_counts()
-        click.echo(f"decoder ({config.model.attention} attention): {total / 1e6:.2f} M parameters, "
+        click.echo(f"decoder ({describe_decoder(config)}): {total / 1e6:.2f} M parameters, "
                    f"{trainable / 1e6:.2f} M trainable. No CNN here: ResNet50 ran once in "
                    "`extract` and its grids come from the feature file.")
     return model
+
+
+def describe_decoder(config: Config) -> str:
+    """A few words naming the decoder, e.g. "lstm, additive attention"."""
+    m = config.model
+    if m.kind == "transformer":
+        return f"transformer, {m.layers} layers, d {m.embed_dim}, {m.heads} heads"
+    return f"lstm, {m.attention} attention"
 
 
 def build_scheduler(config: Config, optimizer: torch.optim.Optimizer):
@@ -198,7 +226,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
     config = trainer.config.train
     rng = seed_epoch(config.seed, epoch)
     plan = distributed.shard_plan(plan_epoch(trainer.train_split, config.batch_size,
-                                             config.captions_per_image, rng), trainer.dist)
+                                             config.batching, rng), trainer.dist)
     trainer.model.train()
     loss_sum, tokens, started = 0.0, 0, time.perf_counter()
     loader = make_loader(trainer.data.store, trainer.train_split, plan, trainer.vocab.pad,
@@ -212,9 +240,10 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
                                                     trainer.device)
         trainer.optimizer.zero_grad(set_to_none=True)
         trainer.scaler.scale(total).backward()
-        if config.grad_clip > 0:
-            trainer.scaler.unscale_(trainer.optimizer)
-            torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), config.grad_clip)
+        trainer.scaler.unscale_(trainer.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(trainer.model.parameters(),
+                                              config.grad_clip or float("inf"))
+        stop_if_non_finite(trainer, total, norm, epoch)
         trainer.scaler.step(trainer.optimizer)
         trainer.scaler.update()
         trainer.state.step += 1
@@ -226,6 +255,22 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
     seconds = time.perf_counter() - started
     return {"train_loss": loss_sum / max(tokens, 1), "tokens_per_s": tokens / seconds,
             "epoch_seconds": seconds}
+
+
+def stop_if_non_finite(trainer: Trainer, loss: torch.Tensor, grad_norm: torch.Tensor,
+                       epoch: int) -> None:
+    """Stop (before the optimizer step) on a nan/inf loss or gradient, naming epoch and step.
+
+    The gradient norm is checked after DDP's all-reduce, so every rank stops together. Under
+    fp16 AMP the GradScaler skips steps with inf gradients by design: nothing to stop there.
+    """
+    if trainer.scaler.is_enabled() or bool(torch.isfinite(grad_norm)):
+        return
+    what = "loss" if not bool(torch.isfinite(loss)) else "gradient"
+    raise UserError(f"training stopped: non-finite {what} at epoch {epoch + 1}, step "
+                    f"{trainer.state.step + 1}; nothing of it was saved (last saved epoch: "
+                    f"{trainer.state.epoch}): lower train.lr or check the features and word "
+                    "vectors, then resume")
 
 
 def validation_scores(trainer: Trainer) -> tuple[dict, list[tuple[str, str, list[str]]]]:
@@ -253,6 +298,8 @@ def validation_scores(trainer: Trainer) -> tuple[dict, list[tuple[str, str, list
 
 def is_better(config: Config, value: float, best: float | None) -> bool:
     """Higher is better for CIDEr/BLEU-4, lower for loss."""
+    if not math.isfinite(value):
+        return False
     if best is None:
         return True
     return value < best if config.train.selection_metric == "loss" else value > best
@@ -262,14 +309,17 @@ def run_epochs(trainer: Trainer) -> None:
     """Epoch loop with validation, logging, checkpoints and early stopping."""
     config, state = trainer.config, trainer.state
     if trainer.dist.is_main:
-        truncate_metrics(trainer.run_dir / "metrics.jsonl", state.epoch)
+        truncate_metrics(trainer.run_dir, state.epoch)
     if state.epoch >= config.train.epochs:
         click.echo(f"{trainer.run_dir} has already trained {state.epoch} epochs; "
                    "extend it with --set train.epochs=N")
     while state.epoch < config.train.epochs:
         epoch = state.epoch
         record = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"]}
-        record.update(train_one_epoch(trainer, epoch))
+        if trainer.self_critical is None:
+            record.update(train_one_epoch(trainer, epoch))
+        else:
+            record.update(scst.train_epoch(trainer, epoch, seed_epoch(config.train.seed, epoch)))
         record["val_loss"] = split_loss(distributed.unwrap(trainer.model), trainer.data.store,
                                         trainer.val_split, config, trainer.vocab.pad,
                                         trainer.device, trainer.dist)
@@ -311,35 +361,32 @@ def report_epoch(trainer: Trainer, record: dict, samples: list, improved: bool) 
     """Print the epoch line and samples; append to metrics.jsonl (and TensorBoard if present)."""
     parts = [f"epoch {record['epoch']}", f"train_loss {record['train_loss']:.4f}",
              f"val_loss {record['val_loss']:.4f}"]
-    parts += [f"{k} {record[k]:.4f}" for k in ("Bleu_4", "CIDEr") if record.get(k) is not None]
+    parts += [f"{k} {record[k]:.4f}" for k in ("reward", "baseline", "Bleu_4", "CIDEr")
+              if record.get(k) is not None]
     parts.append(f"{record['tokens_per_s']:.0f} tok/s")
     click.echo("  ".join(parts) + ("  *best*" if improved else ""))
     for image, generated, references in samples:
         click.echo(f"  {image}: {generated!r}  (reference: {references[0]!r})")
-    with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+    append_metrics(trainer.run_dir, record)
     log_tensorboard(trainer.run_dir, record)
 
 
+# metrics.jsonl key -> TensorBoard tag ("loss/train" and "loss/val" share one chart)
+TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "CIDEr": "val/CIDEr",
+                    "Bleu_4": "val/BLEU-4", "lr": "lr", "tokens_per_s": "speed/tokens_per_s",
+                    "epoch_seconds": "speed/epoch_seconds"}
+
+
 def log_tensorboard(run_dir: Path, record: dict) -> None:
-    """Scalars to RUN/tensorboard when the tensorboard package is importable."""
+    """TENSORBOARD_TAGS scalars to RUN/tensorboard when tensorboard is installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return
     with SummaryWriter(str(run_dir / "tensorboard")) as writer:
-        for key, value in record.items():
-            if key != "epoch" and isinstance(value, (int, float)):
-                writer.add_scalar(key, value, record["epoch"])
-
-
-def truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Keep only the metric lines of epochs a resumed run will not redo."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text("utf-8").splitlines()
-             if line.strip() and json.loads(line)["epoch"] <= epochs_done]
-    path.write_text("".join(line + "\n" for line in lines), "utf-8")
+        for key, tag in TENSORBOARD_TAGS.items():
+            if isinstance(record.get(key), (int, float)):
+                writer.add_scalar(tag, record[key], record["epoch"])
 
 
 def checkpoint_payload(trainer: Trainer) -> dict:
@@ -353,11 +400,10 @@ def checkpoint_payload(trainer: Trainer) -> dict:
         "state": {"epoch": state.epoch, "step": state.step, "best_value": state.best_value,
                   "best_epoch": state.best_epoch, "epochs_since_best": state.epochs_since_best,
                   "history": state.history},
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "config": config_to_dict(trainer.config),
         "vocab": list(trainer.vocab.itos),
         "features": trainer.data.fingerprint,
+        "splits": trainer.data.splits,
     }
 
 

@@ -1,0 +1,288 @@
+"""One GPU check: every CUDA path of captioner in one command, a table and one JSON line.
+
+    .venv/bin/python benchmarks/gpu_check.py                 # on a GPU machine, < 8 minutes
+    .venv/bin/python benchmarks/gpu_check.py --device cpu --tiny   # the same paths, seconds
+
+`make bench-gpu` runs the first form. The second runs in the test suite
+(tests/test_gpu_check.py), so the script cannot rot on machines without a GPU.
+
+What runs, on `--device` (demo images generated here, random-init ResNet50, nothing fetched):
+1. Stage one: model-only forward (fp16 on CUDA, batch 128) on pre-decoded images; the decode
+   loader alone (workers = cores); extraction with JPEGs decoded on the device and with them
+   decoded on the CPU; the two files' features compared.
+2. Stage two: one epoch of the demo decoder at train.precision fp32 and auto (AMP), tokens/s;
+   the cached epoch vs the seed's end-to-end epoch (JPEG decode + ResNet50 fp32 per batch) on
+   the same batches.
+3. Batched beam search (k = 3) images/s on the test split's grids.
+4. torchrun (1 process, nccl on CUDA, gloo on CPU): one epoch, then `evaluate` of that run.
+5. One SCST epoch from the trained checkpoint (`--init ... train.objective=scst`).
+
+Every number is also written to `--out` (default gpu_check.json) as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from pipeline import contract  # noqa: E402
+from pipeline.cli import main as captioner  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data.demo_data import generate_demo_data  # noqa: E402
+from pipeline.dataset.store import FeatureStore  # noqa: E402
+from pipeline.decoder.checkpoint import load_model  # noqa: E402
+from pipeline.decoder.generate import decode_features  # noqa: E402
+from pipeline.extract.backbone import build_backbone, resolve_weights  # noqa: E402
+from pipeline.extract.extractor import (  # noqa: E402
+    ExtractJob,
+    FeatureEncoder,
+    list_images,
+    resolve_precision,
+    run_extraction,
+)
+from pipeline.extract.images import ImageDataset, collate_images, preprocess_image  # noqa: E402
+
+DEMO_CONFIG = REPO / "configs" / "demo.toml"
+SIZES = {  # full: a real GPU run; tiny: the same paths in seconds on a CPU
+    "full": {"images": 2048, "batch": 128, "epochs": 1, "beam_images": 500, "forward_batches": 8,
+             "model": []},
+    "tiny": {"images": 48, "batch": 16, "epochs": 1, "beam_images": 12, "forward_batches": 2,
+             "model": ["model.embed_dim=16", "model.hidden_dim=32", "model.attention_dim=16",
+                       "vocab.min_freq=1", "eval.max_len=8", "train.batch_size=32"]},
+}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> tuple[float, object]:
+    """(seconds, result) of fn(), with the device synchronised around it."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
+# ---------------------------------------------------------------- stage one
+
+
+def stage_one(work: Path, device: torch.device, size: dict) -> dict:
+    """Forward-only, loader-only and end-to-end extraction rates; device vs CPU decoding."""
+    images, captions = work / "data" / "images", work / "data" / "dataset.json"
+    names, _ = list_images(images, captions)
+    precision = resolve_precision("auto", device)
+    workers = len(os.sched_getaffinity(0))
+    batch = size["batch"]
+    encoder = FeatureEncoder(build_backbone(resolve_weights("none"), device), device, precision,
+                             "float16")
+    crops = torch.stack([preprocess_image(images / n) for n in names[:batch]])  # (b, 3, 224, 224)
+    encoder.encode(crops)  # warm-up (cuDNN / oneDNN kernels)
+    seconds, _ = timed(lambda: [encoder.encode(crops) for _ in range(size["forward_batches"])],
+                       device)
+    forward = size["forward_batches"] * len(crops) / seconds
+    loader = DataLoader(ImageDataset(images, names, list(range(len(names)))), batch_size=batch,
+                        num_workers=workers, collate_fn=collate_images)
+    seconds, count = timed(lambda: sum(len(b.rows) for b in loader), torch.device("cpu"))
+    out = {"precision": precision, "workers": workers, "batch": batch,
+           "forward_images_per_s": forward, "loader_images_per_s": count / seconds}
+    for mode, on_device in (("device_decode", True), ("cpu_decode", False)):
+        job = ExtractJob(images_root=images, names=names, out=work / f"{mode}.h5",
+                         weights=resolve_weights("none"), device=device, precision=precision,
+                         dtype="float16", batch_size=batch, workers=workers, progress=False,
+                         device_decode=on_device)
+        result = run_extraction(job, log=lambda _: None)
+        out[f"extract_{mode}_images_per_s"] = result.images_per_s
+        out[f"extract_{mode}_failed"] = len(result.failed)
+    out["device_vs_cpu_decode_max_rel_diff"] = feature_difference(work / "device_decode.h5",
+                                                                  work / "cpu_decode.h5")
+    return out
+
+
+def feature_difference(a: Path, b: Path) -> float:
+    """max |a - b| / max |b| over every row of two feature files of the same images."""
+    rows = np.arange(feature_rows(a))
+    first, second = FeatureStore(str(a)).read(rows), FeatureStore(str(b)).read(rows)
+    scale = float(abs(second.astype("float32")).max())
+    return float(abs(first.astype("float32") - second.astype("float32")).max()) / scale
+
+
+def feature_rows(path: Path) -> int:
+    """Rows of a feature file."""
+    with contract.open_h5(path) as f:
+        return f[contract.FEATURES].shape[0]
+
+
+# ---------------------------------------------------------------- stage two
+
+
+def settings(work: Path, device: torch.device, size: dict, name: str) -> list[str]:
+    """--set overrides of configs/demo.toml for a run named `name` in `work`."""
+    return [f"data.captions={json.dumps(str(work / 'data' / 'dataset.json'))}",
+            f"data.images={json.dumps(str(work / 'data' / 'images'))}",
+            f"features.path={json.dumps(str(work / 'cpu_decode.h5'))}",
+            f"train.out_dir={json.dumps(str(work / 'runs'))}", f"train.name={name}",
+            f"train.device={device.type}", f"train.epochs={size['epochs']}",
+            "train.val_images=0", *size["model"]]
+
+
+def invoke(args: list[str]) -> None:
+    """Run a captioner command in this process; raise with its output if it fails."""
+    result = CliRunner().invoke(captioner, args, catch_exceptions=False)
+    if result.exit_code != 0:
+        raise RuntimeError(f"captioner {' '.join(args[:2])} failed:\n{result.output}")
+
+
+def last_epoch(run: Path) -> dict:
+    """The run's last metrics.jsonl record."""
+    lines = (run / "metrics.jsonl").read_text("utf-8").strip().splitlines()
+    return json.loads(lines[-1])
+
+
+def training(work: Path, device: torch.device, size: dict) -> dict:
+    """tokens/s of one epoch at fp32 and at the automatic mixed precision."""
+    out = {}
+    for precision in ("fp32", "auto"):
+        name = f"train-{precision}"
+        invoke(["train", "--config", str(DEMO_CONFIG),
+                *sum((["--set", s] for s in settings(work, device, size, name)), []),
+                "--set", f"train.precision={precision}"])
+        record = last_epoch(work / "runs" / name)
+        out[f"tokens_per_s_{precision}"] = record["tokens_per_s"]
+        out[f"val_CIDEr_{precision}"] = record.get("CIDEr")
+    return out
+
+
+def end_to_end(work: Path, device: torch.device, size: dict) -> dict:
+    """The cached epoch vs the seed's end-to-end epoch (benchmarks/train.py's measurement)."""
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks/train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = load_config(DEMO_CONFIG, settings(work, device, size, "e2e")
+                         + ["features.in_memory=\"true\""])
+    trainer = bench.make_trainer(config)
+    encoder = FeatureEncoder(build_backbone(resolve_weights("none"), device), device, "fp32",
+                             "float16")
+    count = min(len(trainer.train_split.image_names), 4 * size["batch"])
+    result = bench.end_to_end(trainer, work / "data" / "images", encoder, count,
+                              trainer.config.train.batching, repeats=1)
+    return {"speedup_cached_vs_end_to_end": result["speedup"]}
+
+
+def beam(work: Path, device: torch.device, size: dict) -> dict:
+    """Batched beam search (k = 3) images/s on cached grids with the fp32 run's best.pt."""
+    loaded = load_model(work / "runs" / "train-fp32", device)
+    store = FeatureStore(str(work / "cpu_decode.h5"))
+    rows = np.arange(min(size["beam_images"], feature_rows(work / "cpu_decode.h5")))
+    grids = torch.from_numpy(store.read(rows)).to(device)  # (n, 49, 2048)
+    decode_features(loaded.model, grids[:2], loaded.vocab, loaded.config.eval, 3)  # warm-up
+    seconds, _ = timed(lambda: decode_features(loaded.model, grids, loaded.vocab,
+                                               loaded.config.eval, 3), device)
+    return {"beam3_images_per_s": len(rows) / seconds}
+
+
+def torchrun(work: Path, device: torch.device, size: dict) -> dict:
+    """One epoch under torchrun (1 process), then evaluate that run."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "1", "-m", "pipeline", "train", "--config", str(DEMO_CONFIG),
+               *sum((["--set", s] for s in settings(work, device, size, "torchrun")), [])]
+    seconds, done = timed(lambda: subprocess.run(command, capture_output=True, text=True,
+                                                 cwd=REPO), device)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    run = work / "runs" / "torchrun"
+    invoke(["evaluate", str(run), "--out", str(work / "evaluations"), "--device", device.type])
+    metrics = json.loads((work / "evaluations" / "torchrun" / "metrics.json").read_text("utf-8"))
+    return {"torchrun_backend": "nccl" if device.type == "cuda" else "gloo",
+            "torchrun_seconds": seconds, "torchrun_test_CIDEr": metrics["scores"]["CIDEr"]}
+
+
+def scst(work: Path, device: torch.device, size: dict) -> dict:
+    """One SCST epoch started from the fp32 run's best checkpoint."""
+    init = work / "runs" / "train-fp32" / "best.pt"
+    invoke(["train", "--config", str(DEMO_CONFIG), "--init", str(init),
+            *sum((["--set", s] for s in settings(work, device, size, "scst")), []),
+            "--set", "train.objective=\"scst\""])
+    record = last_epoch(work / "runs" / "scst")
+    return {"scst_epoch_seconds": record["epoch_seconds"],
+            "scst_mean_reward": record.get("reward")}
+
+
+# ---------------------------------------------------------------- main
+
+
+def run_checks(work: Path, device: torch.device, size: dict) -> dict:
+    """Every section in order; a failing section is recorded and the others still run."""
+    generate_demo_data(work / "data", n_images=size["images"], seed=0)
+    results, failures = {}, {}
+    for section in (stage_one, training, end_to_end, beam, torchrun, scst):
+        try:
+            seconds, figures = timed(lambda s=section: s(work, device, size), device)
+            results.update(figures)
+            results[f"{section.__name__}_seconds"] = round(seconds, 1)
+        except Exception as exc:  # noqa: BLE001 - one broken path must not hide the others
+            failures[section.__name__] = f"{type(exc).__name__}: {str(exc)[-800:]}"
+    return {"device": describe(device), "results": results, "failures": failures}
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"cpu ({len(os.sched_getaffinity(0))} cores), torch {torch.__version__}"
+
+
+def print_table(report: dict) -> None:
+    print(f"gpu check on {report['device']}")
+    for key, value in report["results"].items():
+        shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
+        print(f"  {key:<42}{shown:>16}")
+    for section, reason in report["failures"].items():
+        print(f"  FAILED {section}: {reason}")
+    results = report["results"]
+    if "extract_device_decode_images_per_s" in results:
+        print(f"  device decode / model-only forward: "
+              f"{results['extract_device_decode_images_per_s'] / results['forward_images_per_s']:.2f}"
+              f"; cpu decode / forward: "
+              f"{results['extract_cpu_decode_images_per_s'] / results['forward_images_per_s']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--tiny", action="store_true", help="small sizes: the paths, in seconds")
+    parser.add_argument("--out", default="gpu_check.json", help="JSON copy of the results")
+    parser.add_argument("--work", default="", help="keep the work folder here (default: temp)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA device here; use --device cpu --tiny to check the paths")
+    size = SIZES["tiny" if args.tiny else "full"]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
+        report = run_checks(work, device, size)
+    print_table(report)
+    Path(args.out).write_text(json.dumps(report, indent=1), "utf-8")
+    print(json.dumps(report))
+    if report["failures"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Self-critical training: the CIDEr-D reward's exactness and speed, and SCST's gain on the demo.
+
+    .venv/bin/python benchmarks/scst.py [--images 600] [--xe-epochs 6] [--scst-epochs 3]
+
+Data: `--images` demo images (`generate_demo_data`, seed 0), grids extracted once with a
+random-init ResNet50, a cross-entropy run of configs/demo.toml (`--xe-epochs`), all kept under
+demo/bench-scst/ (git-ignored) and reused by later runs. Then:
+
+1. `reward_equals_pycocoevalcap`: 32 train images x 5 captions sampled from the XE model, scored
+   by `CiderD` built from the same 160 reference sets as pycocoevalcap's `Cider` sees: max
+   per-caption difference <= 1e-6 (and the means).
+2. `reward_speedup_vs_pycocoevalcap`: time of pycocoevalcap's `Cider` on that batch (it
+   recomputes document frequencies and reference vectors every call) over the time of the
+   SCST reward (`CaptionReward`: df and reference vectors of the whole train split computed
+   once, before timing). Best of 5 each, alternating.
+3. `reward_share_of_step`: reward time / the whole SCST step (sampling, reward, backward,
+   Adam) at 32 images x 5 samples with the demo decoder, median of 5 steps.
+4. `demo_cider_gain_rel`: the XE checkpoint, then configs/demo-scst.toml for `--scst-epochs`
+   started from it with `--init`; test split, beam 3, pycocoevalcap: (after - before) / before
+   for CIDEr, with BLEU-4, METEOR and the share of captions ending in a function word
+   (pipeline.train.scst.BAD_ENDINGS) before and after.
+Prints a table, then one line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+from pycocoevalcap.cider.cider import Cider  # noqa: E402
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data.demo_data import generate_demo_data  # noqa: E402
+from pipeline.dataset.batches import build_split  # noqa: E402
+from pipeline.dataset.experiment import load_experiment_data  # noqa: E402
+from pipeline.decoder.checkpoint import load_checkpoint, load_model  # noqa: E402
+from pipeline.decoder.cider import CiderD  # noqa: E402
+from pipeline.decoder.generate import decode_rows  # noqa: E402
+from pipeline.decoder.metrics import score_captions, simple_tokenize  # noqa: E402
+from pipeline.decoder.sample import sample_captions  # noqa: E402
+from pipeline.extract.cli import extract_command  # noqa: E402
+from pipeline.train import scst  # noqa: E402
+from pipeline.train.trainer import train  # noqa: E402
+
+ROOT = REPO / "demo" / "bench-scst"
+BATCH_IMAGES = 32
+
+
+def prepare_xe(images: int, xe_epochs: int) -> tuple[Path, list[str]]:
+    """Demo data, its cache and a finished XE run (each reused when already there)."""
+    root = ROOT / f"n{images}"
+    data = root / "data"
+    if not (data / "dataset.json").is_file():
+        generate_demo_data(data, n_images=images, seed=0, overwrite=True)
+    features = root / "features.h5"
+    if not features.is_file():
+        result = CliRunner().invoke(extract_command, [
+            "--images", str(data / "images"), "--captions", str(data / "dataset.json"),
+            "--out", str(features), "--weights", "none", "--workers", "1", "--quiet"])
+        if result.exit_code != 0:
+            raise SystemExit(result.output)
+    common = [f"data.captions={data / 'dataset.json'}", f"data.images={data / 'images'}",
+              f"features.path={features}", f"train.out_dir={root / 'runs'}"]
+    run = root / "runs" / f"xe-{xe_epochs}"
+    if not (run / "best.pt").is_file() or \
+            load_checkpoint(run / "last.pt")["state"]["epoch"] < xe_epochs:
+        shutil.rmtree(run, ignore_errors=True)
+        with contextlib.redirect_stdout(io.StringIO()):
+            train(load_config(REPO / "configs/demo.toml",
+                              [*common, f"train.name={run.name}", f"train.epochs={xe_epochs}"]))
+    return run, common
+
+
+def test_scores(checkpoint: Path) -> dict:
+    """Beam-3 test-split scores of a checkpoint (pycocoevalcap), plus the bad-ending share."""
+    loaded = load_model(checkpoint, torch.device("cpu"))
+    payload = load_checkpoint(checkpoint)
+    data = load_experiment_data(loaded.config, loaded.features, echo=False,
+                                saved_splits=payload.get("splits"))
+    split = build_split(data.frame, "test", loaded.vocab, loaded.config.vocab.max_len,
+                        data.row_of)
+    decoded = decode_rows(loaded.model, data.store, split.image_rows, loaded.vocab,
+                          loaded.config.eval, 3, torch.device("cpu"))
+    captions = [loaded.vocab.decode(d.tokens) for d in decoded]
+    report = score_captions({str(i): refs for i, refs in enumerate(split.references)},
+                            {str(i): c for i, c in enumerate(captions)})
+    out = {k: report.scores[k] for k in ("Bleu_4", "METEOR", "CIDEr")}
+    out["bad_endings"] = sum(scst.ends_badly(c) for c in captions) / len(captions)
+    out["examples"] = captions[:3]
+    return out
+
+
+def reward_measures(run: Path, common: list[str]) -> dict:
+    """Exactness, speed vs pycocoevalcap and share of an SCST step, on sampled captions."""
+    config = load_config(REPO / "configs/demo-scst.toml", common)
+    loaded = load_model(run / "best.pt", torch.device("cpu"))
+    vocab = loaded.vocab
+    payload = load_checkpoint(run / "best.pt")
+    data = load_experiment_data(config, loaded.features, echo=False,
+                                saved_splits=payload.get("splits"))
+    split = build_split(data.frame, "train", vocab, config.vocab.max_len, data.row_of)
+    self_critical = scst.build_scst(config, split, vocab)
+    images = np.arange(BATCH_IMAGES)
+    features = torch.from_numpy(data.store.read(split.image_rows[images]))  # (32, 49, 2048)
+    k = config.scst.samples
+    with torch.no_grad():
+        samples = sample_captions(loaded.model, features, vocab.sos, vocab.eos, vocab.pad, k,
+                                  config.scst.max_len + 1, self_critical.suppress,
+                                  torch.Generator().manual_seed(0))
+    tokens = samples.tokens.numpy()  # (160, T)
+    owners = np.repeat(images, k)  # (160,)
+    texts = [vocab.decode(row) for row in tokens]
+    refs = [split.references[i] for i in owners]
+    gts = {i: [simple_tokenize(r) for r in refs[i]] for i in range(len(texts))}
+    res = {i: [simple_tokenize(t)] for i in range(len(texts)) for t in [texts[i]]}
+    _, expected = Cider().compute_score(gts, res)
+    same_df = CiderD(refs).score_texts(range(len(texts)), texts)
+    difference = float(np.abs(same_df - expected).max())
+    ours, theirs = [], []
+    for _ in range(5):
+        started = time.perf_counter()
+        self_critical.reward(owners, tokens)
+        ours.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        Cider().compute_score(gts, res)  # references tokenized once, before: not timed
+        theirs.append(time.perf_counter() - started)
+    share = step_share(loaded.model, features, images, self_critical, vocab)
+    return {"reward_equals_pycocoevalcap": difference <= 1e-6
+            and abs(float(same_df.mean()) - float(expected.mean())) <= 1e-6,
+            "reward_max_abs_difference": difference,
+            "reward_ms": 1000 * min(ours), "pycocoevalcap_ms": 1000 * min(theirs),
+            "reward_speedup_vs_pycocoevalcap": min(theirs) / min(ours), **share}
+
+
+def step_share(model: torch.nn.Module, features: torch.Tensor, images: np.ndarray,
+               self_critical: scst.Scst, vocab) -> dict:
+    """Median over 5 SCST steps of reward time / step time (the step's own reward call)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    model.train()
+    generator = torch.Generator().manual_seed(1)
+    reward, timed = self_critical.reward, []
+
+    def timed_reward(*args):
+        started = time.perf_counter()
+        out = reward(*args)
+        timed[-1][0] += time.perf_counter() - started
+        return out
+
+    self_critical.reward = timed_reward
+    shares, steps = [], []
+    for _ in range(5):
+        timed.append([0.0])
+        started = time.perf_counter()
+        loss, _ = scst.scst_loss(model, features, images, self_critical, vocab, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps.append(time.perf_counter() - started)
+        shares.append(timed[-1][0] / steps[-1])
+    self_critical.reward = reward
+    return {"reward_share_of_step": statistics.median(shares),
+            "scst_step_s": statistics.median(steps)}
+
+
+def scst_run(xe_run: Path, common: list[str], epochs: int, penalty: float) -> Path:
+    """configs/demo-scst.toml started from the XE run's best.pt (a fresh run folder)."""
+    run = xe_run.parent / f"scst-from-{xe_run.name}-{epochs}-penalty{penalty}"
+    shutil.rmtree(run, ignore_errors=True)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        train(load_config(REPO / "configs/demo-scst.toml",
+                          [*common, f"train.name={run.name}", f"train.epochs={epochs}",
+                           f"scst.bad_ending_penalty={penalty}"]),
+              init=xe_run / "best.pt")
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=600)
+    parser.add_argument("--xe-epochs", type=int, default=6)
+    parser.add_argument("--scst-epochs", type=int, default=3)
+    parser.add_argument("--bad-ending-penalty", type=float, default=0.0)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    xe_run, common = prepare_xe(args.images, args.xe_epochs)
+    prepared = time.perf_counter() - started
+    measures = reward_measures(xe_run, common)
+    print(json.dumps(measures), flush=True)  # early: the fine-tuning below takes longest
+    before = test_scores(xe_run / "best.pt")
+    print(json.dumps({"before": before}), flush=True)
+    scst_started = time.perf_counter()
+    run = scst_run(xe_run, common, args.scst_epochs, args.bad_ending_penalty)
+    scst_seconds = time.perf_counter() - scst_started
+    after = test_scores(run / "best.pt")
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    result = {**measures,
+              "demo_cider_before": before["CIDEr"], "demo_cider_after": after["CIDEr"],
+              "demo_cider_gain_rel": (after["CIDEr"] - before["CIDEr"]) / before["CIDEr"],
+              "bleu4_before": before["Bleu_4"], "bleu4_after": after["Bleu_4"],
+              "meteor_before": before["METEOR"], "meteor_after": after["METEOR"],
+              "bad_endings_before": before["bad_endings"],
+              "bad_endings_after": after["bad_endings"],
+              "scst_epochs": [{k: round(r[k], 4) for k in
+                               ("reward", "sample_length", "bad_endings", "CIDEr")}
+                              for r in history],
+              "images": args.images, "xe_epochs": args.xe_epochs,
+              "scst_epochs_run": args.scst_epochs, "scst_seconds": scst_seconds,
+              "bad_ending_penalty": args.bad_ending_penalty,
+              "prepare_seconds": prepared, "total_seconds": time.perf_counter() - started}
+    print_table(result, before, after)
+    print(json.dumps(result))
+
+
+def print_table(result: dict, before: dict, after: dict) -> None:
+    def pct(value):
+        return "n/a" if value is None else f"{100 * value:.1f}"
+
+    print(f"reward equals pycocoevalcap: {result['reward_equals_pycocoevalcap']} "
+          f"(max |diff| {result['reward_max_abs_difference']:.2e})")
+    print(f"reward: {result['reward_ms']:.2f} ms vs pycocoevalcap {result['pycocoevalcap_ms']:.1f}"
+          f" ms for 32 x 5 captions: {result['reward_speedup_vs_pycocoevalcap']:.1f}x "
+          "(target >= 10)")
+    print(f"reward share of an SCST step: {result['reward_share_of_step']:.4f} "
+          f"(step {result['scst_step_s']:.2f} s; target <= 0.25)")
+    print("\n| test, beam 3 | BLEU-4 | METEOR | CIDEr | ends in a/of/with/the |")
+    print("|---|---|---|---|---|")
+    for name, scores in (("XE", before), ("XE + SCST", after)):
+        print(f"| {name} | {pct(scores['Bleu_4'])} | {pct(scores['METEOR'])} | "
+              f"{pct(scores['CIDEr'])} | {pct(scores['bad_endings'])}% |")
+    print(f"\ndemo_cider_gain_rel {result['demo_cider_gain_rel']:+.3f} (target >= 0.05)")
+    print(f"examples before: {before['examples']}\nexamples after: {after['examples']}")
+
+
+if __name__ == "__main__":
+    main()

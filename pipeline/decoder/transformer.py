@@ -1,0 +1,303 @@
+"""Transformer caption decoder over the 7x7 grid of cached ResNet50 features (pure torch).
+
+Words attend to earlier words (masked self-attention) and to the 49 image regions
+(cross-attention) in `model.layers` pre-norm decoder layers of width d = `model.embed_dim`:
+
+    x = word embedding + learned position embedding
+    per layer: x += SelfAttn(LN(x)); x += CrossAttn(LN(x), regions); x += FF(LN(x))
+    logits = LN(x) · E^T + b (tied to the word embedding E) or a Linear (untied)
+
+The regions are LayerNorm(2048) (`model.feature_norm`, as the LSTM) -> Linear(2048, d)
+(+ a learned 2-D position code, row + column, if `model.grid_positions`) -> LayerNorm(d).
+`encode` computes every layer's cross-attention keys and values once per batch. The decoding
+state is the self-attention key/value cache, one (keys, values) pair per layer, each
+(B, heads, t, d / heads): a step attends over the cache, so it costs O(t), and greedy and beam
+search (`pipeline.decoder.decode`) reorder it with `index_select(0, rows)` like an LSTM's (h, c).
+The attention map of a word is the last layer's cross-attention, averaged over heads.
+Softmaxes run in float32, so the decoder is safe under fp16/bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.config import ModelConfig
+from pipeline.contract import GRID, REGIONS
+from pipeline.decoder.loss import target_mask
+
+State = tuple[Tensor, ...]  # keys_0, values_0, keys_1, ..: each (B, heads, t, d / heads)
+
+
+@dataclass
+class TransformerEncoded:
+    """A batch of images ready for decoding: every layer's cross-attention keys and values."""
+
+    keys: Tensor  # (B, L, heads, R, d / heads)
+    values: Tensor  # (B, L, heads, R, d / heads)
+
+    def index_select(self, index: Tensor) -> TransformerEncoded:
+        """Rows `index` (B',) long, in that order; repeats allowed (beam expansion)."""
+        return TransformerEncoded(
+            self.keys.index_select(0, index), self.values.index_select(0, index)
+        )
+
+
+def attend(
+    queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Scaled dot-product attention, softmax in float32.
+
+    queries (B, H, Tq, dh), keys and values (B, H, Tk, dh), mask (Tq, Tk) bool True = allowed
+    -> context (B, H, Tq, dh), weights (B, H, Tq, Tk) float32.
+    """
+    scores = torch.matmul(queries, keys.transpose(-1, -2)).float() / math.sqrt(queries.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf)
+    weights = torch.softmax(scores, dim=-1)  # (B, H, Tq, Tk)
+    return torch.matmul(weights.to(values.dtype), values), weights
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm layer: masked self-attention, cross-attention over the regions, feed-forward."""
+
+    def __init__(self, width: int, heads: int, ff_dim: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.self_norm = nn.LayerNorm(width)
+        self.self_qkv = nn.Linear(width, 3 * width)
+        self.self_out = nn.Linear(width, width)
+        self.cross_norm = nn.LayerNorm(width)
+        self.cross_query = nn.Linear(width, width)
+        self.cross_kv = nn.Linear(width, 2 * width)
+        self.cross_out = nn.Linear(width, width)
+        self.ff_norm = nn.LayerNorm(width)
+        self.ff = nn.Sequential(
+            nn.Linear(width, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, width)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: Tensor) -> Tensor:
+        """(B, T, d) -> (B, H, T, d / H)."""
+        batch, steps, width = x.shape
+        return x.reshape(batch, steps, self.heads, width // self.heads).transpose(1, 2)
+
+    def _merge(self, x: Tensor) -> Tensor:
+        """(B, H, T, d / H) -> (B, T, d)."""
+        batch, heads, steps, head_dim = x.shape
+        return x.transpose(1, 2).reshape(batch, steps, heads * head_dim)
+
+    def memory(self, regions: Tensor) -> tuple[Tensor, Tensor]:
+        """regions (B, R, d) -> cross-attention keys, values: each (B, H, R, d / H)."""
+        keys, values = self.cross_kv(regions).chunk(2, dim=-1)  # (B, R, d) each
+        return self._split(keys), self._split(values)
+
+    def forward(
+        self,
+        x: Tensor,
+        past_keys: Tensor,
+        past_values: Tensor,
+        memory_keys: Tensor,
+        memory_values: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x (B, T, d) at positions t0..t0+T-1 after a cache of t0 positions (B, H, t0, d / H)
+        -> x (B, T, d), the cache extended to t0+T positions (keys, values), and the
+        cross-attention weights averaged over heads (B, T, R) float32."""
+        queries, keys, values = (
+            self._split(part) for part in self.self_qkv(self.self_norm(x)).chunk(3, dim=-1)
+        )
+        keys = torch.cat([past_keys.to(keys.dtype), keys], dim=2)  # (B, H, t0+T, dh)
+        values = torch.cat([past_values.to(values.dtype), values], dim=2)  # (B, H, t0+T, dh)
+        context, _ = attend(
+            queries, keys, values, _causal_mask(x.shape[1], keys.shape[2], x.device)
+        )
+        x = x + self.dropout(self.self_out(self._merge(context)))
+        queries = self._split(self.cross_query(self.cross_norm(x)))  # (B, H, T, dh)
+        context, weights = attend(queries, memory_keys, memory_values)  # weights (B, H, T, R)
+        x = x + self.dropout(self.cross_out(self._merge(context)))
+        x = x + self.dropout(self.ff(self.ff_norm(x)))
+        return x, keys, values, weights.mean(dim=1)
+
+
+def _causal_mask(steps: int, total: int, device: torch.device) -> Tensor | None:
+    """(steps, total) bool: query i (position total-steps+i) sees keys 0..its own position.
+    None for a single query, which sees the whole cache."""
+    if steps == 1:
+        return None
+    offset = total - steps
+    return torch.ones(steps, total, dtype=torch.bool, device=device).tril(diagonal=offset)
+
+
+class TransformerDecoder(nn.Module):
+    """Pre-norm Transformer decoder over the 49 regions with a key/value cache for decoding."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        config: ModelConfig,
+        feature_dim: int = 2048,
+        pad_index: int = 0,
+        pretrained_embeddings: Tensor | None = None,
+    ):
+        """`pretrained_embeddings` (V, embed_dim) rows aligned to the vocabulary; with
+        `config.tied_output` they are the output projection too (frozen if the embedding is)."""
+        super().__init__()
+        width = config.embed_dim
+        self.vocab_size = vocab_size
+        self.heads = config.heads
+        self.embedding = nn.Embedding(vocab_size, width)
+        self.positions = nn.Parameter(torch.randn(config.max_positions, width) * width**-0.5)
+        self._init_embedding(pretrained_embeddings, pad_index)
+        self.embedding.weight.requires_grad_(not config.freeze_embeddings)
+        # LayerNorm over each region's 2048 channels, no affine part (see lstm.CaptionDecoder).
+        self.feature_norm = (
+            nn.LayerNorm(feature_dim, elementwise_affine=False) if config.feature_norm else None
+        )
+        self.region_proj = nn.Linear(feature_dim, width)
+        self.grid_rows, self.grid_cols = (
+            (
+                nn.Parameter(torch.randn(GRID, 1, width) * width**-0.5),
+                nn.Parameter(torch.randn(1, GRID, width) * width**-0.5),
+            )
+            if config.grid_positions
+            else (None, None)
+        )
+        self.region_norm = nn.LayerNorm(width)
+        self.layers = nn.ModuleList(
+            DecoderLayer(width, config.heads, config.ff_dim, config.dropout)
+            for _ in range(config.layers)
+        )
+        self.final_norm = nn.LayerNorm(width)
+        self.dropout = nn.Dropout(config.dropout)
+        self.output = None if config.tied_output else nn.Linear(width, vocab_size)
+        self.output_bias = nn.Parameter(torch.zeros(vocab_size)) if config.tied_output else None
+
+    def _init_embedding(self, pretrained: Tensor | None, pad_index: int) -> None:
+        weight = self.embedding.weight  # (V, d)
+        with torch.no_grad():
+            if pretrained is None:
+                nn.init.normal_(weight, std=weight.shape[1] ** -0.5)
+            elif tuple(pretrained.shape) != tuple(weight.shape):
+                raise ValueError(
+                    f"pretrained embeddings have shape {tuple(pretrained.shape)}, "
+                    f"expected {tuple(weight.shape)} (vocab_size, embed_dim)"
+                )
+            else:
+                weight.copy_(pretrained)
+            weight[pad_index].zero_()
+
+    def encode(self, features: Tensor) -> TransformerEncoded:
+        """(B, 49, D) float16/32 -> every layer's cross-attention keys and values."""
+        features = features.float()  # (B, R, D)
+        if self.feature_norm is not None:
+            features = self.feature_norm(features)
+        regions = self.region_proj(features)  # (B, R, d)
+        if self.grid_rows is not None:
+            grid = (self.grid_rows + self.grid_cols).reshape(REGIONS, -1)  # (R, d) row-major
+            regions = regions + grid
+        regions = self.dropout(self.region_norm(regions))  # (B, R, d)
+        pairs = [layer.memory(regions) for layer in self.layers]  # L x 2 x (B, H, R, dh)
+        return TransformerEncoded(
+            torch.stack([k for k, _ in pairs], dim=1), torch.stack([v for _, v in pairs], dim=1)
+        )
+
+    def init_state(self, encoded: TransformerEncoded) -> State:
+        """The empty cache: (keys, values) per layer, each (B, H, 0, d / H)."""
+        batch, _, heads, _, head_dim = encoded.keys.shape
+        empty = encoded.keys.new_zeros(batch, heads, 0, head_dim)
+        return (empty,) * (2 * len(self.layers))
+
+    def step(
+        self, words: Tensor, state: State, encoded: TransformerEncoded
+    ) -> tuple[Tensor, Tensor, State]:
+        """words (B,) long, the cache of t positions -> logits (B, V), alpha (B, R), the cache
+        of t + 1 positions. Attends over the cache: O(t), no re-run of the prefix."""
+        hidden, alphas, state = self.run_positions(words.unsqueeze(1), state, encoded)  # (B, 1, d)
+        return self.logits(hidden[:, 0]), alphas[:, 0], state
+
+    def forward(
+        self, features: Tensor, image_index: Tensor, captions: Tensor, lengths: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher forcing, every step at once under the causal mask.
+
+        features (n_img, 49, D); image_index (B,) long row of `features` for each caption;
+        captions (B, T) long `<sos> w1 .. wn <eos> <pad>..`; lengths (B,) = n + 2.
+        Returns packed logits (N, V) for the N real targets `captions[:, 1:][target_mask]`
+        (row-major) and alphas (B, T-1, 49), zero at padded steps. Padding sits after the
+        real tokens, so the causal mask already keeps it out of every real step.
+        """
+        width = captions.shape[1]
+        if lengths.numel() and int(lengths.max()) > width:
+            raise ValueError(f"lengths exceed the caption width {width}")
+        encoded = self.encode(features).index_select(image_index)  # (B, L, H, R, dh)
+        hidden, alphas, _ = self.run_positions(captions[:, :-1], self.init_state(encoded), encoded)
+        mask = target_mask(lengths.to(captions.device), width - 1)  # (B, T-1)
+        return self.logits(hidden[mask]), alphas * mask.unsqueeze(2)  # (N, V), (B, T-1, R)
+
+    def run_positions(
+        self, words: Tensor, state: State, encoded: TransformerEncoded
+    ) -> tuple[Tensor, Tensor, State]:
+        """words (B, T) at positions t0..t0+T-1 after a cache of t0 -> hidden (B, T, d) after the
+        final norm, last-layer alphas (B, T, R) float32, the cache of t0+T positions."""
+        start, steps = state[0].shape[2], words.shape[1]
+        if start + steps > self.positions.shape[0]:
+            raise ValueError(
+                f"position {start + steps - 1} is beyond model.max_positions "
+                f"{self.positions.shape[0]}"
+            )
+        x = self.dropout(self.embedding(words) + self.positions[start : start + steps])  # (B, T, d)
+        new_state, alphas = [], None
+        for i, layer in enumerate(self.layers):
+            x, keys, values, alphas = layer(
+                x, state[2 * i], state[2 * i + 1], encoded.keys[:, i], encoded.values[:, i]
+            )
+            new_state += [keys, values]
+        return self.final_norm(x), alphas, tuple(new_state)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """(..., d) -> (..., V)."""
+        if self.output is None:
+            return F.linear(hidden, self.embedding.weight, self.output_bias)
+        return self.output(hidden)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(total, trainable) number of parameters (a tied matrix counts once)."""
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return total, trainable
+
+
+class PrefixRecompute:
+    """The reference decoding without a cache: each step re-runs the whole prefix.
+
+    Implements the decoding protocol around a `TransformerDecoder` (state = the words so far,
+    (B, t) long); its results must equal the cached `step`'s. For tests and benchmarks/decode.py.
+    """
+
+    def __init__(self, model: TransformerDecoder):
+        self.model = model
+        self.vocab_size = model.vocab_size
+
+    def encode(self, features: Tensor) -> TransformerEncoded:
+        """As `TransformerDecoder.encode`."""
+        return self.model.encode(features)
+
+    def init_state(self, encoded: TransformerEncoded) -> State:
+        """No words yet: ((B, 0) long,)."""
+        return (
+            torch.zeros(encoded.keys.shape[0], 0, dtype=torch.long, device=encoded.keys.device),
+        )
+
+    def step(
+        self, words: Tensor, state: State, encoded: TransformerEncoded
+    ) -> tuple[Tensor, Tensor, State]:
+        """Append words (B,) to the prefix and run all of it: O(t^2) attention per step."""
+        prefix = torch.cat([state[0], words.unsqueeze(1)], dim=1)  # (B, t+1)
+        hidden, alphas, _ = self.model.run_positions(
+            prefix, self.model.init_state(encoded), encoded
+        )
+        return self.model.logits(hidden[:, -1]), alphas[:, -1], (prefix,)

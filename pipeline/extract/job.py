@@ -1,0 +1,101 @@
+"""From a config (plus command-line overrides) to a finished extraction: no click here.
+
+`job_from_config` resolves and validates everything a run needs into an `ExtractJob`;
+`run_job` runs it (sharded under torchrun, else in this process), reports on `log`, and
+returns the exit status. `captioner extract` and `captioner demo` both call these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.device import resolve_device
+from pipeline.distributed import launched_by_torchrun
+from pipeline.errors import UserError
+from pipeline.extract.backbone import resolve_weights
+from pipeline.extract.extractor import (
+    ExtractJob,
+    ExtractResult,
+    list_images,
+    resolve_precision,
+    run_extraction,
+)
+from pipeline.extract.sharded import run_sharded_extraction
+
+EXIT_OK = 0
+EXIT_STRICT = 1
+SHOW_FAILURES = 10
+
+
+def job_from_config(config: Config, *, images: str | None = None, captions: str | None = None,
+                    out: str | None = None, weights: str | None = None,
+                    device: str | None = None, precision: str | None = None,
+                    dtype: str | None = None, batch_size: int | None = None,
+                    workers: int | None = None, fmt: str | None = None,
+                    overwrite: bool = False, strict: bool = False, progress: bool = True,
+                    log: Callable[[str], None] = print) -> ExtractJob:
+    """The job for `config` ([data], [features]); a non-None keyword overrides its key.
+
+    Lists the images (reading the caption file; its statistics go to `log`).
+    """
+    data, feat = config.data, config.features
+    images = images or data.images
+    captions = captions if captions is not None else data.captions
+    if not images:
+        raise UserError("no images folder: pass --images DIR or set data.images in the config")
+    names, rejected = list_images(images, captions or None, fmt or data.format, log=log)
+    device_ = resolve_device(device or feat.device)
+    return ExtractJob(
+        images_root=Path(images), names=names, out=Path(out or feat.path),
+        weights=resolve_weights(weights or feat.weights), device=device_,
+        precision=resolve_precision(precision or feat.precision, device_),
+        dtype=dtype or feat.dtype, batch_size=batch_size or feat.batch_size,
+        workers=feat.workers if workers is None else workers, overwrite=overwrite,
+        progress=progress, strict=strict, rejected=rejected)
+
+
+def run_job(job: ExtractJob, log: Callable[[str], None] = print) -> int:
+    """Run `job` (one shard per rank under torchrun) and report; EXIT_STRICT when `job.strict`
+    and images failed or caption names were rejected, else EXIT_OK.
+
+    KeyboardInterrupt propagates (what was computed is saved; the same job resumes).
+    """
+    for name, reason in job.rejected[:SHOW_FAILURES]:
+        log(f"warning: caption image name {name!r} skipped: {reason}")
+    if len(job.rejected) > SHOW_FAILURES:
+        log(f"warning: ... and {len(job.rejected) - SHOW_FAILURES} more unsafe caption image names")
+    log(f"extract: {len(job.names)} images -> {job.out} (weights {job.weights.tag}, "
+        f"{job.device.type} {job.precision}, stored {job.dtype})")
+    if launched_by_torchrun():
+        result = run_sharded_extraction(job, log=log)
+    else:
+        result = run_extraction(job, log=log)
+    if result.state == "shard":
+        return EXIT_OK  # ranks other than 0 under torchrun: rank 0 reports for the whole job
+    report(result, job, log)
+    if job.strict and (result.failed or job.rejected):
+        log(f"error: --strict: {len(result.failed)} images failed and {len(job.rejected)} "
+            f"caption names were rejected (the file {job.out} is complete and keeps the rest)")
+        return EXIT_STRICT
+    return EXIT_OK
+
+
+def report(result: ExtractResult, job: ExtractJob, log: Callable[[str], None]) -> None:
+    """End-of-run summary: counts, speed, and the failures."""
+    if result.state == "complete":
+        log(f"{job.out} is already complete ({result.total} images, {len(result.failed)} "
+            "failed): nothing to do (--overwrite recomputes it)")
+        return
+    ok = result.total - len(result.failed)
+    stale = f", {result.stale} of them because their image changed" if result.stale else ""
+    log(f"done: {ok}/{result.total} images in {job.out} ({result.written} extracted now"
+        f"{stale}, {result.reused} from an earlier run; {result.images_per_s:.1f} images/s)")
+    if result.failed:
+        log(f"warning: {len(result.failed)} images failed (listed in the file's 'failed' "
+            "dataset; training skips them):")
+        for name, reason in result.failed[:SHOW_FAILURES]:
+            log(f"  {name}: {reason}")
+        if len(result.failed) > SHOW_FAILURES:
+            log(f"  ... and {len(result.failed) - SHOW_FAILURES} more")

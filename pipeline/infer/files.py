@@ -1,0 +1,93 @@
+"""Writing inference outputs without clobbering anything a user made.
+
+Every file that `evaluate` or `caption` writes goes through `OutputFolder`:
+- a temp file is created exclusively (O_CREAT | O_EXCL | O_NOFOLLOW, random name) in the same
+  folder, written, fsynced and renamed over the target, so nothing is ever written through a
+  symlink planted at the target or at a temp path, and a reader never sees half a file;
+- the folder keeps a manifest (MANIFEST) of the names captioner wrote there. A target that
+  exists but is not in it belongs to someone else: it is refused, never replaced. Rerunning a
+  command replaces its own earlier outputs;
+- an unwritable folder (read-only, full, not a folder) ends in one UserError line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+MANIFEST = ".captioner-outputs.json"
+
+
+class OutputFolder:
+    """A folder that a command writes its own named files into."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the output folder {self.path}: "
+                            f"{exc.strerror or exc}") from None
+        if not self.path.is_dir():
+            raise UserError(f"cannot write into {self.path}: not a folder")
+        if not os.access(self.path, os.W_OK | os.X_OK):  # read-only, immutable, or not ours
+            raise UserError(f"cannot write into the output folder {self.path}: it is read-only")
+        self.owned = self._read_manifest()
+
+    def check(self, name: str) -> Path:
+        """The target path for `name`; UserError if a file not written by captioner is there."""
+        target = self.path / name
+        if name != Path(name).name or name in ("", ".", "..", MANIFEST):
+            raise ValueError(f"not a plain file name: {name!r}")
+        if (target.exists() or target.is_symlink()) and name not in self.owned:
+            raise UserError(f"{target} already exists and was not written by captioner: "
+                            "refusing to replace it (move it away or choose another folder)")
+        return target
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Atomically write `data` as `name` (refusing a foreign file); returns its path."""
+        target = self.check(name)
+        if name not in self.owned:
+            self.owned.add(name)
+            self._write_manifest()
+        _replace_atomically(target, data)
+        return target
+
+    def write_text(self, name: str, text: str) -> Path:
+        """`write_bytes` for UTF-8 text."""
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def _read_manifest(self) -> set[str]:
+        path = self.path / MANIFEST
+        if not path.is_file() or path.is_symlink():
+            return set()
+        try:
+            names = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            return set()
+        return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+    def _write_manifest(self) -> None:
+        payload = json.dumps(sorted(self.owned), indent=0).encode("utf-8")
+        _replace_atomically(self.path / MANIFEST, payload)
+
+
+def _replace_atomically(target: Path, data: bytes) -> None:
+    """Exclusive temp file beside `target` + fsync + rename over it; OSError -> UserError."""
+    tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(6)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
