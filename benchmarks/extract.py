@@ -62,9 +62,12 @@ def make_photo(rng: np.random.Generator) -> Image.Image:
     angle = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(angle) * x + np.sin(angle) * y) / WIDTH  # (H, W)
     coarse = rng.normal(size=(12, 16, 3)).astype(np.float32)
-    blobs = np.asarray(Image.fromarray(((coarse - coarse.min()) / np.ptp(coarse) * 255)
-                                       .astype(np.uint8)).resize((WIDTH, HEIGHT), Image.BICUBIC),
-                       dtype=np.float32)  # (H, W, 3)
+    blobs = np.asarray(
+        Image.fromarray(((coarse - coarse.min()) / np.ptp(coarse) * 255).astype(np.uint8)).resize(
+            (WIDTH, HEIGHT), Image.BICUBIC
+        ),
+        dtype=np.float32,
+    )  # (H, W, 3)
     base = rng.uniform(40, 200, size=3).astype(np.float32)
     img = 0.5 * blobs + 0.5 * base + 60 * ramp[..., None] + rng.normal(0, 8, size=blobs.shape)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
@@ -87,14 +90,16 @@ def link_copies(source: Path, target: Path, copies: int) -> None:
             os.link(path, sub / path.name)
 
 
-def forward_rate(folder: Path, names: list[str], precision: str,
-                 batch_size: int) -> tuple[float, float]:
+def forward_rate(
+    folder: Path, names: list[str], precision: str, batch_size: int
+) -> tuple[float, float]:
     """Model-only (images/s, CPU-seconds per image): normalise + backbone on a pre-made uint8
     batch, len(names) images. CPU time is the whole process's (every intra-op thread)."""
     device = torch.device("cpu")
     with torch_threads(device):
-        encoder = FeatureEncoder(build_backbone(resolve_weights("none"), device), device,
-                                 precision, "float16")
+        encoder = FeatureEncoder(
+            build_backbone(resolve_weights("none"), device), device, precision, "float16"
+        )
         batch = torch.stack([preprocess_image(folder / n) for n in names[:batch_size]])
         encoder.encode(batch)  # warm-up: oneDNN primitive creation
         steps = math.ceil(len(names) / batch_size)
@@ -117,8 +122,9 @@ def decode_cpu_seconds(folder: Path, names: list[str]) -> dict[str, float]:
         for name in names:
             preprocess_image(folder / name)
         pillow = (time.process_time() - start) / len(names)
-        raws = [torch.frombuffer(bytearray((folder / n).read_bytes()), dtype=torch.uint8)
-                for n in names]
+        raws = [
+            torch.frombuffer(bytearray((folder / n).read_bytes()), dtype=torch.uint8) for n in names
+        ]
         start = time.process_time()
         for raw in raws:
             resize_crop_tensor(decode_jpeg(raw, mode=ImageReadMode.RGB))
@@ -128,20 +134,39 @@ def decode_cpu_seconds(folder: Path, names: list[str]) -> dict[str, float]:
     return {"pillow": pillow, "torchvision": tensor}
 
 
-def extract_rate(folder: Path, names: list[str], out: Path, precision: str, batch_size: int,
-                 workers: int) -> float:
+def extract_rate(
+    folder: Path, names: list[str], out: Path, precision: str, batch_size: int, workers: int
+) -> float:
     """End-to-end images/s of run_extraction (decode, forward, HDF5 writes)."""
-    job = ExtractJob(images_root=folder, names=names, out=out, weights=resolve_weights("none"),
-                     device=torch.device("cpu"), precision=precision, dtype="float16",
-                     batch_size=batch_size, workers=workers, overwrite=True, progress=False)
+    job = ExtractJob(
+        images_root=folder,
+        names=names,
+        out=out,
+        weights=resolve_weights("none"),
+        device=torch.device("cpu"),
+        precision=precision,
+        dtype="float16",
+        batch_size=batch_size,
+        workers=workers,
+        overwrite=True,
+        progress=False,
+    )
     result = run_extraction(job, log=lambda _: None)
     return result.images_per_s
 
 
 def peak_rss_mb(folder: Path, out: Path, precision: str, batch_size: int, workers: int) -> dict:
     """Run one extraction of every image under `folder` in a subprocess; its peak RSS in MB."""
-    cmd = [sys.executable, __file__, "--child", str(folder), str(out), precision,
-           str(batch_size), str(workers)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(folder),
+        str(out),
+        precision,
+        str(batch_size),
+        str(workers),
+    ]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -152,8 +177,11 @@ def child(folder: str, out: str, precision: str, batch_size: int, workers: int) 
     extract_rate(Path(folder), names, Path(out), precision, batch_size, workers)
     main_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     workers_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"images": len(names), "main_mb": main_kb / 1024,
-                      "worker_mb": workers_kb / 1024}))
+    print(
+        json.dumps(
+            {"images": len(names), "main_mb": main_kb / 1024, "worker_mb": workers_kb / 1024}
+        )
+    )
 
 
 def main() -> None:
@@ -176,16 +204,21 @@ def main() -> None:
         count = max(args.n_fp32, args.n_bf16, args.n_rss, args.n_decode)
         start = time.perf_counter()
         make_images(tmp / "images", count)
-        print(f"made {count} JPEGs {WIDTH}x{HEIGHT} in {time.perf_counter() - start:.1f}s; "
-              f"{os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, "
-              f"batch {args.batch_size}, workers {args.workers}", flush=True)
+        print(
+            f"made {count} JPEGs {WIDTH}x{HEIGHT} in {time.perf_counter() - start:.1f}s; "
+            f"{os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, "
+            f"batch {args.batch_size}, workers {args.workers}",
+            flush=True,
+        )
         names = list_image_files(tmp / "images")
         rows, report = [], {}
         cores = len(os.sched_getaffinity(0))
-        decode = decode_cpu_seconds(tmp / "images", names[:args.n_decode])
-        print(f"decode CPU-s per image: Pillow policy {decode['pillow'] * 1e3:.2f} ms, "
-              f"torchvision decode_jpeg + tensor resize {decode['torchvision'] * 1e3:.2f} ms",
-              flush=True)
+        decode = decode_cpu_seconds(tmp / "images", names[: args.n_decode])
+        print(
+            f"decode CPU-s per image: Pillow policy {decode['pillow'] * 1e3:.2f} ms, "
+            f"torchvision decode_jpeg + tensor resize {decode['torchvision'] * 1e3:.2f} ms",
+            flush=True,
+        )
         report["decode_cpu_ms_per_image"] = round(decode["pillow"] * 1e3, 3)
         report["decode_cpu_ms_per_image_torchvision"] = round(decode["torchvision"] * 1e3, 3)
         report["cores"] = cores
@@ -195,10 +228,21 @@ def main() -> None:
                 rate, cpu = forward_rate(tmp / "images", names[:n], precision, args.batch_size)
                 fwds.append(rate)
                 cpus.append(cpu)
-                exts.append(extract_rate(tmp / "images", names[:n], tmp / f"{precision}.h5",
-                                         precision, args.batch_size, args.workers))
-                print(f"{precision}: forward {fwds[-1]:.1f} img/s ({cpu * 1e3:.1f} CPU-ms/img), "
-                      f"extract {exts[-1]:.1f} img/s (load {os.getloadavg()[0]:.1f})", flush=True)
+                exts.append(
+                    extract_rate(
+                        tmp / "images",
+                        names[:n],
+                        tmp / f"{precision}.h5",
+                        precision,
+                        args.batch_size,
+                        args.workers,
+                    )
+                )
+                print(
+                    f"{precision}: forward {fwds[-1]:.1f} img/s ({cpu * 1e3:.1f} CPU-ms/img), "
+                    f"extract {exts[-1]:.1f} img/s (load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
             fwd, ext, cpu = max(fwds), max(exts), min(cpus)
             bound = cores / (decode["pillow"] + cpu)
             rows.append((precision, n, fwd, ext, ext / fwd, bound, ext / bound))
@@ -208,31 +252,46 @@ def main() -> None:
             report[f"forward_cpu_ms_per_image_{precision}"] = round(cpu * 1e3, 2)
             report[f"bound_images_per_s_{precision}"] = round(bound, 2)
             report[f"ratio_extract_vs_bound_{precision}"] = round(ext / bound, 3)
-            report[f"runs_{precision}"] = {"forward": [round(v, 2) for v in fwds],
-                                           "extract": [round(v, 2) for v in exts]}
+            report[f"runs_{precision}"] = {
+                "forward": [round(v, 2) for v in fwds],
+                "extract": [round(v, 2) for v in exts],
+            }
         (tmp / "rss").mkdir()
         link_copies(tmp / "images", tmp / "rss" / "n", 1)
         small = tmp / "rss" / "n"
-        for path in sorted((small / "c0").iterdir())[args.n_rss:]:
+        for path in sorted((small / "c0").iterdir())[args.n_rss :]:
             path.unlink()
         link_copies(small / "c0", tmp / "rss" / "4n", 4)
         rss_n = peak_rss_mb(small, tmp / "rss_n.h5", "bf16", args.batch_size, args.workers)
-        rss_4n = peak_rss_mb(tmp / "rss" / "4n", tmp / "rss_4n.h5", "bf16", args.batch_size,
-                             args.workers)
-        print(f"\n{'precision':>9} {'images':>6} {'forward/s':>10} {'extract/s':>10} {'ratio':>6} "
-              f"{'bound/s':>8} {'vs bound':>8}")
+        rss_4n = peak_rss_mb(
+            tmp / "rss" / "4n", tmp / "rss_4n.h5", "bf16", args.batch_size, args.workers
+        )
+        print(
+            f"\n{'precision':>9} {'images':>6} {'forward/s':>10} {'extract/s':>10} {'ratio':>6} "
+            f"{'bound/s':>8} {'vs bound':>8}"
+        )
         for precision, n, fwd, ext, ratio, bound, vs_bound in rows:
-            print(f"{precision:>9} {n:>6} {fwd:>10.1f} {ext:>10.1f} {ratio:>6.3f} {bound:>8.1f} "
-                  f"{vs_bound:>8.3f}")
-        print(f"peak RSS bf16 (main / largest worker): N={rss_n['images']}: "
-              f"{rss_n['main_mb']:.0f} / {rss_n['worker_mb']:.0f} MB; 4N={rss_4n['images']}: "
-              f"{rss_4n['main_mb']:.0f} / {rss_4n['worker_mb']:.0f} MB")
-        report.update({"rss_mb_n": round(rss_n["main_mb"], 1),
-                       "rss_mb_4n": round(rss_4n["main_mb"], 1),
-                       "rss_worker_mb_n": round(rss_n["worker_mb"], 1),
-                       "rss_worker_mb_4n": round(rss_4n["worker_mb"], 1),
-                       "n_rss": rss_n["images"], "batch_size": args.batch_size,
-                       "workers": args.workers, "threads": torch.get_num_threads()})
+            print(
+                f"{precision:>9} {n:>6} {fwd:>10.1f} {ext:>10.1f} {ratio:>6.3f} {bound:>8.1f} "
+                f"{vs_bound:>8.3f}"
+            )
+        print(
+            f"peak RSS bf16 (main / largest worker): N={rss_n['images']}: "
+            f"{rss_n['main_mb']:.0f} / {rss_n['worker_mb']:.0f} MB; 4N={rss_4n['images']}: "
+            f"{rss_4n['main_mb']:.0f} / {rss_4n['worker_mb']:.0f} MB"
+        )
+        report.update(
+            {
+                "rss_mb_n": round(rss_n["main_mb"], 1),
+                "rss_mb_4n": round(rss_4n["main_mb"], 1),
+                "rss_worker_mb_n": round(rss_n["worker_mb"], 1),
+                "rss_worker_mb_4n": round(rss_4n["worker_mb"], 1),
+                "n_rss": rss_n["images"],
+                "batch_size": args.batch_size,
+                "workers": args.workers,
+                "threads": torch.get_num_threads(),
+            }
+        )
         print(json.dumps(report))
 
 

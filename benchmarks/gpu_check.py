@@ -59,11 +59,29 @@ from pipeline.extract.images import ImageDataset, collate_images, preprocess_ima
 
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
 SIZES = {  # full: a real GPU run; tiny: the same paths in seconds on a CPU
-    "full": {"images": 2048, "batch": 128, "epochs": 1, "beam_images": 500, "forward_batches": 8,
-             "model": []},
-    "tiny": {"images": 48, "batch": 16, "epochs": 1, "beam_images": 12, "forward_batches": 2,
-             "model": ["model.embed_dim=16", "model.hidden_dim=32", "model.attention_dim=16",
-                       "vocab.min_freq=1", "eval.max_len=8", "train.batch_size=32"]},
+    "full": {
+        "images": 2048,
+        "batch": 128,
+        "epochs": 1,
+        "beam_images": 500,
+        "forward_batches": 8,
+        "model": [],
+    },
+    "tiny": {
+        "images": 48,
+        "batch": 16,
+        "epochs": 1,
+        "beam_images": 12,
+        "forward_batches": 2,
+        "model": [
+            "model.embed_dim=16",
+            "model.hidden_dim=32",
+            "model.attention_dim=16",
+            "vocab.min_freq=1",
+            "eval.max_len=8",
+            "train.batch_size=32",
+        ],
+    },
 }
 
 
@@ -91,28 +109,49 @@ def stage_one(work: Path, device: torch.device, size: dict) -> dict:
     precision = resolve_precision("auto", device)
     workers = len(os.sched_getaffinity(0))
     batch = size["batch"]
-    encoder = FeatureEncoder(build_backbone(resolve_weights("none"), device), device, precision,
-                             "float16")
+    encoder = FeatureEncoder(
+        build_backbone(resolve_weights("none"), device), device, precision, "float16"
+    )
     crops = torch.stack([preprocess_image(images / n) for n in names[:batch]])  # (b, 3, 224, 224)
     encoder.encode(crops)  # warm-up (cuDNN / oneDNN kernels)
-    seconds, _ = timed(lambda: [encoder.encode(crops) for _ in range(size["forward_batches"])],
-                       device)
+    seconds, _ = timed(
+        lambda: [encoder.encode(crops) for _ in range(size["forward_batches"])], device
+    )
     forward = size["forward_batches"] * len(crops) / seconds
-    loader = DataLoader(ImageDataset(images, names, list(range(len(names)))), batch_size=batch,
-                        num_workers=workers, collate_fn=collate_images)
+    loader = DataLoader(
+        ImageDataset(images, names, list(range(len(names)))),
+        batch_size=batch,
+        num_workers=workers,
+        collate_fn=collate_images,
+    )
     seconds, count = timed(lambda: sum(len(b.rows) for b in loader), torch.device("cpu"))
-    out = {"precision": precision, "workers": workers, "batch": batch,
-           "forward_images_per_s": forward, "loader_images_per_s": count / seconds}
+    out = {
+        "precision": precision,
+        "workers": workers,
+        "batch": batch,
+        "forward_images_per_s": forward,
+        "loader_images_per_s": count / seconds,
+    }
     for mode, on_device in (("device_decode", True), ("cpu_decode", False)):
-        job = ExtractJob(images_root=images, names=names, out=work / f"{mode}.h5",
-                         weights=resolve_weights("none"), device=device, precision=precision,
-                         dtype="float16", batch_size=batch, workers=workers, progress=False,
-                         device_decode=on_device)
+        job = ExtractJob(
+            images_root=images,
+            names=names,
+            out=work / f"{mode}.h5",
+            weights=resolve_weights("none"),
+            device=device,
+            precision=precision,
+            dtype="float16",
+            batch_size=batch,
+            workers=workers,
+            progress=False,
+            device_decode=on_device,
+        )
         result = run_extraction(job, log=lambda _: None)
         out[f"extract_{mode}_images_per_s"] = result.images_per_s
         out[f"extract_{mode}_failed"] = len(result.failed)
-    out["device_vs_cpu_decode_max_rel_diff"] = feature_difference(work / "device_decode.h5",
-                                                                  work / "cpu_decode.h5")
+    out["device_vs_cpu_decode_max_rel_diff"] = feature_difference(
+        work / "device_decode.h5", work / "cpu_decode.h5"
+    )
     return out
 
 
@@ -135,12 +174,17 @@ def feature_rows(path: Path) -> int:
 
 def settings(work: Path, device: torch.device, size: dict, name: str) -> list[str]:
     """--set overrides of configs/demo.toml for a run named `name` in `work`."""
-    return [f"data.captions={json.dumps(str(work / 'data' / 'dataset.json'))}",
-            f"data.images={json.dumps(str(work / 'data' / 'images'))}",
-            f"features.path={json.dumps(str(work / 'cpu_decode.h5'))}",
-            f"train.out_dir={json.dumps(str(work / 'runs'))}", f"train.name={name}",
-            f"train.device={device.type}", f"train.epochs={size['epochs']}",
-            "train.val_images=0", *size["model"]]
+    return [
+        f"data.captions={json.dumps(str(work / 'data' / 'dataset.json'))}",
+        f"data.images={json.dumps(str(work / 'data' / 'images'))}",
+        f"features.path={json.dumps(str(work / 'cpu_decode.h5'))}",
+        f"train.out_dir={json.dumps(str(work / 'runs'))}",
+        f"train.name={name}",
+        f"train.device={device.type}",
+        f"train.epochs={size['epochs']}",
+        "train.val_images=0",
+        *size["model"],
+    ]
 
 
 def invoke(args: list[str]) -> None:
@@ -161,9 +205,16 @@ def training(work: Path, device: torch.device, size: dict) -> dict:
     out = {}
     for precision in ("fp32", "auto"):
         name = f"train-{precision}"
-        invoke(["train", "--config", str(DEMO_CONFIG),
+        invoke(
+            [
+                "train",
+                "--config",
+                str(DEMO_CONFIG),
                 *sum((["--set", s] for s in settings(work, device, size, name)), []),
-                "--set", f"train.precision={precision}"])
+                "--set",
+                f"train.precision={precision}",
+            ]
+        )
         record = last_epoch(work / "runs" / name)
         out[f"tokens_per_s_{precision}"] = record["tokens_per_s"]
         out[f"val_CIDEr_{precision}"] = record.get("CIDEr")
@@ -175,14 +226,17 @@ def end_to_end(work: Path, device: torch.device, size: dict) -> dict:
     spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks/train.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    config = load_config(DEMO_CONFIG, settings(work, device, size, "e2e")
-                         + ["features.in_memory=\"true\""])
+    config = load_config(
+        DEMO_CONFIG, settings(work, device, size, "e2e") + ['features.in_memory="true"']
+    )
     trainer = bench.make_trainer(config)
-    encoder = FeatureEncoder(build_backbone(resolve_weights("none"), device), device, "fp32",
-                             "float16")
+    encoder = FeatureEncoder(
+        build_backbone(resolve_weights("none"), device), device, "fp32", "float16"
+    )
     count = min(len(trainer.train_split.image_names), 4 * size["batch"])
-    result = bench.end_to_end(trainer, work / "data" / "images", encoder, count,
-                              trainer.config.train.batching, repeats=1)
+    result = bench.end_to_end(
+        trainer, work / "data" / "images", encoder, count, trainer.config.train.batching, repeats=1
+    )
     return {"speedup_cached_vs_end_to_end": result["speedup"]}
 
 
@@ -193,36 +247,60 @@ def beam(work: Path, device: torch.device, size: dict) -> dict:
     rows = np.arange(min(size["beam_images"], feature_rows(work / "cpu_decode.h5")))
     grids = torch.from_numpy(store.read(rows)).to(device)  # (n, 49, 2048)
     decode_features(loaded.model, grids[:2], loaded.vocab, loaded.config.eval, 3)  # warm-up
-    seconds, _ = timed(lambda: decode_features(loaded.model, grids, loaded.vocab,
-                                               loaded.config.eval, 3), device)
+    seconds, _ = timed(
+        lambda: decode_features(loaded.model, grids, loaded.vocab, loaded.config.eval, 3), device
+    )
     return {"beam3_images_per_s": len(rows) / seconds}
 
 
 def torchrun(work: Path, device: torch.device, size: dict) -> dict:
     """One epoch under torchrun (1 process), then evaluate that run."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "1", "-m", "pipeline", "train", "--config", str(DEMO_CONFIG),
-               *sum((["--set", s] for s in settings(work, device, size, "torchrun")), [])]
-    seconds, done = timed(lambda: subprocess.run(command, capture_output=True, text=True,
-                                                 cwd=REPO), device)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "1",
+        "-m",
+        "pipeline",
+        "train",
+        "--config",
+        str(DEMO_CONFIG),
+        *sum((["--set", s] for s in settings(work, device, size, "torchrun")), []),
+    ]
+    seconds, done = timed(
+        lambda: subprocess.run(command, capture_output=True, text=True, cwd=REPO), device
+    )
     if done.returncode != 0:
         raise RuntimeError(f"torchrun failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     run = work / "runs" / "torchrun"
     invoke(["evaluate", str(run), "--out", str(work / "evaluations"), "--device", device.type])
     metrics = json.loads((work / "evaluations" / "torchrun" / "metrics.json").read_text("utf-8"))
-    return {"torchrun_backend": "nccl" if device.type == "cuda" else "gloo",
-            "torchrun_seconds": seconds, "torchrun_test_CIDEr": metrics["scores"]["CIDEr"]}
+    return {
+        "torchrun_backend": "nccl" if device.type == "cuda" else "gloo",
+        "torchrun_seconds": seconds,
+        "torchrun_test_CIDEr": metrics["scores"]["CIDEr"],
+    }
 
 
 def scst(work: Path, device: torch.device, size: dict) -> dict:
     """One SCST epoch started from the fp32 run's best checkpoint."""
     init = work / "runs" / "train-fp32" / "best.pt"
-    invoke(["train", "--config", str(DEMO_CONFIG), "--init", str(init),
+    invoke(
+        [
+            "train",
+            "--config",
+            str(DEMO_CONFIG),
+            "--init",
+            str(init),
             *sum((["--set", s] for s in settings(work, device, size, "scst")), []),
-            "--set", "train.objective=\"scst\""])
+            "--set",
+            'train.objective="scst"',
+        ]
+    )
     record = last_epoch(work / "runs" / "scst")
-    return {"scst_epoch_seconds": record["epoch_seconds"],
-            "scst_mean_reward": record.get("reward")}
+    return {"scst_epoch_seconds": record["epoch_seconds"], "scst_mean_reward": record.get("reward")}
 
 
 # ---------------------------------------------------------------- main
@@ -257,10 +335,12 @@ def print_table(report: dict) -> None:
         print(f"  FAILED {section}: {reason}")
     results = report["results"]
     if "extract_device_decode_images_per_s" in results:
-        print(f"  device decode / model-only forward: "
-              f"{results['extract_device_decode_images_per_s'] / results['forward_images_per_s']:.2f}"
-              f"; cpu decode / forward: "
-              f"{results['extract_cpu_decode_images_per_s'] / results['forward_images_per_s']:.2f}")
+        print(
+            f"  device decode / model-only forward: "
+            f"{results['extract_device_decode_images_per_s'] / results['forward_images_per_s']:.2f}"
+            f"; cpu decode / forward: "
+            f"{results['extract_cpu_decode_images_per_s'] / results['forward_images_per_s']:.2f}"
+        )
 
 
 def main() -> None:

@@ -58,35 +58,54 @@ class Variant:
     overrides: tuple[str, ...] = ()
 
 
-TUTORIAL = ("train.batching=captions", "model.attention_activation=relu", "model.init=uniform",
-            "model.init_state_tanh=false", "model.attention_penalty=mean",
-            "model.doubly_stochastic=1.0")
+TUTORIAL = (
+    "train.batching=captions",
+    "model.attention_activation=relu",
+    "model.init=uniform",
+    "model.init_state_tanh=false",
+    "model.attention_penalty=mean",
+    "model.doubly_stochastic=1.0",
+)
 VARIANTS = {
     "shipped": Variant("configs/demo.toml as shipped"),
-    "images": Variant("whole-image batches (all 5 captions of ~13 images per batch of 64)",
-                      ("train.batching=images",)),
-    "penalty-sum": Variant("λ = 1 on the penalty summed over the 49 regions (Xu et al.)",
-                           ("model.attention_penalty=sum", "model.doubly_stochastic=1.0")),
-    "penalty-mean": Variant("λ = 1 on the penalty averaged over the 49 regions",
-                            ("model.attention_penalty=mean", "model.doubly_stochastic=1.0")),
+    "images": Variant(
+        "whole-image batches (all 5 captions of ~13 images per batch of 64)",
+        ("train.batching=images",),
+    ),
+    "penalty-sum": Variant(
+        "λ = 1 on the penalty summed over the 49 regions (Xu et al.)",
+        ("model.attention_penalty=sum", "model.doubly_stochastic=1.0"),
+    ),
+    "penalty-mean": Variant(
+        "λ = 1 on the penalty averaged over the 49 regions",
+        ("model.attention_penalty=mean", "model.doubly_stochastic=1.0"),
+    ),
     "no-penalty": Variant("no doubly stochastic penalty (λ = 0)", ("model.doubly_stochastic=0.0",)),
-    "former-decoder": Variant("the decoder choices shipped before: tanh attention, tanh on "
-                              "h0/c0, Xavier embedding and PyTorch's default output layer",
-                              ("model.attention_activation=tanh", "model.init_state_tanh=true",
-                               "model.init=xavier")),
-    "tanh-attention": Variant("tanh in the additive attention",
-                              ("model.attention_activation=tanh",)),
-    "relu-attention": Variant("ReLU in the additive attention",
-                              ("model.attention_activation=relu",)),
+    "former-decoder": Variant(
+        "the decoder choices shipped before: tanh attention, tanh on "
+        "h0/c0, Xavier embedding and PyTorch's default output layer",
+        ("model.attention_activation=tanh", "model.init_state_tanh=true", "model.init=xavier"),
+    ),
+    "tanh-attention": Variant(
+        "tanh in the additive attention", ("model.attention_activation=tanh",)
+    ),
+    "relu-attention": Variant(
+        "ReLU in the additive attention", ("model.attention_activation=relu",)
+    ),
     "tanh-h0": Variant("h0, c0 = tanh(Linear(mean grid))", ("model.init_state_tanh=true",)),
     "linear-h0": Variant("h0, c0 = Linear(mean grid), no tanh", ("model.init_state_tanh=false",)),
-    "xavier-init": Variant("Xavier embedding, PyTorch default output layer",
-                           ("model.init=xavier",)),
-    "uniform-init": Variant("embedding and output U(-0.1, 0.1), output bias 0",
-                            ("model.init=uniform",)),
-    REFERENCE: Variant("our re-implementation of sgrvinod's tutorial recipe: caption batches, "
-                       "ReLU attention, U(-0.1, 0.1) init, no tanh on h0/c0, λ = 1 averaged "
-                       "over regions", TUTORIAL),
+    "xavier-init": Variant(
+        "Xavier embedding, PyTorch default output layer", ("model.init=xavier",)
+    ),
+    "uniform-init": Variant(
+        "embedding and output U(-0.1, 0.1), output bias 0", ("model.init=uniform",)
+    ),
+    REFERENCE: Variant(
+        "our re-implementation of sgrvinod's tutorial recipe: caption batches, "
+        "ReLU attention, U(-0.1, 0.1) init, no tanh on h0/c0, λ = 1 averaged "
+        "over regions",
+        TUTORIAL,
+    ),
 }
 DEFAULT_VARIANTS = ("shipped", "images", "penalty-sum", "penalty-mean", REFERENCE)
 
@@ -96,12 +115,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default=str(DEMO_CONFIG), help="base config (the demo's)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant")
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help=f"comma-separated, from: {', '.join(VARIANTS)}")
-    parser.add_argument("--jobs", type=int, default=2,
-                        help="runs side by side (each gets cores / jobs torch threads)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="applied to every variant, first")
+    parser.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated, from: {', '.join(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="runs side by side (each gets cores / jobs torch threads)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="applied to every variant, first",
+    )
     parser.add_argument("--out", default="", help="default demo/quality/<timestamp>")
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -121,8 +153,12 @@ def ensure_cache(config_path: str) -> None:
     config = load_config(config_path)
     if not Path(config.data.captions).is_file():
         generate_demo_data(Path(config.data.captions).parent, n_images=1500, seed=0)
-    subprocess.run([sys.executable, "-m", "pipeline", "extract", "--config", config_path],
-                   check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "extract", "--config", config_path],
+        check=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def train_and_score(config_path: str, overrides: list[str], run_dir: str, threads: int) -> dict:
@@ -147,21 +183,27 @@ def train_and_score(config_path: str, overrides: list[str], run_dir: str, thread
     torch.set_num_threads(threads)
     folder.mkdir(parents=True)
     run = folder / "run"
-    config = load_config(config_path, [*overrides, f"train.out_dir={str(folder)!r}",
-                                       "train.name='run'"])
+    config = load_config(
+        config_path, [*overrides, f"train.out_dir={str(folder)!r}", "train.name='run'"]
+    )
     started = time.perf_counter()
     with open(folder / "log.txt", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
         train(config)
-        scores = {beam: evaluate_checkpoint(run / "best.pt", "test", beam,
-                                            folder / f"eval-beam{beam}", examples=0)["scores"]
-                  for beam in (1, BEAM)}
+        scores = {
+            beam: evaluate_checkpoint(
+                run / "best.pt", "test", beam, folder / f"eval-beam{beam}", examples=0
+            )["scores"]
+            for beam in (1, BEAM)
+        }
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    result = {"greedy": scores[1], f"beam{BEAM}": scores[BEAM],
-              "epoch_seconds": statistics.mean(h["epoch_seconds"] for h in history),
-              "best_epoch": max(history, key=lambda h: h.get("CIDEr", 0))["epoch"],
-              "seconds": time.perf_counter() - started}
-    (folder / "result.json").write_text(json.dumps({"recipe": recipe, "result": result}),
-                                        "utf-8")
+    result = {
+        "greedy": scores[1],
+        f"beam{BEAM}": scores[BEAM],
+        "epoch_seconds": statistics.mean(h["epoch_seconds"] for h in history),
+        "best_epoch": max(history, key=lambda h: h.get("CIDEr", 0))["epoch"],
+        "seconds": time.perf_counter() - started,
+    }
+    (folder / "result.json").write_text(json.dumps({"recipe": recipe, "result": result}), "utf-8")
     return result
 
 
@@ -191,18 +233,29 @@ def run_all(args: argparse.Namespace, out: Path) -> list[dict]:
     context = multiprocessing.get_context("spawn")
     results = []
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        futures = {pool.submit(train_and_score, args.config, overrides_of(args, name, seed),
-                               str(out / f"{name}-s{seed}"), threads): users
-                   for users in planned_runs(args).values() for name, seed in users[:1]}
+        futures = {
+            pool.submit(
+                train_and_score,
+                args.config,
+                overrides_of(args, name, seed),
+                str(out / f"{name}-s{seed}"),
+                threads,
+            ): users
+            for users in planned_runs(args).values()
+            for name, seed in users[:1]
+        }
         for future in concurrent.futures.as_completed(futures):
             for name, seed in futures[future]:
                 record = {"variant": name, "seed": seed, **future.result()}
                 results.append(record)
-                print(f"  {name:<16} seed {seed}: CIDEr greedy "
-                      f"{100 * record['greedy']['CIDEr']:.1f}  beam{BEAM} "
-                      f"{100 * record[f'beam{BEAM}']['CIDEr']:.1f}  (best epoch "
-                      f"{record['best_epoch']}, {record['epoch_seconds']:.1f} s/epoch, "
-                      f"{record['seconds']:.0f} s)", flush=True)
+                print(
+                    f"  {name:<16} seed {seed}: CIDEr greedy "
+                    f"{100 * record['greedy']['CIDEr']:.1f}  beam{BEAM} "
+                    f"{100 * record[f'beam{BEAM}']['CIDEr']:.1f}  (best epoch "
+                    f"{record['best_epoch']}, {record['epoch_seconds']:.1f} s/epoch, "
+                    f"{record['seconds']:.0f} s)",
+                    flush=True,
+                )
     return results
 
 
@@ -216,47 +269,65 @@ def summarise(results: list[dict], variants: list[str]) -> dict[str, dict]:
     summary = {}
     for name in variants:
         runs = [r for r in results if r["variant"] == name]
-        row = {"seeds": sorted(r["seed"] for r in runs),
-               "epoch_seconds": statistics.mean(r["epoch_seconds"] for r in runs)}
+        row = {
+            "seeds": sorted(r["seed"] for r in runs),
+            "epoch_seconds": statistics.mean(r["epoch_seconds"] for r in runs),
+        }
         for decoding in ("greedy", f"beam{BEAM}"):
             for key, _ in SHOWN_METRICS:
                 values = [r[decoding][key] for r in runs if r[decoding].get(key) is not None]
-                row[f"{key}_{decoding}"] = (mean_std([100 * v for v in values]) if values
-                                            else None)
+                row[f"{key}_{decoding}"] = mean_std([100 * v for v in values]) if values else None
         summary[name] = row
     reference = summary.get(REFERENCE)
     for row in summary.values():
-        row["cider_vs_tutorial"] = (row["CIDEr_greedy"][0] / reference["CIDEr_greedy"][0]
-                                    if reference else None)
+        row["cider_vs_tutorial"] = (
+            row["CIDEr_greedy"][0] / reference["CIDEr_greedy"][0] if reference else None
+        )
     return summary
 
 
 def print_table(summary: dict[str, dict]) -> None:
     """Markdown table: mean ± std over seeds, x100."""
+
     def cell(value) -> str:
         return "–" if value is None else f"{value[0]:.1f} ± {value[1]:.1f}"
 
-    columns = [f"{label} {decoding}" for decoding in ("greedy", f"beam {BEAM}")
-               for _, label in SHOWN_METRICS]
+    columns = [
+        f"{label} {decoding}"
+        for decoding in ("greedy", f"beam {BEAM}")
+        for _, label in SHOWN_METRICS
+    ]
     print("| variant | seeds | " + " | ".join(columns) + " | epoch s | CIDEr vs tutorial |")
     print("|---|---|" + "---|" * len(columns) + "---|---|")
     for name, row in summary.items():
-        cells = [cell(row[f"{key}_{decoding}"]) for decoding in ("greedy", f"beam{BEAM}")
-                 for key, _ in SHOWN_METRICS]
+        cells = [
+            cell(row[f"{key}_{decoding}"])
+            for decoding in ("greedy", f"beam{BEAM}")
+            for key, _ in SHOWN_METRICS
+        ]
         ratio = "–" if row["cider_vs_tutorial"] is None else f"{row['cider_vs_tutorial']:.3f}"
-        print(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells)
-              + f" | {row['epoch_seconds']:.1f} | {ratio} |")
+        print(
+            f"| {name} | {len(row['seeds'])} | "
+            + " | ".join(cells)
+            + f" | {row['epoch_seconds']:.1f} | {ratio} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    out = Path(args.out) if args.out else (
-        REPO / "demo" / "quality" / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    out = (
+        Path(args.out)
+        if args.out
+        else (REPO / "demo" / "quality" / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    )
     started = time.perf_counter()
     ensure_cache(args.config)
-    print(f"quality ablation: {len(args.variants)} variants x {args.seeds} seeds on "
-          f"{args.config}, {args.jobs} jobs, extra overrides {args.overrides or 'none'}; "
-          f"runs in {out}", flush=True)
+    print(
+        f"quality ablation: {len(args.variants)} variants x {args.seeds} seeds on "
+        f"{args.config}, {args.jobs} jobs, extra overrides {args.overrides or 'none'}; "
+        f"runs in {out}",
+        flush=True,
+    )
     for name in args.variants:
         print(f"  {name}: {VARIANTS[name].about} {list(VARIANTS[name].overrides)}")
     results = run_all(args, out)
@@ -265,9 +336,16 @@ def main(argv: list[str] | None = None) -> None:
     print_table(summary)
     minutes = (time.perf_counter() - started) / 60
     print(f"\n{minutes:.1f} min in all")
-    print(json.dumps({"benchmark": "quality", "minutes": round(minutes, 1),
-                      "variants": summary, "runs": sorted(
-                          results, key=lambda r: (r["variant"], r["seed"]))}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "quality",
+                "minutes": round(minutes, 1),
+                "variants": summary,
+                "runs": sorted(results, key=lambda r: (r["variant"], r["seed"])),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -67,20 +67,43 @@ def prepare_xe(images: int, xe_epochs: int) -> tuple[Path, list[str]]:
         generate_demo_data(data, n_images=images, seed=0, overwrite=True)
     features = root / "features.h5"
     if not features.is_file():
-        result = CliRunner().invoke(extract_command, [
-            "--images", str(data / "images"), "--captions", str(data / "dataset.json"),
-            "--out", str(features), "--weights", "none", "--workers", "1", "--quiet"])
+        result = CliRunner().invoke(
+            extract_command,
+            [
+                "--images",
+                str(data / "images"),
+                "--captions",
+                str(data / "dataset.json"),
+                "--out",
+                str(features),
+                "--weights",
+                "none",
+                "--workers",
+                "1",
+                "--quiet",
+            ],
+        )
         if result.exit_code != 0:
             raise SystemExit(result.output)
-    common = [f"data.captions={data / 'dataset.json'}", f"data.images={data / 'images'}",
-              f"features.path={features}", f"train.out_dir={root / 'runs'}"]
+    common = [
+        f"data.captions={data / 'dataset.json'}",
+        f"data.images={data / 'images'}",
+        f"features.path={features}",
+        f"train.out_dir={root / 'runs'}",
+    ]
     run = root / "runs" / f"xe-{xe_epochs}"
-    if not (run / "best.pt").is_file() or \
-            load_checkpoint(run / "last.pt")["state"]["epoch"] < xe_epochs:
+    if (
+        not (run / "best.pt").is_file()
+        or load_checkpoint(run / "last.pt")["state"]["epoch"] < xe_epochs
+    ):
         shutil.rmtree(run, ignore_errors=True)
         with contextlib.redirect_stdout(io.StringIO()):
-            train(load_config(REPO / "configs/demo.toml",
-                              [*common, f"train.name={run.name}", f"train.epochs={xe_epochs}"]))
+            train(
+                load_config(
+                    REPO / "configs/demo.toml",
+                    [*common, f"train.name={run.name}", f"train.epochs={xe_epochs}"],
+                )
+            )
     return run, common
 
 
@@ -88,15 +111,24 @@ def test_scores(checkpoint: Path) -> dict:
     """Beam-3 test-split scores of a checkpoint (pycocoevalcap), plus the bad-ending share."""
     loaded = load_model(checkpoint, torch.device("cpu"))
     payload = load_checkpoint(checkpoint)
-    data = load_experiment_data(loaded.config, loaded.features, echo=False,
-                                saved_splits=payload.get("splits"))
-    split = build_split(data.frame, "test", loaded.vocab, loaded.config.vocab.max_len,
-                        data.row_of)
-    decoded = decode_rows(loaded.model, data.store, split.image_rows, loaded.vocab,
-                          loaded.config.eval, 3, torch.device("cpu"))
+    data = load_experiment_data(
+        loaded.config, loaded.features, echo=False, saved_splits=payload.get("splits")
+    )
+    split = build_split(data.frame, "test", loaded.vocab, loaded.config.vocab.max_len, data.row_of)
+    decoded = decode_rows(
+        loaded.model,
+        data.store,
+        split.image_rows,
+        loaded.vocab,
+        loaded.config.eval,
+        3,
+        torch.device("cpu"),
+    )
     captions = [loaded.vocab.decode(d.tokens) for d in decoded]
-    report = score_captions({str(i): refs for i, refs in enumerate(split.references)},
-                            {str(i): c for i, c in enumerate(captions)})
+    report = score_captions(
+        {str(i): refs for i, refs in enumerate(split.references)},
+        {str(i): c for i, c in enumerate(captions)},
+    )
     out = {k: report.scores[k] for k in ("Bleu_4", "METEOR", "CIDEr")}
     out["bad_endings"] = sum(scst.ends_badly(c) for c in captions) / len(captions)
     out["examples"] = captions[:3]
@@ -109,17 +141,26 @@ def reward_measures(run: Path, common: list[str]) -> dict:
     loaded = load_model(run / "best.pt", torch.device("cpu"))
     vocab = loaded.vocab
     payload = load_checkpoint(run / "best.pt")
-    data = load_experiment_data(config, loaded.features, echo=False,
-                                saved_splits=payload.get("splits"))
+    data = load_experiment_data(
+        config, loaded.features, echo=False, saved_splits=payload.get("splits")
+    )
     split = build_split(data.frame, "train", vocab, config.vocab.max_len, data.row_of)
     self_critical = scst.build_scst(config, split, vocab)
     images = np.arange(BATCH_IMAGES)
     features = torch.from_numpy(data.store.read(split.image_rows[images]))  # (32, 49, 2048)
     k = config.scst.samples
     with torch.no_grad():
-        samples = sample_captions(loaded.model, features, vocab.sos, vocab.eos, vocab.pad, k,
-                                  config.scst.max_len + 1, self_critical.suppress,
-                                  torch.Generator().manual_seed(0))
+        samples = sample_captions(
+            loaded.model,
+            features,
+            vocab.sos,
+            vocab.eos,
+            vocab.pad,
+            k,
+            config.scst.max_len + 1,
+            self_critical.suppress,
+            torch.Generator().manual_seed(0),
+        )
     tokens = samples.tokens.numpy()  # (160, T)
     owners = np.repeat(images, k)  # (160,)
     texts = [vocab.decode(row) for row in tokens]
@@ -138,15 +179,24 @@ def reward_measures(run: Path, common: list[str]) -> dict:
         Cider().compute_score(gts, res)  # references tokenized once, before: not timed
         theirs.append(time.perf_counter() - started)
     share = step_share(loaded.model, features, images, self_critical, vocab)
-    return {"reward_equals_pycocoevalcap": difference <= 1e-6
-            and abs(float(same_df.mean()) - float(expected.mean())) <= 1e-6,
-            "reward_max_abs_difference": difference,
-            "reward_ms": 1000 * min(ours), "pycocoevalcap_ms": 1000 * min(theirs),
-            "reward_speedup_vs_pycocoevalcap": min(theirs) / min(ours), **share}
+    return {
+        "reward_equals_pycocoevalcap": difference <= 1e-6
+        and abs(float(same_df.mean()) - float(expected.mean())) <= 1e-6,
+        "reward_max_abs_difference": difference,
+        "reward_ms": 1000 * min(ours),
+        "pycocoevalcap_ms": 1000 * min(theirs),
+        "reward_speedup_vs_pycocoevalcap": min(theirs) / min(ours),
+        **share,
+    }
 
 
-def step_share(model: torch.nn.Module, features: torch.Tensor, images: np.ndarray,
-               self_critical: scst.Scst, vocab) -> dict:
+def step_share(
+    model: torch.nn.Module,
+    features: torch.Tensor,
+    images: np.ndarray,
+    self_critical: scst.Scst,
+    vocab,
+) -> dict:
     """Median over 5 SCST steps of reward time / step time (the step's own reward call)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     model.train()
@@ -171,8 +221,10 @@ def step_share(model: torch.nn.Module, features: torch.Tensor, images: np.ndarra
         steps.append(time.perf_counter() - started)
         shares.append(timed[-1][0] / steps[-1])
     self_critical.reward = reward
-    return {"reward_share_of_step": statistics.median(shares),
-            "scst_step_s": statistics.median(steps)}
+    return {
+        "reward_share_of_step": statistics.median(shares),
+        "scst_step_s": statistics.median(steps),
+    }
 
 
 def scst_run(xe_run: Path, common: list[str], epochs: int, penalty: float) -> Path:
@@ -181,10 +233,18 @@ def scst_run(xe_run: Path, common: list[str], epochs: int, penalty: float) -> Pa
     shutil.rmtree(run, ignore_errors=True)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        train(load_config(REPO / "configs/demo-scst.toml",
-                          [*common, f"train.name={run.name}", f"train.epochs={epochs}",
-                           f"scst.bad_ending_penalty={penalty}"]),
-              init=xe_run / "best.pt")
+        train(
+            load_config(
+                REPO / "configs/demo-scst.toml",
+                [
+                    *common,
+                    f"train.name={run.name}",
+                    f"train.epochs={epochs}",
+                    f"scst.bad_ending_penalty={penalty}",
+                ],
+            ),
+            init=xe_run / "best.pt",
+        )
     return run
 
 
@@ -208,20 +268,29 @@ def main() -> None:
     scst_seconds = time.perf_counter() - scst_started
     after = test_scores(run / "best.pt")
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    result = {**measures,
-              "demo_cider_before": before["CIDEr"], "demo_cider_after": after["CIDEr"],
-              "demo_cider_gain_rel": (after["CIDEr"] - before["CIDEr"]) / before["CIDEr"],
-              "bleu4_before": before["Bleu_4"], "bleu4_after": after["Bleu_4"],
-              "meteor_before": before["METEOR"], "meteor_after": after["METEOR"],
-              "bad_endings_before": before["bad_endings"],
-              "bad_endings_after": after["bad_endings"],
-              "scst_epochs": [{k: round(r[k], 4) for k in
-                               ("reward", "sample_length", "bad_endings", "CIDEr")}
-                              for r in history],
-              "images": args.images, "xe_epochs": args.xe_epochs,
-              "scst_epochs_run": args.scst_epochs, "scst_seconds": scst_seconds,
-              "bad_ending_penalty": args.bad_ending_penalty,
-              "prepare_seconds": prepared, "total_seconds": time.perf_counter() - started}
+    result = {
+        **measures,
+        "demo_cider_before": before["CIDEr"],
+        "demo_cider_after": after["CIDEr"],
+        "demo_cider_gain_rel": (after["CIDEr"] - before["CIDEr"]) / before["CIDEr"],
+        "bleu4_before": before["Bleu_4"],
+        "bleu4_after": after["Bleu_4"],
+        "meteor_before": before["METEOR"],
+        "meteor_after": after["METEOR"],
+        "bad_endings_before": before["bad_endings"],
+        "bad_endings_after": after["bad_endings"],
+        "scst_epochs": [
+            {k: round(r[k], 4) for k in ("reward", "sample_length", "bad_endings", "CIDEr")}
+            for r in history
+        ],
+        "images": args.images,
+        "xe_epochs": args.xe_epochs,
+        "scst_epochs_run": args.scst_epochs,
+        "scst_seconds": scst_seconds,
+        "bad_ending_penalty": args.bad_ending_penalty,
+        "prepare_seconds": prepared,
+        "total_seconds": time.perf_counter() - started,
+    }
     print_table(result, before, after)
     print(json.dumps(result))
 
@@ -230,18 +299,26 @@ def print_table(result: dict, before: dict, after: dict) -> None:
     def pct(value):
         return "n/a" if value is None else f"{100 * value:.1f}"
 
-    print(f"reward equals pycocoevalcap: {result['reward_equals_pycocoevalcap']} "
-          f"(max |diff| {result['reward_max_abs_difference']:.2e})")
-    print(f"reward: {result['reward_ms']:.2f} ms vs pycocoevalcap {result['pycocoevalcap_ms']:.1f}"
-          f" ms for 32 x 5 captions: {result['reward_speedup_vs_pycocoevalcap']:.1f}x "
-          "(target >= 10)")
-    print(f"reward share of an SCST step: {result['reward_share_of_step']:.4f} "
-          f"(step {result['scst_step_s']:.2f} s; target <= 0.25)")
+    print(
+        f"reward equals pycocoevalcap: {result['reward_equals_pycocoevalcap']} "
+        f"(max |diff| {result['reward_max_abs_difference']:.2e})"
+    )
+    print(
+        f"reward: {result['reward_ms']:.2f} ms vs pycocoevalcap {result['pycocoevalcap_ms']:.1f}"
+        f" ms for 32 x 5 captions: {result['reward_speedup_vs_pycocoevalcap']:.1f}x "
+        "(target >= 10)"
+    )
+    print(
+        f"reward share of an SCST step: {result['reward_share_of_step']:.4f} "
+        f"(step {result['scst_step_s']:.2f} s; target <= 0.25)"
+    )
     print("\n| test, beam 3 | BLEU-4 | METEOR | CIDEr | ends in a/of/with/the |")
     print("|---|---|---|---|---|")
     for name, scores in (("XE", before), ("XE + SCST", after)):
-        print(f"| {name} | {pct(scores['Bleu_4'])} | {pct(scores['METEOR'])} | "
-              f"{pct(scores['CIDEr'])} | {pct(scores['bad_endings'])}% |")
+        print(
+            f"| {name} | {pct(scores['Bleu_4'])} | {pct(scores['METEOR'])} | "
+            f"{pct(scores['CIDEr'])} | {pct(scores['bad_endings'])}% |"
+        )
     print(f"\ndemo_cider_gain_rel {result['demo_cider_gain_rel']:+.3f} (target >= 0.05)")
     print(f"examples before: {before['examples']}\nexamples after: {after['examples']}")
 

@@ -91,8 +91,9 @@ class TutorialDecoder(nn.Module):
             b = sum(s > t for s in steps)
             context, alpha = self.attention(features[:b], h[:b])  # (b, D), (b, R)
             context = torch.sigmoid(self.f_beta(h[:b])) * context
-            h, c = self.decode_step(torch.cat([embeddings[:b, t], context], dim=1),
-                                    (h[:b], c[:b]))  # (b, H) each
+            h, c = self.decode_step(
+                torch.cat([embeddings[:b, t], context], dim=1), (h[:b], c[:b])
+            )  # (b, H) each
             predictions[:b, t] = self.fc(self.dropout(h))  # (b, V) into the (B, T-1, V) tensor
             alphas[:b, t] = alpha
         return predictions, alphas
@@ -103,16 +104,18 @@ def tutorial_loss(model: TutorialDecoder, batch: dict) -> torch.Tensor:
     predictions, alphas = model(batch["features"], batch["captions"], batch["lengths"])
     steps = (batch["lengths"] - 1).tolist()
     packed = nn.utils.rnn.pack_padded_sequence(predictions, steps, batch_first=True).data
-    targets = nn.utils.rnn.pack_padded_sequence(batch["captions"][:, 1:], steps,
-                                                batch_first=True).data
+    targets = nn.utils.rnn.pack_padded_sequence(
+        batch["captions"][:, 1:], steps, batch_first=True
+    ).data
     return F.cross_entropy(packed, targets) + ((1.0 - alphas.sum(dim=1)) ** 2).mean()
 
 
 def captioner_loss(model: CaptionDecoder, batch: dict, dtype: torch.dtype | None) -> torch.Tensor:
     """captioner's loss for the same batch (each caption its own image), optionally autocast."""
     with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        logits, alphas = model(batch["features"], batch["image_index"], batch["captions"],
-                               batch["lengths"])  # (N, V), (B, T-1, R)
+        logits, alphas = model(
+            batch["features"], batch["image_index"], batch["captions"], batch["lengths"]
+        )  # (N, V), (B, T-1, R)
     return caption_loss(logits, batch["captions"], alphas, batch["lengths"], 1.0)[0]
 
 
@@ -127,15 +130,20 @@ def make_batch(seed: int = 0) -> dict:
         captions[row, length - 1] = 2
         captions[row, length:] = PAD
     features = torch.randn(BATCH, REGIONS, CHANNELS, generator=generator)  # (B, 49, 2048)
-    return {"features": features, "captions": captions, "lengths": lengths,
-            "image_index": torch.arange(BATCH)}
+    return {
+        "features": features,
+        "captions": captions,
+        "lengths": lengths,
+        "image_index": torch.arange(BATCH),
+    }
 
 
 def build_variants() -> dict:
     """name -> (model, loss function of the batch)."""
     torch.manual_seed(0)
-    ours = CaptionDecoder(VOCAB, ModelConfig(embed_dim=WIDTH, hidden_dim=WIDTH,
-                                             attention_dim=WIDTH, dropout=0.5))
+    ours = CaptionDecoder(
+        VOCAB, ModelConfig(embed_dim=WIDTH, hidden_dim=WIDTH, attention_dim=WIDTH, dropout=0.5)
+    )
     tutorial = TutorialDecoder(VOCAB, WIDTH)
     variants = {
         "tutorial": (tutorial, lambda b: tutorial_loss(tutorial, b)),
@@ -180,8 +188,9 @@ def measure(rounds: int) -> dict:
     torch.set_num_threads(2)
     batch = make_batch()
     variants = build_variants()
-    optimizers = {name: torch.optim.Adam(model.parameters(), lr=1e-4)
-                  for name, (model, _) in variants.items()}
+    optimizers = {
+        name: torch.optim.Adam(model.parameters(), lr=1e-4) for name, (model, _) in variants.items()
+    }
     times: dict[str, list[float]] = {name: [] for name in variants}
     peak = []
     for round_index in range(rounds + 1):
@@ -194,20 +203,27 @@ def measure(rounds: int) -> dict:
                 times[name].append(seconds)
         peak.append(matmul_flops_per_s())
     flops = {name: step_flops(model, loss_of, batch) for name, (model, loss_of) in variants.items()}
-    return {"seconds": {name: min(values) for name, values in times.items()},
-            "flops": flops, "matmul_flops_per_s": max(peak)}
+    return {
+        "seconds": {name: min(values) for name, values in times.items()},
+        "flops": flops,
+        "matmul_flops_per_s": max(peak),
+    }
 
 
 def report(measured: dict) -> dict:
     """Print the table; return the JSON figures."""
     seconds, flops, peak = measured["seconds"], measured["flops"], measured["matmul_flops_per_s"]
-    print(f"teacher-forced step: batch {BATCH}, <= {MAX_STEPS} steps, {WIDTH}/{WIDTH}/{WIDTH}, "
-          f"V = {VOCAB:,}; machine fp32 matmul {peak / 1e9:.0f} GFLOP/s")
+    print(
+        f"teacher-forced step: batch {BATCH}, <= {MAX_STEPS} steps, {WIDTH}/{WIDTH}/{WIDTH}, "
+        f"V = {VOCAB:,}; machine fp32 matmul {peak / 1e9:.0f} GFLOP/s"
+    )
     print(f"{'variant':<16}{'s/step':>9}{'GFLOP':>9}{'matmul eff.':>13}{'vs tutorial':>13}")
     for name in seconds:
         efficiency = flops[name] / (seconds[name] * peak)
-        print(f"{name:<16}{seconds[name]:>9.3f}{flops[name] / 1e9:>9.1f}{efficiency:>13.2f}"
-              f"{seconds['tutorial'] / seconds[name]:>12.2f}x")
+        print(
+            f"{name:<16}{seconds[name]:>9.3f}{flops[name] / 1e9:>9.1f}{efficiency:>13.2f}"
+            f"{seconds['tutorial'] / seconds[name]:>12.2f}x"
+        )
     result = {
         "step_seconds": {k: round(v, 4) for k, v in seconds.items()},
         "speedup_step_vs_tutorial": round(seconds["tutorial"] / seconds["captioner"], 3),
@@ -217,7 +233,8 @@ def report(measured: dict) -> dict:
     }
     if "captioner_bf16" in seconds:
         result["speedup_step_bf16_vs_fp32"] = round(
-            seconds["captioner"] / seconds["captioner_bf16"], 3)
+            seconds["captioner"] / seconds["captioner_bf16"], 3
+        )
     return result
 
 

@@ -77,14 +77,26 @@ def make_cache(root: Path, n_images: int) -> dict:
     """Demo JPEGs + dataset.json under root/data and their features.h5 (run_extraction)."""
     generate_demo_data(root / "data", n_images=n_images, seed=0)
     names, _ = list_images(root / "data" / "images", root / "data" / "dataset.json")
-    job = ExtractJob(images_root=root / "data" / "images", names=names,
-                     out=root / "features.h5", weights=resolve_weights("none"), device=CPU,
-                     precision=resolve_precision("auto", CPU), dtype="float16",
-                     batch_size=32, workers=1, progress=False)
+    job = ExtractJob(
+        images_root=root / "data" / "images",
+        names=names,
+        out=root / "features.h5",
+        weights=resolve_weights("none"),
+        device=CPU,
+        precision=resolve_precision("auto", CPU),
+        dtype="float16",
+        batch_size=32,
+        workers=1,
+        progress=False,
+    )
     result = run_extraction(job, log=lambda _: None)
-    return {"images": root / "data" / "images", "captions": root / "data" / "dataset.json",
-            "features": root / "features.h5", "precision": job.precision,
-            "extract_images_per_s": result.images_per_s}
+    return {
+        "images": root / "data" / "images",
+        "captions": root / "data" / "dataset.json",
+        "features": root / "features.h5",
+        "precision": job.precision,
+        "extract_images_per_s": result.images_per_s,
+    }
 
 
 def make_copies_cache(source: dict, out_dir: Path, copies: int) -> dict:
@@ -103,8 +115,9 @@ def make_copies_cache(source: dict, out_dir: Path, copies: int) -> dict:
             rows = slice(k * len(names), (k + 1) * len(names))
             f[contract.FEATURES][rows] = features * features.dtype.type(1 + k / 100)
         f[contract.STATUS][:] = contract.WRITTEN
-        f.create_dataset(contract.FAILED, data=np.zeros((0, 2), dtype=object),
-                         dtype=contract.STRING_DTYPE)
+        f.create_dataset(
+            contract.FAILED, data=np.zeros((0, 2), dtype=object), dtype=contract.STRING_DTYPE
+        )
         f.attrs["complete"] = True
     captions = out_dir / f"dataset_x{copies}.json"
     captions.write_text(json.dumps(copied_karpathy(source["captions"], copies)), "utf-8")
@@ -122,22 +135,44 @@ def copied_karpathy(path: Path, copies: int) -> dict:
             for sentence in entry["sentences"]:
                 sentences.append({**sentence, "imgid": imgid, "sentid": sentid})
                 sentid += 1
-            images.append({**entry, "filepath": f"c{k}", "imgid": imgid, "sentences": sentences,
-                           "sentids": [s["sentid"] for s in sentences]})
+            images.append(
+                {
+                    **entry,
+                    "filepath": f"c{k}",
+                    "imgid": imgid,
+                    "sentences": sentences,
+                    "sentids": [s["sentid"] for s in sentences],
+                }
+            )
     return {"images": images, "dataset": data.get("dataset", "demo")}
 
 
 # ---------------------------------------------------------------- trainers
 
 
-def bench_config(features: Path, captions: Path, runs: Path, name: str, in_memory: bool,
-                 workers: int, extra: tuple[str, ...] = ()):
+def bench_config(
+    features: Path,
+    captions: Path,
+    runs: Path,
+    name: str,
+    in_memory: bool,
+    workers: int,
+    extra: tuple[str, ...] = (),
+):
     """configs/demo.toml pointed at a cache, on the CPU, with this mode's features/workers."""
-    return load_config(DEMO_CONFIG, (
-        f"data.captions={json.dumps(str(captions))}", f"features.path={json.dumps(str(features))}",
-        f"features.in_memory={'true' if in_memory else 'false'}",
-        f"train.out_dir={json.dumps(str(runs))}", f"train.name={name}", "train.device=cpu",
-        f"train.workers={workers}", *extra))
+    return load_config(
+        DEMO_CONFIG,
+        (
+            f"data.captions={json.dumps(str(captions))}",
+            f"features.path={json.dumps(str(features))}",
+            f"features.in_memory={'true' if in_memory else 'false'}",
+            f"train.out_dir={json.dumps(str(runs))}",
+            f"train.name={name}",
+            "train.device=cpu",
+            f"train.workers={workers}",
+            *extra,
+        ),
+    )
 
 
 def make_trainer(config) -> Trainer:
@@ -173,11 +208,14 @@ def alternate_epochs(trainers: dict[str, Trainer], rounds: int) -> dict[str, lis
     records: dict[str, list[dict]] = {name: [] for name in trainers}
     names = list(trainers)
     for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             records[name].append(timed_epoch(trainers[name], r))
             rec = records[name][-1]
-            print(f"  round {r} {name:<22} {rec['epoch_seconds']:6.2f} s "
-                  f"{rec['tokens_per_s']:6.0f} tok/s  others {rec['others']:.2f}", flush=True)
+            print(
+                f"  round {r} {name:<22} {rec['epoch_seconds']:6.2f} s "
+                f"{rec['tokens_per_s']:6.0f} tok/s  others {rec['others']:.2f}",
+                flush=True,
+            )
     return records
 
 
@@ -197,8 +235,9 @@ class ImageStore:
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), 49, 2048) float32 grids computed now from the image files."""
-        images = torch.stack([preprocess_image(self.images_root / self.row_names[int(r)])
-                              for r in rows])  # (n, 3, 224, 224) uint8
+        images = torch.stack(
+            [preprocess_image(self.images_root / self.row_names[int(r)]) for r in rows]
+        )  # (n, 3, 224, 224) uint8
         return self.encoder.encode(images)  # (n, 49, 2048)
 
 
@@ -208,12 +247,16 @@ def head_split(split: SplitData, count: int) -> SplitData:
     old = np.concatenate(keep)  # (n_captions,) indices into split.tokens
     new_of_old = {int(c): i for i, c in enumerate(old)}
     return SplitData(
-        image_names=split.image_names[:count], image_ids=split.image_ids[:count],
+        image_names=split.image_names[:count],
+        image_ids=split.image_ids[:count],
         image_rows=split.image_rows[:count],
-        captions_of_image=[np.asarray([new_of_old[int(c)] for c in g], dtype=np.int64)
-                           for g in keep],
-        caption_image=split.caption_image[old], tokens=[split.tokens[int(c)] for c in old],
-        references=split.references[:count])
+        captions_of_image=[
+            np.asarray([new_of_old[int(c)] for c in g], dtype=np.int64) for g in keep
+        ],
+        caption_image=split.caption_image[old],
+        tokens=[split.tokens[int(c)] for c in old],
+        references=split.references[:count],
+    )
 
 
 def with_composition(trainer: Trainer, mode: str) -> Trainer:
@@ -223,11 +266,18 @@ def with_composition(trainer: Trainer, mode: str) -> Trainer:
     return dataclasses.replace(trainer, config=dataclasses.replace(config, train=train))
 
 
-def end_to_end(trainer: Trainer, images_root: Path, encoder: FeatureEncoder, count: int,
-               mode: str, repeats: int) -> dict:
+def end_to_end(
+    trainer: Trainer,
+    images_root: Path,
+    encoder: FeatureEncoder,
+    count: int,
+    mode: str,
+    repeats: int,
+) -> dict:
     """Best seconds of the same batches (first `count` train images, epoch 0) cached vs seed."""
-    cached = with_composition(dataclasses.replace(
-        trainer, train_split=head_split(trainer.train_split, count)), mode)
+    cached = with_composition(
+        dataclasses.replace(trainer, train_split=head_split(trainer.train_split, count)), mode
+    )
     row_names = {row: name for name, row in trainer.data.row_of.items()}
     store = ImageStore(images_root, [row_names[r] for r in range(len(row_names))], encoder)
     seed_way = dataclasses.replace(cached, data=dataclasses.replace(trainer.data, store=store))
@@ -239,9 +289,15 @@ def end_to_end(trainer: Trainer, images_root: Path, encoder: FeatureEncoder, cou
         runs["cached"].append(timed_epoch(cached, 0))
     best = {k: min(v, key=lambda r: r["epoch_seconds"]) for k, v in runs.items()}
     tokens = best["cached"]["tokens_per_s"] * best["cached"]["epoch_seconds"]
-    return {"mode": mode, "images": count, "captions": cached.train_split.num_captions,
-            "tokens": round(tokens), "runs": runs, "best": best,
-            "speedup": best["end_to_end"]["epoch_seconds"] / best["cached"]["epoch_seconds"]}
+    return {
+        "mode": mode,
+        "images": count,
+        "captions": cached.train_split.num_captions,
+        "tokens": round(tokens),
+        "runs": runs,
+        "best": best,
+        "speedup": best["end_to_end"]["epoch_seconds"] / best["cached"]["epoch_seconds"],
+    }
 
 
 # ---------------------------------------------------------------- peak RSS
@@ -257,8 +313,14 @@ def private_mb(pid: int) -> float:
     """Memory only `pid` holds (USS: private clean + dirty pages), MB; 0 once it has exited."""
     try:
         with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
-            return sum(int(line.split()[1]) for line in handle
-                       if line.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024
+            return (
+                sum(
+                    int(line.split()[1])
+                    for line in handle
+                    if line.startswith(("Private_Clean:", "Private_Dirty:"))
+                )
+                / 1024
+            )
     except OSError:
         return 0.0
 
@@ -301,9 +363,15 @@ def child_rss(args: dict) -> None:
     VmHWM, not ru_maxrss: ru_maxrss survives exec, so a subprocess of a big parent would
     report the parent's size.
     """
-    config = bench_config(Path(args["features"]), Path(args["captions"]), Path(args["runs"]),
-                          args["name"], args["in_memory"], args["workers"],
-                          (f"data.subset={args['subset']}",))
+    config = bench_config(
+        Path(args["features"]),
+        Path(args["captions"]),
+        Path(args["runs"]),
+        args["name"],
+        args["in_memory"],
+        args["workers"],
+        (f"data.subset={args['subset']}",),
+    )
     trainer = make_trainer(config)
     before = status_mb("VmRSS")
     sampler = WorkerMemory()
@@ -311,20 +379,35 @@ def child_rss(args: dict) -> None:
     record = train_one_epoch(trainer, 0)
     sampler.done.set()
     sampler.join()
-    print(json.dumps({"before_epoch_mb": before, "main_mb": status_mb("VmHWM"),
-                      "workers_mb": sampler.peak_mb,
-                      "train_images": len(trainer.train_split.image_names),
-                      "epoch_seconds": record["epoch_seconds"]}))
+    print(
+        json.dumps(
+            {
+                "before_epoch_mb": before,
+                "main_mb": status_mb("VmHWM"),
+                "workers_mb": sampler.peak_mb,
+                "train_images": len(trainer.train_split.image_names),
+                "epoch_seconds": record["epoch_seconds"],
+            }
+        )
+    )
 
 
-def peak_rss(cache: dict, runs: Path, name: str, in_memory: bool, workers: int,
-             subset: float = 1.0) -> dict:
+def peak_rss(
+    cache: dict, runs: Path, name: str, in_memory: bool, workers: int, subset: float = 1.0
+) -> dict:
     """One training epoch in a fresh subprocess; its peak RSS (main, largest worker) in MB."""
-    args = {"features": str(cache["features"]), "captions": str(cache["captions"]),
-            "runs": str(runs), "name": name, "in_memory": in_memory, "workers": workers,
-            "subset": subset}
-    done = subprocess.run([sys.executable, __file__, "--child-rss", json.dumps(args)],
-                          capture_output=True, text=True)
+    args = {
+        "features": str(cache["features"]),
+        "captions": str(cache["captions"]),
+        "runs": str(runs),
+        "name": name,
+        "in_memory": in_memory,
+        "workers": workers,
+        "subset": subset,
+    }
+    done = subprocess.run(
+        [sys.executable, __file__, "--child-rss", json.dumps(args)], capture_output=True, text=True
+    )
     if done.returncode:
         raise RuntimeError(f"RSS subprocess failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -344,40 +427,55 @@ def print_epochs(records: dict[str, list[dict]]) -> None:
     """Per mode: every measured round's seconds, the best, tok/s, losses and others' CPU."""
     rounds = len(next(iter(records.values())))
     head = " ".join(f"{f'r{r} s':>7}" for r in range(1, rounds))
-    print(f"\n{'epoch (round 0 dropped)':<24} {head} {'best s':>7} {'tok/s':>7} "
-          f"{'others':>6}  train_loss per round")
+    print(
+        f"\n{'epoch (round 0 dropped)':<24} {head} {'best s':>7} {'tok/s':>7} "
+        f"{'others':>6}  train_loss per round"
+    )
     for name, recs in records.items():
         best = best_of(recs)
         cells = " ".join(f"{r['epoch_seconds']:7.2f}" for r in recs[1:])
         losses = " ".join(f"{r['train_loss']:.4f}" for r in recs)
         others = max(r["others"] for r in recs[1:])
-        print(f"{name:<24} {cells} {best['epoch_seconds']:7.2f} {best['tokens_per_s']:7.0f} "
-              f"{others:6.2f}  {losses}")
+        print(
+            f"{name:<24} {cells} {best['epoch_seconds']:7.2f} {best['tokens_per_s']:7.0f} "
+            f"{others:6.2f}  {losses}"
+        )
 
 
 def print_end_to_end(e2e: dict, epoch_tokens: float, cached_epoch_s: float) -> None:
     """Cached vs seed-way seconds on the same batches, and the epoch-time estimates."""
     best = e2e["best"]
-    print(f"\nend to end vs cached, composition {e2e['mode']!r}: the same {e2e['images']} "
-          f"images / {e2e['captions']} captions / {e2e['tokens']} tokens, epoch 0's batches")
+    print(
+        f"\nend to end vs cached, composition {e2e['mode']!r}: the same {e2e['images']} "
+        f"images / {e2e['captions']} captions / {e2e['tokens']} tokens, epoch 0's batches"
+    )
     print(f"{'path':<40} {'runs s':>16} {'best s':>7} {'tok/s':>7} {'others':>6}")
-    labels = {"cached": "cached grids (in memory)",
-              "end_to_end": "decode JPEG + ResNet50 fp32 every step"}
+    labels = {
+        "cached": "cached grids (in memory)",
+        "end_to_end": "decode JPEG + ResNet50 fp32 every step",
+    }
     for key in ("end_to_end", "cached"):
         runs = " ".join(f"{r['epoch_seconds']:.2f}" for r in e2e["runs"][key])
         others = max(r["others"] for r in e2e["runs"][key])
-        print(f"{labels[key]:<40} {runs:>16} {best[key]['epoch_seconds']:7.2f} "
-              f"{best[key]['tokens_per_s']:7.0f} {others:6.2f}")
+        print(
+            f"{labels[key]:<40} {runs:>16} {best[key]['epoch_seconds']:7.2f} "
+            f"{best[key]['tokens_per_s']:7.0f} {others:6.2f}"
+        )
     seed_epoch = epoch_tokens / best["end_to_end"]["tokens_per_s"]
-    print(f"speedup {e2e['speedup']:.2f}x; train epoch ({epoch_tokens:.0f} tokens): cached "
-          f"{cached_epoch_s:.1f} s measured, end to end ~{seed_epoch:.1f} s estimated")
+    print(
+        f"speedup {e2e['speedup']:.2f}x; train epoch ({epoch_tokens:.0f} tokens): cached "
+        f"{cached_epoch_s:.1f} s measured, end to end ~{seed_epoch:.1f} s estimated"
+    )
 
 
 def parse_args() -> argparse.Namespace:
     """Command line; --quick and the defaults fill the sizes left unset."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="N=120, 2 measured rounds, 2 e2e batches, no seed-composition run")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="N=120, 2 measured rounds, 2 e2e batches, no seed-composition run",
+    )
     parser.add_argument("--images", type=int, help="N demo images (default 300, quick 120)")
     parser.add_argument("--rounds", type=int, help="measured epoch rounds (default 3, quick 2)")
     parser.add_argument("--e2e-batches", type=int, help="batches timed end to end (3, quick 2)")
@@ -395,32 +493,46 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
     cache = make_cache(tmp / "n", args.images)
     cache["rows"] = args.images
     big = make_copies_cache(cache, tmp, 4)
-    print(f"data: {args.images} demo images extracted ({cache['precision']}, "
-          f"{cache['extract_images_per_s']:.1f} img/s) and a 4N cache of {big['rows']} rows, "
-          f"in {time.perf_counter() - start:.0f} s; {os.cpu_count()} cpus, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    modes = {"in memory": (True, 0), "streamed, workers 0": (False, 0),
-             "streamed, workers 2": (False, 2)}
-    trainers = {name: make_trainer(bench_config(cache["features"], cache["captions"],
-                                                tmp / "runs", f"m{i}", mem, workers))
-                for i, (name, (mem, workers)) in enumerate(modes.items())}
+    print(
+        f"data: {args.images} demo images extracted ({cache['precision']}, "
+        f"{cache['extract_images_per_s']:.1f} img/s) and a 4N cache of {big['rows']} rows, "
+        f"in {time.perf_counter() - start:.0f} s; {os.cpu_count()} cpus, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
+    modes = {
+        "in memory": (True, 0),
+        "streamed, workers 0": (False, 0),
+        "streamed, workers 2": (False, 2),
+    }
+    trainers = {
+        name: make_trainer(
+            bench_config(cache["features"], cache["captions"], tmp / "runs", f"m{i}", mem, workers)
+        )
+        for i, (name, (mem, workers)) in enumerate(modes.items())
+    }
     first = trainers["in memory"]
     m, t = first.config.model, first.config.train
-    print(f"decoder: configs/demo.toml ({m.attention} attention, embed {m.embed_dim}, hidden "
-          f"{m.hidden_dim}, attention {m.attention_dim}, vocab {len(first.vocab)}), batch_size "
-          f"{t.batch_size} captions ({t.batching!r} batching), Adam lr {t.lr}, "
-          f"CPU fp32; train split {len(first.train_split.image_names)} images / "
-          f"{first.train_split.num_captions} captions", flush=True)
+    print(
+        f"decoder: configs/demo.toml ({m.attention} attention, embed {m.embed_dim}, hidden "
+        f"{m.hidden_dim}, attention {m.attention_dim}, vocab {len(first.vocab)}), batch_size "
+        f"{t.batch_size} captions ({t.batching!r} batching), Adam lr {t.lr}, "
+        f"CPU fp32; train split {len(first.train_split.image_names)} images / "
+        f"{first.train_split.num_captions} captions",
+        flush=True,
+    )
     records = alternate_epochs(trainers, args.rounds + 1)
     encoder = FeatureEncoder(build_backbone(resolve_weights("none"), CPU), CPU, "fp32", "float32")
     per_batch = len(plan_epoch(first.train_split, t.batch_size, "images", None)[0][0])  # images
     e2e = [end_to_end(first, cache["images"], encoder, per_batch * args.e2e_batches, "images", 2)]
     if not args.quick:
         e2e.append(end_to_end(first, cache["images"], encoder, t.batch_size, "random", 2))
-    rss = {"stream_n": peak_rss(cache, tmp / "runs", "rss1", False, RSS_WORKERS),
-           "stream_4n": peak_rss(big, tmp / "runs", "rss2", False, RSS_WORKERS),
-           "memory_n": peak_rss(cache, tmp / "runs", "rss3", True, 0),
-           "memory_4n": peak_rss(big, tmp / "runs", "rss4", True, 0, subset=0.25)}
+    rss = {
+        "stream_n": peak_rss(cache, tmp / "runs", "rss1", False, RSS_WORKERS),
+        "stream_4n": peak_rss(big, tmp / "runs", "rss2", False, RSS_WORKERS),
+        "memory_n": peak_rss(cache, tmp / "runs", "rss3", True, 0),
+        "memory_4n": peak_rss(big, tmp / "runs", "rss4", True, 0, subset=0.25),
+    }
     return report(records, e2e, rss, t.batch_size, time.perf_counter() - start)
 
 
@@ -447,16 +559,22 @@ def report(records: dict, e2e: list[dict], rss: dict, batch_size: int, seconds: 
     epoch_tokens = memory["tokens_per_s"] * memory["epoch_seconds"]
     for item in e2e:
         print_end_to_end(item, epoch_tokens, memory["epoch_seconds"])
-    print("\nmemory of one training epoch, own subprocess: main VmRSS before the epoch / main "
-          "VmHWM / largest worker's private memory (sampled):")
-    for key, label in (("stream_n", f"streamed, workers {RSS_WORKERS}, N"),
-                       ("stream_4n", f"streamed, workers {RSS_WORKERS}, 4N"),
-                       ("memory_n", "in memory, N"),
-                       ("memory_4n", "in memory, 4N (data.subset 0.25)")):
+    print(
+        "\nmemory of one training epoch, own subprocess: main VmRSS before the epoch / main "
+        "VmHWM / largest worker's private memory (sampled):"
+    )
+    for key, label in (
+        ("stream_n", f"streamed, workers {RSS_WORKERS}, N"),
+        ("stream_4n", f"streamed, workers {RSS_WORKERS}, 4N"),
+        ("memory_n", "in memory, N"),
+        ("memory_4n", "in memory, 4N (data.subset 0.25)"),
+    ):
         r = rss[key]
-        print(f"  {label:<34} cache {r['rows']:>5} rows, {r['train_images']:>4} train images: "
-              f"{r['before_epoch_mb']:5.0f} / {r['main_mb']:5.0f} / {r['workers_mb']:4.0f} MB  "
-              f"({r['epoch_seconds']:.1f} s)")
+        print(
+            f"  {label:<34} cache {r['rows']:>5} rows, {r['train_images']:>4} train images: "
+            f"{r['before_epoch_mb']:5.0f} / {r['main_mb']:5.0f} / {r['workers_mb']:4.0f} MB  "
+            f"({r['epoch_seconds']:.1f} s)"
+        )
     print(f"total {seconds:.0f} s")
     # The headline is the seed's way (its batches: ResNet50 + decoder for every caption);
     # --quick measures only the same-batches comparison, which then stands in for it.
@@ -465,7 +583,9 @@ def report(records: dict, e2e: list[dict], rss: dict, batch_size: int, seconds: 
         "speedup_cached_vs_end_to_end": round(seed_batches, 2),
         "speedup_cached_vs_end_to_end_same_batches": round(e2e[0]["speedup"], 2),
         "epoch_s_cached": round(memory["epoch_seconds"], 2),
-        "epoch_s_end_to_end_est": round(epoch_tokens / e2e[0]["best"]["end_to_end"]["tokens_per_s"], 1),
+        "epoch_s_end_to_end_est": round(
+            epoch_tokens / e2e[0]["best"]["end_to_end"]["tokens_per_s"], 1
+        ),
         "ratio_streamed_vs_in_memory": round(ratios[workers], 3),
         "ratio_streamed_w0_vs_in_memory": round(ratios[0], 3),
         "ratio_streamed_w2_vs_in_memory": round(ratios[2], 3),
@@ -479,7 +599,9 @@ def report(records: dict, e2e: list[dict], rss: dict, batch_size: int, seconds: 
         "rss_worker_private_mb_4n": round(rss["stream_4n"]["workers_mb"], 1),
         "rss_mb_in_memory_n": round(rss["memory_n"]["main_mb"], 1),
         "rss_mb_in_memory_4n": round(rss["memory_4n"]["main_mb"], 1),
-        "n_images": rss["stream_n"]["rows"], "batch_size": batch_size, "threads": torch.get_num_threads(),
+        "n_images": rss["stream_n"]["rows"],
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
         "max_others": round(max_others(records, e2e), 2),
         "seconds": round(seconds, 1),
     }

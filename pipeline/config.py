@@ -171,7 +171,9 @@ class Config:
 
 SECTIONS = ("data", "features", "vocab", "model", "train", "eval", "scst")
 # Keys renamed since checkpoints were first written: old key -> (new key, old value -> new value).
-RENAMED_KEYS = {("train", "captions_per_image"): ("batching", {"all": "images", "random": "random"})}
+RENAMED_KEYS = {
+    ("train", "captions_per_image"): ("batching", {"all": "images", "random": "random"})
+}
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
@@ -278,13 +280,22 @@ def _check_finite(config: Config) -> None:
 
 def validate(config: Config) -> None:
     """Range and choice checks that types alone cannot express."""
-    d, f, v, m, t, e = (config.data, config.features, config.vocab, config.model,
-                        config.train, config.eval)
+    d, f, v, m, t, e = (
+        config.data,
+        config.features,
+        config.vocab,
+        config.model,
+        config.train,
+        config.eval,
+    )
     _check_finite(config)
     _choice("data.format", d.format, CAPTION_FORMATS)
-    _check(len(d.split_ratios) == 3 and all(r >= 0 for r in d.split_ratios)
-           and abs(sum(d.split_ratios) - 1.0) < 1e-6,
-           f"data.split_ratios must be three non-negative numbers summing to 1; got {d.split_ratios}")
+    _check(
+        len(d.split_ratios) == 3
+        and all(r >= 0 for r in d.split_ratios)
+        and abs(sum(d.split_ratios) - 1.0) < 1e-6,
+        f"data.split_ratios must be three non-negative numbers summing to 1; got {d.split_ratios}",
+    )
     _check(0.0 < d.subset <= 1.0, f"data.subset must be in (0, 1]; got {d.subset}")
     _choice("features.device", f.device, DEVICES)
     _choice("features.precision", f.precision, PRECISIONS)
@@ -304,11 +315,16 @@ def validate(config: Config) -> None:
     for key in ("layers", "heads", "ff_dim"):
         _check(getattr(m, key) >= 1, f"model.{key} must be >= 1")
     if m.kind == "transformer":
-        _check(m.embed_dim % m.heads == 0,
-               f"model.embed_dim ({m.embed_dim}) must be divisible by model.heads ({m.heads})")
+        _check(
+            m.embed_dim % m.heads == 0,
+            f"model.embed_dim ({m.embed_dim}) must be divisible by model.heads ({m.heads})",
+        )
         longest = max(v.max_len, e.max_len) + 1  # positions: <sos> + the words
-        _check(m.max_positions >= longest, f"model.max_positions must be >= {longest} "
-               f"(max(vocab.max_len, eval.max_len) + 1); got {m.max_positions}")
+        _check(
+            m.max_positions >= longest,
+            f"model.max_positions must be >= {longest} "
+            f"(max(vocab.max_len, eval.max_len) + 1); got {m.max_positions}",
+        )
     _choice("model.attention_penalty", m.attention_penalty, ATTENTION_PENALTIES)
     _choice("model.attention_activation", m.attention_activation, ATTENTION_ACTIVATIONS)
     _choice("model.init", m.init, DECODER_INITS)
@@ -327,14 +343,20 @@ def validate(config: Config) -> None:
     _choice("train.precision", t.precision, PRECISIONS)
     _check(t.workers >= 0, "train.workers must be >= 0")
     _check(t.val_images >= 0, "train.val_images must be >= 0 (0 = the whole split)")
-    _check("/" not in t.name and t.name not in (".", ".."), "train.name must be a plain folder name")
+    _check(
+        "/" not in t.name and t.name not in (".", ".."), "train.name must be a plain folder name"
+    )
     _choice("train.objective", t.objective, OBJECTIVES)
     _choice("scst.baseline", config.scst.baseline, SCST_BASELINES)
-    _check(config.scst.samples >= (2 if config.scst.baseline == "mean" else 1),
-           "scst.samples must be >= 2 with the mean baseline (>= 1 with greedy)")
+    _check(
+        config.scst.samples >= (2 if config.scst.baseline == "mean" else 1),
+        "scst.samples must be >= 2 with the mean baseline (>= 1 with greedy)",
+    )
     _check(config.scst.max_len >= 1, "scst.max_len must be >= 1")
-    _check(t.objective != "scst" or config.scst.max_len <= max(v.max_len, e.max_len),
-           f"scst.max_len ({config.scst.max_len}) must be <= max(vocab.max_len, eval.max_len)")
+    _check(
+        t.objective != "scst" or config.scst.max_len <= max(v.max_len, e.max_len),
+        f"scst.max_len ({config.scst.max_len}) must be <= max(vocab.max_len, eval.max_len)",
+    )
     _check(config.scst.bad_ending_penalty >= 0, "scst.bad_ending_penalty must be >= 0")
     _choice("eval.split", e.split, SPLITS)
     _check(e.beam_size >= 1, "eval.beam_size must be >= 1")

@@ -45,8 +45,17 @@ PENDING, WRITTEN, FAILED_STATUS = 0, 1, 2
 
 # Attributes that must match for two runs to write the same file, and for stage two /
 # caption to treat features as coming from the same extractor.
-MATCH_KEYS = ("backbone", "weights", "image_size", "resize", "mean", "std", "grid", "dtype",
-              "precision")
+MATCH_KEYS = (
+    "backbone",
+    "weights",
+    "image_size",
+    "resize",
+    "mean",
+    "std",
+    "grid",
+    "dtype",
+    "precision",
+)
 STRING_DTYPE = h5py.string_dtype("utf-8")
 
 
@@ -161,8 +170,12 @@ def check_layout(f: h5py.File, path: str | Path) -> None:
             _check_vector(f, path, name, n, "int64", lambda d: d == np.int64)
     if FAILED in f:
         failed = f[FAILED]
-        if (not isinstance(failed, h5py.Dataset) or len(failed.shape) != 2
-                or failed.shape[1] != 2 or not h5py.check_string_dtype(failed.dtype)):
+        if (
+            not isinstance(failed, h5py.Dataset)
+            or len(failed.shape) != 2
+            or failed.shape[1] != 2
+            or not h5py.check_string_dtype(failed.dtype)
+        ):
             raise UserError(f"{path}: dataset 'failed' must be (M, 2) strings [image_id, reason]")
     _check_unique(read_image_ids(f), path)
     _check_sources(f, path)
@@ -172,9 +185,11 @@ def _check_vector(f: h5py.File, path: str | Path, name: str, n: int, kind: str, 
     """Dataset `name` must be (n,) with a dtype `ok` accepts (described as `kind`)."""
     data = f[name]
     if not isinstance(data, h5py.Dataset) or data.shape != (n,) or not ok(data.dtype):
-        got = (f"{getattr(data, 'shape', '?')} {getattr(data, 'dtype', 'group')}")
-        raise UserError(f"{path}: dataset '{name}' is {got}, expected ({n},) {kind} "
-                        "(not a captioner feature file, or damaged)")
+        got = f"{getattr(data, 'shape', '?')} {getattr(data, 'dtype', 'group')}"
+        raise UserError(
+            f"{path}: dataset '{name}' is {got}, expected ({n},) {kind} "
+            "(not a captioner feature file, or damaged)"
+        )
 
 
 def _check_unique(ids: list[str], path: str | Path) -> None:
@@ -188,12 +203,19 @@ def _check_sources(f: h5py.File, path: str | Path) -> None:
     """Every shard file a virtual dataset maps must exist (else HDF5 reads zeros silently)."""
     for name in PER_ROW:
         if name in f and f[name].is_virtual:
-            missing = sorted({s.file_name for s in f[name].virtual_sources()
-                              if not source_path(path, s.file_name).is_file()})
+            missing = sorted(
+                {
+                    s.file_name
+                    for s in f[name].virtual_sources()
+                    if not source_path(path, s.file_name).is_file()
+                }
+            )
             if missing:
-                raise UserError(f"{path} reads its rows from shard files that are missing "
-                                f"({', '.join(missing[:3])}): keep the shards next to it "
-                                "(see features/README.md)")
+                raise UserError(
+                    f"{path} reads its rows from shard files that are missing "
+                    f"({', '.join(missing[:3])}): keep the shards next to it "
+                    "(see features/README.md)"
+                )
 
 
 def source_path(path: str | Path, file_name: str) -> Path:
@@ -230,10 +252,15 @@ def image_list_sha256(image_ids: list[str]) -> str:
     return digest.hexdigest()
 
 
-def fingerprint_mismatch(expected: dict, actual: dict, keys: tuple[str, ...] = MATCH_KEYS) -> list[str]:
+def fingerprint_mismatch(
+    expected: dict, actual: dict, keys: tuple[str, ...] = MATCH_KEYS
+) -> list[str]:
     """Human-readable differences between two fingerprints on `keys` (empty if they match)."""
-    return [f"{key}: {expected.get(key)!r} vs {actual.get(key)!r}"
-            for key in keys if expected.get(key) != actual.get(key)]
+    return [
+        f"{key}: {expected.get(key)!r} vs {actual.get(key)!r}"
+        for key in keys
+        if expected.get(key) != actual.get(key)
+    ]
 
 
 def open_complete(path: str | Path) -> h5py.File:
@@ -244,12 +271,16 @@ def open_complete(path: str | Path) -> h5py.File:
         pending = int((f[STATUS][:] == PENDING).sum())
         n = f[FEATURES].shape[0]
         if not bool(f.attrs.get("complete", False)):
-            raise UserError(f"{path} is incomplete ({n - pending}/{n} rows done): "
-                            "rerun the same `captioner extract` command to finish it")
+            raise UserError(
+                f"{path} is incomplete ({n - pending}/{n} rows done): "
+                "rerun the same `captioner extract` command to finish it"
+            )
         if pending:
-            raise UserError(f"{path} says it is complete but {pending}/{n} rows are still "
-                            "pending: it is damaged or not made by captioner; rerun "
-                            "`captioner extract` with --overwrite")
+            raise UserError(
+                f"{path} says it is complete but {pending}/{n} rows are still "
+                "pending: it is damaged or not made by captioner; rerun "
+                "`captioner extract` with --overwrite"
+            )
     except UserError:
         f.close()
         raise

@@ -31,12 +31,28 @@ def step(title: str) -> None:
 
 
 @click.command("demo")
-@click.option("--config", "config_path", default="configs/demo.toml", show_default=True,
-              type=click.Path(dir_okay=False))
-@click.option("--images", "n_images", default=1500, show_default=True,
-              type=click.IntRange(min=20), help="Demo images to generate.")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override a key of the demo config; repeatable.")
+@click.option(
+    "--config",
+    "config_path",
+    default="configs/demo.toml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+)
+@click.option(
+    "--images",
+    "n_images",
+    default=1500,
+    show_default=True,
+    type=click.IntRange(min=20),
+    help="Demo images to generate.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a key of the demo config; repeatable.",
+)
 def demo_command(config_path, n_images, overrides):
     """Generate demo data, extract, train, evaluate, caption; print where everything went."""
     config = load_config(config_path, overrides)
@@ -73,8 +89,9 @@ def run_demo(config: Config, n_images: int) -> None:
     run_dir = train(config)
 
     step("4/5 evaluate on the test split")
-    result = evaluate_checkpoint(run_dir, "test", config.eval.beam_size, run_dir / "eval-test",
-                                 examples=3)  # scores the image-blind baseline too
+    result = evaluate_checkpoint(
+        run_dir, "test", config.eval.beam_size, run_dir / "eval-test", examples=3
+    )  # scores the image-blind baseline too
     baseline = result["baseline"]
     if baseline is None:
         raise UserError("the demo data has no training captions for the baseline")
@@ -83,8 +100,9 @@ def run_demo(config: Config, n_images: int) -> None:
     step("5/5 caption three test images with attention maps")
     test_names = data.frame.loc[data.frame["split"] == "test", "image"].drop_duplicates()
     test_images = [images_dir / name for name in list(test_names)[:CAPTIONED_IMAGES]]
-    failed = caption_images(test_images, run_dir / "best.pt", config.eval.beam_size,
-                            run_dir / "attention")
+    failed = caption_images(
+        test_images, run_dir / "best.pt", config.eval.beam_size, run_dir / "attention"
+    )
     if failed:
         raise UserError(f"captioning failed for {len(failed)} demo images")
 
@@ -93,11 +111,14 @@ def run_demo(config: Config, n_images: int) -> None:
     click.echo(f"  data          {data_dir}")
     click.echo(f"  features      {config.features.path}")
     click.echo(f"  run           {run_dir} (best.pt, last.pt, config.toml, metrics.jsonl)")
-    click.echo(f"  evaluation    {run_dir / 'eval-test'} (predictions.json, metrics.json, "
-               "report.html)")
+    click.echo(
+        f"  evaluation    {run_dir / 'eval-test'} (predictions.json, metrics.json, report.html)"
+    )
     click.echo(f"  attention     {run_dir / 'attention'} (one PNG and .npy per image)")
-    click.echo(f"next: make evaluate RUN={run_dir}   |   make caption IMAGES='your.jpg' "
-               f"CHECKPOINT={run_dir / 'best.pt'}")
+    click.echo(
+        f"next: make evaluate RUN={run_dir}   |   make caption IMAGES='your.jpg' "
+        f"CHECKPOINT={run_dir / 'best.pt'}"
+    )
     click.echo(f"report: {run_dir / 'eval-test' / 'report.html'}")
     model_cider = result["scores"]["CIDEr"]
     click.echo(f"demo: CIDEr model={model_cider:.3f} baseline={baseline['scores']['CIDEr']:.3f}")

@@ -55,8 +55,12 @@ def setup(backend: str | None = None, timeout: timedelta | None = None) -> DistI
     if not torch_dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         torch_dist.init_process_group(backend=backend, timeout=timeout)
-    return DistInfo(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size(),
-                    local_rank=int(os.environ["LOCAL_RANK"]), enabled=True)
+    return DistInfo(
+        rank=torch_dist.get_rank(),
+        world_size=torch_dist.get_world_size(),
+        local_rank=int(os.environ["LOCAL_RANK"]),
+        enabled=True,
+    )
 
 
 def barrier(dist: DistInfo) -> None:
@@ -98,7 +102,7 @@ def shard_plan(plan: list, dist: DistInfo) -> list:
         return plan
     per_rank = -(-len(plan) // dist.world_size)
     padded = plan + plan[: per_rank * dist.world_size - len(plan)]
-    return padded[dist.rank::dist.world_size]
+    return padded[dist.rank :: dist.world_size]
 
 
 def shard_indices(count: int, dist: DistInfo) -> np.ndarray:
@@ -119,8 +123,7 @@ def broadcast_float(value: float, dist: DistInfo, device: torch.device) -> float
     """Rank 0's value on every rank (the selection metric, for early stopping)."""
     if not dist.enabled:
         return value
-    tensor = torch.tensor([value if value is not None else 0.0], dtype=torch.float64,
-                          device=device)
+    tensor = torch.tensor([value if value is not None else 0.0], dtype=torch.float64, device=device)
     torch_dist.broadcast(tensor, src=0)
     return float(tensor[0])
 

@@ -55,12 +55,29 @@ def demo_cache(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("demo")
     generate_demo_data(root / "data", n_images=40, seed=0)
     features = root / "features.h5"
-    result = CliRunner().invoke(extract_command, [
-        "--images", str(root / "data" / "images"), "--captions", str(root / "data/dataset.json"),
-        "--out", str(features), "--weights", "none", "--workers", "0", "--quiet"])
+    result = CliRunner().invoke(
+        extract_command,
+        [
+            "--images",
+            str(root / "data" / "images"),
+            "--captions",
+            str(root / "data/dataset.json"),
+            "--out",
+            str(features),
+            "--weights",
+            "none",
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    return {"root": root, "images": root / "data" / "images",
-            "captions": root / "data" / "dataset.json", "features": features}
+    return {
+        "root": root,
+        "images": root / "data" / "images",
+        "captions": root / "data" / "dataset.json",
+        "features": features,
+    }
 
 
 @pytest.fixture()
@@ -71,7 +88,19 @@ def workspace(tmp_path, demo_cache) -> dict[str, Path]:
     shutil.copy(demo_cache["features"], features)
     shutil.copy(demo_cache["captions"], captions)
     config = tmp_path / "tiny.toml"
-    config.write_text(TINY_CONFIG.format(captions=captions, images=tmp_path / "no-images",
-                                         features=features, runs=tmp_path / "runs"))
-    return {"root": tmp_path, "config": config, "features": features, "captions": captions,
-            "runs": tmp_path / "runs", "images": demo_cache["images"]}
+    config.write_text(
+        TINY_CONFIG.format(
+            captions=captions,
+            images=tmp_path / "no-images",
+            features=features,
+            runs=tmp_path / "runs",
+        )
+    )
+    return {
+        "root": tmp_path,
+        "config": config,
+        "features": features,
+        "captions": captions,
+        "runs": tmp_path / "runs",
+        "images": demo_cache["images"],
+    }

@@ -40,35 +40,66 @@ FLICKR8K_TOKEN = (
 KARPATHY_COCO = {
     "dataset": "coco",
     "images": [
-        {"filepath": "val2014", "filename": "COCO_val2014_000000391895.jpg", "cocoid": 391895,
-         "imgid": 0, "split": "test",
-         "sentences": [{"raw": "A man riding a bike. ", "tokens": ["a", "man"]},
-                       {"raw": "Someone on a motorcycle.", "tokens": []}]},
-        {"filepath": "train2014", "filename": "COCO_train2014_000000057870.jpg",
-         "cocoid": 57870, "imgid": 1, "split": "restval",
-         "sentences": [{"raw": "A restaurant with chairs.", "tokens": []},
-                       {"raw": "   ", "tokens": []}]},
-        {"filepath": "train2014", "filename": "COCO_train2014_000000000009.jpg",
-         "cocoid": 9, "imgid": 2, "split": "val",
-         "sentences": [{"raw": "A lunch box.", "tokens": []}]},
+        {
+            "filepath": "val2014",
+            "filename": "COCO_val2014_000000391895.jpg",
+            "cocoid": 391895,
+            "imgid": 0,
+            "split": "test",
+            "sentences": [
+                {"raw": "A man riding a bike. ", "tokens": ["a", "man"]},
+                {"raw": "Someone on a motorcycle.", "tokens": []},
+            ],
+        },
+        {
+            "filepath": "train2014",
+            "filename": "COCO_train2014_000000057870.jpg",
+            "cocoid": 57870,
+            "imgid": 1,
+            "split": "restval",
+            "sentences": [
+                {"raw": "A restaurant with chairs.", "tokens": []},
+                {"raw": "   ", "tokens": []},
+            ],
+        },
+        {
+            "filepath": "train2014",
+            "filename": "COCO_train2014_000000000009.jpg",
+            "cocoid": 9,
+            "imgid": 2,
+            "split": "val",
+            "sentences": [{"raw": "A lunch box.", "tokens": []}],
+        },
     ],
 }
 
 KARPATHY_FLICKR = {
     "dataset": "flickr8k",
     "images": [
-        {"filename": "1000268201_693b08cb0e.jpg", "imgid": 0, "split": "train",
-         "sentences": [{"raw": "A child climbing stairs .", "tokens": ["a", "child"]}]},
-        {"filename": "1001773457_577c3a7d70.jpg", "imgid": 1, "split": "test",
-         "sentences": [{"raw": "Two dogs fighting .", "tokens": ["two", "dogs"]},
-                       {"raw": "Dogs play .", "tokens": ["dogs", "play"]}]},
+        {
+            "filename": "1000268201_693b08cb0e.jpg",
+            "imgid": 0,
+            "split": "train",
+            "sentences": [{"raw": "A child climbing stairs .", "tokens": ["a", "child"]}],
+        },
+        {
+            "filename": "1001773457_577c3a7d70.jpg",
+            "imgid": 1,
+            "split": "test",
+            "sentences": [
+                {"raw": "Two dogs fighting .", "tokens": ["two", "dogs"]},
+                {"raw": "Dogs play .", "tokens": ["dogs", "play"]},
+            ],
+        },
     ],
 }
 
 COCO_CAPTIONS = {
     "info": {"description": "tiny"},
-    "images": [{"id": 391895, "file_name": "COCO_val2014_000000391895.jpg"},
-               {"id": 522418, "file_name": "COCO_val2014_000000522418.jpg"}],
+    "images": [
+        {"id": 391895, "file_name": "COCO_val2014_000000391895.jpg"},
+        {"id": 522418, "file_name": "COCO_val2014_000000522418.jpg"},
+    ],
     "licenses": [],
     "annotations": [
         {"image_id": 391895, "id": 1, "caption": "A man with a red helmet on a small moped."},
@@ -82,11 +113,13 @@ COCO_CAPTIONS = {
 @pytest.fixture
 def write(tmp_path):
     """Write text or JSON to tmp_path/name and return the path."""
+
     def _write(name, content):
         path = tmp_path / name
         text = content if isinstance(content, str) else json.dumps(content)
         path.write_text(text, encoding="utf-8")
         return path
+
     return _write
 
 
@@ -108,9 +141,11 @@ def test_flickr30k_csv_strips_recovers_and_drops(write):
     assert table.dropped_empty == 3
     assert table.rejected == []
     assert table.images() == ["1000092795.jpg", "2199200615.jpg"]
-    assert table.summary() == ("2 images, 4 captions, 2.00 captions per image "
-                               "(dropped 3 empty, 0 punctuation-only, recovered 1 malformed, "
-                               "rejected 0 unsafe names)")
+    assert table.summary() == (
+        "2 images, 4 captions, 2.00 captions per image "
+        "(dropped 3 empty, 0 punctuation-only, recovered 1 malformed, "
+        "rejected 0 unsafe names)"
+    )
 
 
 def test_flickr8k_csv_keeps_quoted_commas_and_drops_empty(write):
@@ -130,7 +165,8 @@ def test_flickr8k_token_file(write):
     table = read_captions(write("Flickr8k.token.txt", FLICKR8K_TOKEN))
     assert table.format == "flickr8k-token"
     assert table.frame["image"].tolist() == ["1000268201_693b08cb0e.jpg"] * 2 + [
-        "1001773457_577c3a7d70.jpg"]
+        "1001773457_577c3a7d70.jpg"
+    ]
     assert table.frame["caption"].tolist()[1] == "A girl going into a wooden building ."
     assert table.dropped_empty == 1
 
@@ -140,8 +176,11 @@ def test_karpathy_coco_uses_filepath_cocoid_and_maps_restval(write):
     frame = table.frame
     assert table.format == "karpathy"
     assert frame["image"].tolist() == [
-        "val2014/COCO_val2014_000000391895.jpg", "val2014/COCO_val2014_000000391895.jpg",
-        "train2014/COCO_train2014_000000057870.jpg", "train2014/COCO_train2014_000000000009.jpg"]
+        "val2014/COCO_val2014_000000391895.jpg",
+        "val2014/COCO_val2014_000000391895.jpg",
+        "train2014/COCO_train2014_000000057870.jpg",
+        "train2014/COCO_train2014_000000000009.jpg",
+    ]
     assert frame["split"].tolist() == ["test", "test", "train", "val"]
     assert frame["image_id"].tolist() == ["391895", "391895", "57870", "9"]
     assert frame["caption"].tolist()[0] == "A man riding a bike."
@@ -152,8 +191,9 @@ def test_karpathy_coco_uses_filepath_cocoid_and_maps_restval(write):
 def test_karpathy_flickr_without_cocoid_or_filepath(write):
     table = read_captions(write("dataset_flickr8k.json", KARPATHY_FLICKR))
     frame = table.frame
-    assert frame["image"].tolist() == ["1000268201_693b08cb0e.jpg"] + [
-        "1001773457_577c3a7d70.jpg"] * 2
+    assert (
+        frame["image"].tolist() == ["1000268201_693b08cb0e.jpg"] + ["1001773457_577c3a7d70.jpg"] * 2
+    )
     assert frame["image_id"].tolist() == ["1000268201_693b08cb0e"] + ["1001773457_577c3a7d70"] * 2
     assert frame["split"].tolist() == ["train", "test", "test"]
 
@@ -169,9 +209,11 @@ def test_coco_captions_json(write):
     table = read_captions(write("captions_val2014.json", COCO_CAPTIONS))
     frame = table.frame
     assert table.format == "coco"
-    assert frame["image"].tolist() == ["COCO_val2014_000000391895.jpg",
-                                       "COCO_val2014_000000522418.jpg",
-                                       "COCO_val2014_000000391895.jpg"]
+    assert frame["image"].tolist() == [
+        "COCO_val2014_000000391895.jpg",
+        "COCO_val2014_000000522418.jpg",
+        "COCO_val2014_000000391895.jpg",
+    ]
     assert frame["image_id"].tolist() == ["391895", "522418", "391895"]
     assert frame["caption"].tolist()[1] == "A woman cutting a large white cake."
     assert frame["split"].isna().all()
@@ -179,13 +221,16 @@ def test_coco_captions_json(write):
     assert table.images() == ["COCO_val2014_000000391895.jpg", "COCO_val2014_000000522418.jpg"]
 
 
-@pytest.mark.parametrize(("name", "content", "expected"), [
-    ("results.txt", FLICKR30K_CSV, "flickr30k-csv"),
-    ("captions.csv", FLICKR8K_CSV, "flickr8k-csv"),
-    ("tokens.csv", FLICKR8K_TOKEN, "flickr8k-token"),
-    ("karpathy.txt", KARPATHY_COCO, "karpathy"),
-    ("coco.data", COCO_CAPTIONS, "coco"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("results.txt", FLICKR30K_CSV, "flickr30k-csv"),
+        ("captions.csv", FLICKR8K_CSV, "flickr8k-csv"),
+        ("tokens.csv", FLICKR8K_TOKEN, "flickr8k-token"),
+        ("karpathy.txt", KARPATHY_COCO, "karpathy"),
+        ("coco.data", COCO_CAPTIONS, "coco"),
+    ],
+)
 def test_detect_format_from_content_not_extension(write, name, content, expected):
     path = write(name, content)
     assert detect_format(path) == expected
@@ -217,13 +262,16 @@ def test_forced_format_is_used(write):
         read_captions(write("results.csv", FLICKR30K_CSV), format="flickr8k-csv")
 
 
-@pytest.mark.parametrize("content", [
-    "just some words\nmore words\n",
-    "",
-    {"images": [{"file": "a.jpg"}]},
-    {"something": 1},
-    "{not json",
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "just some words\nmore words\n",
+        "",
+        {"images": [{"file": "a.jpg"}]},
+        {"something": 1},
+        "{not json",
+    ],
+)
 def test_unrecognised_content_is_a_user_error_naming_the_formats(write, content):
     path = write("mystery.txt", content)
     for call in (detect_format, read_captions):
@@ -252,13 +300,15 @@ def test_missing_file_is_a_user_error(tmp_path):
 
 
 def test_unsafe_names_are_rejected_and_reported_while_the_rest_is_read(write):
-    content = ("image_name| comment_number| comment\n"
-               "../x.jpg| 0| escapes upward\n"
-               "/etc/passwd| 0| absolute\n"
-               "a/../../x.jpg| 0| sneaky\n"
-               "../x.jpg| 1| same name twice\n"
-               "./good.jpg| 0| A fine caption .\n"
-               "sub//dir/ok.jpg| 0| Another caption .\n")
+    content = (
+        "image_name| comment_number| comment\n"
+        "../x.jpg| 0| escapes upward\n"
+        "/etc/passwd| 0| absolute\n"
+        "a/../../x.jpg| 0| sneaky\n"
+        "../x.jpg| 1| same name twice\n"
+        "./good.jpg| 0| A fine caption .\n"
+        "sub//dir/ok.jpg| 0| Another caption .\n"
+    )
     table = read_captions(write("results.csv", content))
     assert table.frame["image"].tolist() == ["good.jpg", "sub/dir/ok.jpg"]
     assert table.frame["image_id"].tolist() == ["good", "ok"]
@@ -272,36 +322,42 @@ def test_all_names_unsafe_is_a_user_error(write):
         read_captions(write("results.csv", "../a.jpg| 0| x\n/b.jpg| 0| y\n"))
 
 
-@pytest.mark.parametrize(("name", "safe"), [
-    ("123.jpg", True),
-    ("val2014/COCO_val2014_000000391895.jpg", True),
-    ("./a.jpg", True),
-    ("a..b.jpg", True),
-    ("", False),
-    ("   ", False),
-    (".", False),
-    ("../x.jpg", False),
-    ("a/../../x.jpg", False),
-    ("a/..", False),
-    ("/etc/passwd", False),
-    (" /etc/passwd", False),
-    ("C:/Windows/x.jpg", False),
-    ("c:x.jpg", False),
-    ("..\\x.jpg", False),
-    ("a\\b.jpg", False),
-    ("a\x00.jpg", False),
-])
+@pytest.mark.parametrize(
+    ("name", "safe"),
+    [
+        ("123.jpg", True),
+        ("val2014/COCO_val2014_000000391895.jpg", True),
+        ("./a.jpg", True),
+        ("a..b.jpg", True),
+        ("", False),
+        ("   ", False),
+        (".", False),
+        ("../x.jpg", False),
+        ("a/../../x.jpg", False),
+        ("a/..", False),
+        ("/etc/passwd", False),
+        (" /etc/passwd", False),
+        ("C:/Windows/x.jpg", False),
+        ("c:x.jpg", False),
+        ("..\\x.jpg", False),
+        ("a\\b.jpg", False),
+        ("a\x00.jpg", False),
+    ],
+)
 def test_is_safe_image_name(name, safe):
     assert is_safe_image_name(name) is safe
 
 
 def test_punctuation_only_captions_are_dropped_and_counted(write):
-    path = write("results.csv", "image_name| comment_number| comment\n"
-                                "a.jpg| 0| A dog .\n"
-                                "a.jpg| 1| .\n"
-                                "a.jpg| 2|  ?! ...\n"
-                                "b.jpg| 0| \n"
-                                "b.jpg| 1| Two cats, sleeping.\n")
+    path = write(
+        "results.csv",
+        "image_name| comment_number| comment\n"
+        "a.jpg| 0| A dog .\n"
+        "a.jpg| 1| .\n"
+        "a.jpg| 2|  ?! ...\n"
+        "b.jpg| 0| \n"
+        "b.jpg| 1| Two cats, sleeping.\n",
+    )
     table = read_captions(path)
     assert table.frame["caption"].tolist() == ["A dog .", "Two cats, sleeping."]
     assert (table.dropped_empty, table.dropped_punctuation) == (1, 2)

@@ -34,10 +34,14 @@ def demo_captions(tmp_path_factory) -> list[list[str]]:
 
 def test_equals_pycocoevalcap_on_demo_captions(demo_captions):
     # candidates: another image's reference (partly right), one of its own, and a mangled one
-    candidates = [demo_captions[(i + 1) % len(demo_captions)][0] if i % 3 == 0
-                  else demo_captions[i][i % 5] if i % 3 == 1
-                  else " ".join(demo_captions[i][0].split()[::-1][:6])
-                  for i in range(len(demo_captions))]
+    candidates = [
+        demo_captions[(i + 1) % len(demo_captions)][0]
+        if i % 3 == 0
+        else demo_captions[i][i % 5]
+        if i % 3 == 1
+        else " ".join(demo_captions[i][0].split()[::-1][:6])
+        for i in range(len(demo_captions))
+    ]
     expected = pycocoevalcap_cider(demo_captions, candidates)
     ours = CiderD(demo_captions).score_texts(range(len(candidates)), candidates)
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)
@@ -70,7 +74,7 @@ def test_fixed_corpus_scores_any_subset_and_vocabulary_ids(demo_captions):
     width = max(len(i) for i in ids) + 2
     tokens = np.zeros((4, width), dtype=np.int64)  # vocabulary ids, then <eos>, then <pad>
     for row, seq in enumerate(ids):
-        tokens[row, :len(seq) + 1] = [*seq, vocab.eos]
+        tokens[row, : len(seq) + 1] = [*seq, vocab.eos]
     evaluation = cider.vocab_table(vocab)[tokens].reshape(4, -1)
     by_ids = cider.scores(images, evaluation)
     by_text = cider.score_texts(images, texts)
@@ -81,4 +85,5 @@ def test_fixed_corpus_scores_any_subset_and_vocabulary_ids(demo_captions):
         candidates = list(everything)
         candidates[image] = texts[row]
         assert by_text[row] == pytest.approx(
-            pycocoevalcap_cider(demo_captions, candidates)[image], abs=1e-6)
+            pycocoevalcap_cider(demo_captions, candidates)[image], abs=1e-6
+        )

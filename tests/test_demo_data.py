@@ -13,21 +13,41 @@ from pipeline.data.demo_data import COLOURS, generate_demo_data
 from pipeline.errors import UserError
 
 N_IMAGES = 20
-POSITION_WORDS = ("left", "right", "top", "bottom", "center", "middle", "corner", "above",
-                  "below", "next to")
+POSITION_WORDS = (
+    "left",
+    "right",
+    "top",
+    "bottom",
+    "center",
+    "middle",
+    "corner",
+    "above",
+    "below",
+    "next to",
+)
 CELL_OF = {  # the 3x3 cell (row, column) each location phrase names
-    "in the top left corner": (0, 0), "at the top left": (0, 0),
-    "at the top": (0, 1), "near the top": (0, 1),
-    "in the top right corner": (0, 2), "at the top right": (0, 2),
-    "on the left": (1, 0), "on the left side": (1, 0),
-    "in the center": (1, 1), "in the middle": (1, 1),
-    "on the right": (1, 2), "on the right side": (1, 2),
-    "in the bottom left corner": (2, 0), "at the bottom left": (2, 0),
-    "at the bottom": (2, 1), "near the bottom": (2, 1),
-    "in the bottom right corner": (2, 2), "at the bottom right": (2, 2),
+    "in the top left corner": (0, 0),
+    "at the top left": (0, 0),
+    "at the top": (0, 1),
+    "near the top": (0, 1),
+    "in the top right corner": (0, 2),
+    "at the top right": (0, 2),
+    "on the left": (1, 0),
+    "on the left side": (1, 0),
+    "in the center": (1, 1),
+    "in the middle": (1, 1),
+    "on the right": (1, 2),
+    "on the right side": (1, 2),
+    "in the bottom left corner": (2, 0),
+    "at the bottom left": (2, 0),
+    "at the bottom": (2, 1),
+    "near the bottom": (2, 1),
+    "in the bottom right corner": (2, 2),
+    "at the bottom right": (2, 2),
 }
 SINGLE_PLACED = re.compile(
-    r"^(?:a|a large|a small|a single|there is one) (?P<colour>\w+) \w+ (?P<where>.+)$")
+    r"^(?:a|a large|a small|a single|there is one) (?P<colour>\w+) \w+ (?P<where>.+)$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +58,11 @@ def demo(tmp_path_factory):
 
 
 def _files(root):
-    return {path.relative_to(root).as_posix(): path.read_bytes()
-            for path in sorted(root.rglob("*")) if path.is_file()}
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
 
 
 def _colour_mask(pixels, colour, tolerance=60):
@@ -52,8 +75,9 @@ def test_same_seed_writes_identical_bytes_other_seed_differs(demo, tmp_path):
     generate_demo_data(tmp_path / "again", n_images=N_IMAGES, seed=0)
     generate_demo_data(tmp_path / "other", n_images=N_IMAGES, seed=1)
     first, again, other = _files(out), _files(tmp_path / "again"), _files(tmp_path / "other")
-    assert sorted(first) == sorted(["dataset.json", "results.csv"] + [
-        f"images/demo_{i:05d}.jpg" for i in range(N_IMAGES)])
+    assert sorted(first) == sorted(
+        ["dataset.json", "results.csv"] + [f"images/demo_{i:05d}.jpg" for i in range(N_IMAGES)]
+    )
     assert first == again
     assert first["results.csv"] != other["results.csv"]
     assert first["images/demo_00000.jpg"] != other["images/demo_00000.jpg"]
@@ -109,7 +133,7 @@ def test_captions_are_true_for_their_images(demo):
             match = SINGLE_PLACED.match(text)
             if match and match["where"] in CELL_OF:
                 row, column = CELL_OF[match["where"]]
-                cell = pixels[row * 75:(row + 1) * 75, column * 75:(column + 1) * 75]
+                cell = pixels[row * 75 : (row + 1) * 75, column * 75 : (column + 1) * 75]
                 assert _colour_mask(cell, match["colour"]).sum() > 300, (name, text)
                 checked_places += 1
     assert checked_places >= N_IMAGES
@@ -164,7 +188,9 @@ def test_demo_data_never_overwrites_a_users_files(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     stats = generate_demo_data(empty, n_images=2)
-    assert (empty / "dataset.json").is_file() and stats["dataset_json"] == str(empty / "dataset.json")
+    assert (empty / "dataset.json").is_file() and stats["dataset_json"] == str(
+        empty / "dataset.json"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "flickr30k"]
     with pytest.raises(UserError, match="already holds files"):
         generate_demo_data(empty, n_images=2)

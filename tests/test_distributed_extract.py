@@ -20,8 +20,17 @@ from pipeline.extract.cli import extract_command
 from pipeline.extract.sharded import shard_bounds, shard_path
 
 REPO = Path(__file__).resolve().parents[1]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "pipeline", "extract"]
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node",
+    "2",
+    "-m",
+    "pipeline",
+    "extract",
+]
 
 
 def make_images(root: Path, n: int) -> Path:
@@ -31,8 +40,19 @@ def make_images(root: Path, n: int) -> Path:
 
 
 def args(images: Path, out: Path) -> list[str]:
-    return ["--images", str(images), "--out", str(out), "--weights", "none", "--workers", "0",
-            "--batch-size", "2", "--quiet"]
+    return [
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--weights",
+        "none",
+        "--workers",
+        "0",
+        "--batch-size",
+        "2",
+        "--quiet",
+    ]
 
 
 def env() -> dict[str, str]:
@@ -41,9 +61,14 @@ def env() -> dict[str, str]:
 
 def read(path: Path) -> dict:
     with h5py.File(path) as f:
-        return {"features": f[contract.FEATURES][:], "status": f[contract.STATUS][:],
-                "ids": contract.read_image_ids(f), "failed": contract.read_failed(f),
-                "fingerprint": contract.fingerprint(f), "complete": bool(f.attrs["complete"])}
+        return {
+            "features": f[contract.FEATURES][:],
+            "status": f[contract.STATUS][:],
+            "ids": contract.read_image_ids(f),
+            "failed": contract.read_failed(f),
+            "fingerprint": contract.fingerprint(f),
+            "complete": bool(f.attrs["complete"]),
+        }
 
 
 def assert_same_file(a: Path, b: Path) -> None:
@@ -70,9 +95,14 @@ def test_two_ranks_equal_one_process_and_survive_a_killed_rank(tmp_path):
     assert result.exit_code == 0, result.output
 
     out = tmp_path / "dist.h5"
-    proc = subprocess.Popen(TORCHRUN + args(images, out), env=env(), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        TORCHRUN + args(images, out),
+        env=env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     shard1 = shard_path(out, 1, 2)
     deadline = time.time() + 300
     while time.time() < deadline:  # kill rank 1 once its shard has a few rows
@@ -84,8 +114,11 @@ def test_two_ranks_equal_one_process_and_survive_a_killed_rank(tmp_path):
             except OSError:
                 pass
         time.sleep(0.05)
-    rank1 = [pid for pid in os.listdir("/proc")
-             if pid.isdigit() and rank_of(pid) == "1" and parent_of(pid) == proc.pid]
+    rank1 = [
+        pid
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and rank_of(pid) == "1" and parent_of(pid) == proc.pid
+    ]
     assert rank1, "rank 1 not found"
     os.kill(int(rank1[0]), signal.SIGKILL)
     proc.wait(timeout=120)
@@ -94,8 +127,14 @@ def test_two_ranks_equal_one_process_and_survive_a_killed_rank(tmp_path):
     with h5py.File(shard1, "r", locking=False) as f:
         assert not f.attrs["complete"]
 
-    rerun = subprocess.run(TORCHRUN + args(images, out), env=env(), cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        TORCHRUN + args(images, out),
+        env=env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert shard1.exists() and shard_path(out, 0, 2).exists()  # the file maps them
     assert_same_file(out, single)

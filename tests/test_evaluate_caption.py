@@ -31,21 +31,46 @@ def trained(tmp_path_factory, demo_cache) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("trained")
     config = root / "tiny.toml"
-    config.write_text(TINY_CONFIG.format(captions=demo_cache["captions"],
-                                         images=demo_cache["images"],
-                                         features=demo_cache["features"], runs=root / "runs"))
+    config.write_text(
+        TINY_CONFIG.format(
+            captions=demo_cache["captions"],
+            images=demo_cache["images"],
+            features=demo_cache["features"],
+            runs=root / "runs",
+        )
+    )
     for name, epochs in (("one", 1), ("two", 3)):
-        result = cli("train", "--config", config, "--set", f"train.name={name}",
-                     "--set", f"train.epochs={epochs}")
+        result = cli(
+            "train",
+            "--config",
+            config,
+            "--set",
+            f"train.name={name}",
+            "--set",
+            f"train.epochs={epochs}",
+        )
         assert result.exit_code == 0, result.output
-    return {"config": config, "one": root / "runs" / "one", "two": root / "runs" / "two",
-            **demo_cache}
+    return {
+        "config": config,
+        "one": root / "runs" / "one",
+        "two": root / "runs" / "two",
+        **demo_cache,
+    }
 
 
 def test_evaluate_writes_predictions_metrics_and_a_ranked_table(trained, tmp_path):
     out = tmp_path / "ev"
-    result = cli("evaluate", trained["one"], trained["two"] / "last.pt", "--out", out,
-                 "--beam-size", "2", "--examples", "2")
+    result = cli(
+        "evaluate",
+        trained["one"],
+        trained["two"] / "last.pt",
+        "--out",
+        out,
+        "--beam-size",
+        "2",
+        "--examples",
+        "2",
+    )
     assert result.exit_code == 0, result.output
     assert "generated:" in result.output and "reference:" in result.output
     for label in ("one", "two-last"):
@@ -54,8 +79,15 @@ def test_evaluate_writes_predictions_metrics_and_a_ranked_table(trained, tmp_pat
         assert len(predictions) == report["num_images"] == 4  # the demo test split
         assert all(set(p) == {"image_id", "caption"} for p in predictions)
         assert {p["image_id"] for p in predictions} <= {f"demo_{i:05d}" for i in range(40)}
-        assert set(report["scores"]) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR",
-                                         "ROUGE_L", "CIDEr"}
+        assert set(report["scores"]) == {
+            "Bleu_1",
+            "Bleu_2",
+            "Bleu_3",
+            "Bleu_4",
+            "METEOR",
+            "ROUGE_L",
+            "CIDEr",
+        }
         assert report["split"] == "test" and report["beam_size"] == 2
         assert report["loss"] > 0
     table = (out / "table.csv").read_text().splitlines()
@@ -71,11 +103,16 @@ def test_evaluate_scores_equal_direct_metric_call(trained, tmp_path):
     predictions = json.loads((out / "two" / "predictions.json").read_text())
     report = json.loads((out / "two" / "metrics.json").read_text())
     data = json.loads(Path(trained["captions"]).read_text())
-    refs = {Path(im["filename"]).stem: [s["raw"] for s in im["sentences"]]
-            for im in data["images"] if im["split"] == "test"}
-    direct = score_captions({p["image_id"]: refs[p["image_id"]] for p in predictions},
-                            {p["image_id"]: p["caption"] for p in predictions},
-                            metrics=("Bleu_4", "ROUGE_L", "CIDEr"))
+    refs = {
+        Path(im["filename"]).stem: [s["raw"] for s in im["sentences"]]
+        for im in data["images"]
+        if im["split"] == "test"
+    }
+    direct = score_captions(
+        {p["image_id"]: refs[p["image_id"]] for p in predictions},
+        {p["image_id"]: p["caption"] for p in predictions},
+        metrics=("Bleu_4", "ROUGE_L", "CIDEr"),
+    )
     for name in ("Bleu_4", "ROUGE_L", "CIDEr"):
         assert report["scores"][name] == pytest.approx(direct.scores[name], abs=1e-9)
 
@@ -95,8 +132,11 @@ def write_modes(folder: Path, source: Path) -> list[Path]:
     """One demo image saved in several modes, plus a broken file."""
     rgb = Image.open(source).convert("RGB")
     paths = {
-        "rgb.jpg": rgb, "gray.png": rgb.convert("L"), "rgba.png": rgb.convert("RGBA"),
-        "palette.png": rgb.convert("P"), "cmyk.jpg": rgb.convert("CMYK"),
+        "rgb.jpg": rgb,
+        "gray.png": rgb.convert("L"),
+        "rgba.png": rgb.convert("RGBA"),
+        "palette.png": rgb.convert("P"),
+        "cmyk.jpg": rgb.convert("CMYK"),
         "deep.png": Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)),
     }
     out = []
@@ -111,8 +151,16 @@ def write_modes(folder: Path, source: Path) -> list[Path]:
 def test_caption_cli_several_modes_bad_image_and_attention_maps(trained, tmp_path):
     images = write_modes(tmp_path, trained["images"] / "demo_00000.jpg")
     maps = tmp_path / "maps"
-    result = cli("caption", *images, "--checkpoint", trained["two"], "--beam-size", "2",
-                 "--attention-dir", maps)
+    result = cli(
+        "caption",
+        *images,
+        "--checkpoint",
+        trained["two"],
+        "--beam-size",
+        "2",
+        "--attention-dir",
+        maps,
+    )
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     lines = result.output.strip().splitlines()
@@ -143,6 +191,7 @@ def test_caption_features_equal_what_extract_wrote(trained):
 
 
 def test_caption_with_missing_checkpoint_is_a_clear_error(tmp_path, trained):
-    result = cli("caption", trained["images"] / "demo_00000.jpg", "--checkpoint",
-                 tmp_path / "none.pt")
+    result = cli(
+        "caption", trained["images"] / "demo_00000.jpg", "--checkpoint", tmp_path / "none.pt"
+    )
     assert result.exit_code == 2 and "checkpoint not found" in result.output

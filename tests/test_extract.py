@@ -30,7 +30,9 @@ from pipeline.extract.extractor import FeatureEncoder, check_policy, contiguous_
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-RUN_CLI = "import sys; from pipeline.extract.cli import extract_command; extract_command(sys.argv[1:])"
+RUN_CLI = (
+    "import sys; from pipeline.extract.cli import extract_command; extract_command(sys.argv[1:])"
+)
 
 
 def run(*args) -> object:
@@ -63,8 +65,14 @@ def smooth_image(width: int, height: int, seed: int) -> Image.Image:
 
 def reference_features(paths: list[Path], seed: int = 0) -> np.ndarray:
     """torchvision transforms + torchvision resnet50 (seeded init) -> (N, 49, 2048) float32."""
-    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224),
-                             transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    tf = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])  # (N, 3, 224, 224)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -88,8 +96,25 @@ def photos(tmp_path_factory) -> Path:
 def bf16_file(photos, tmp_path_factory) -> Path:
     """The photos extracted with defaults (bf16 on this CPU, float16 storage), one worker."""
     out = tmp_path_factory.mktemp("bf16") / "features.h5"
-    assert_ok(run("--images", photos, "--out", out, "--weights", "none", "--device", "cpu",
-                  "--precision", "bf16", "--batch-size", "2", "--workers", "1", "--quiet"))
+    assert_ok(
+        run(
+            "--images",
+            photos,
+            "--out",
+            out,
+            "--weights",
+            "none",
+            "--device",
+            "cpu",
+            "--precision",
+            "bf16",
+            "--batch-size",
+            "2",
+            "--workers",
+            "1",
+            "--quiet",
+        )
+    )
     return out
 
 
@@ -100,8 +125,25 @@ def read_features(path: Path) -> np.ndarray:
 
 def test_fp32_features_equal_torchvision_reference(photos, tmp_path):
     out = tmp_path / "fp32.h5"
-    assert_ok(run("--images", photos, "--out", out, "--weights", "none", "--precision", "fp32",
-                  "--dtype", "float32", "--batch-size", "2", "--workers", "0", "--quiet"))
+    assert_ok(
+        run(
+            "--images",
+            photos,
+            "--out",
+            out,
+            "--weights",
+            "none",
+            "--precision",
+            "fp32",
+            "--dtype",
+            "float32",
+            "--batch-size",
+            "2",
+            "--workers",
+            "0",
+            "--quiet",
+        )
+    )
     ref = reference_features(sorted(photos.glob("*.png")))
     got = read_features(out)
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
@@ -159,21 +201,34 @@ def test_check_policy_refuses_other_preprocessing(bf16_file):
 
 def test_complete_file_is_not_recomputed(photos, bf16_file):
     before = (bf16_file.read_bytes(), bf16_file.stat().st_mtime_ns)
-    result = run("--images", photos, "--out", bf16_file, "--weights", "none",
-                 "--precision", "bf16", "--quiet")
+    result = run(
+        "--images",
+        photos,
+        "--out",
+        bf16_file,
+        "--weights",
+        "none",
+        "--precision",
+        "bf16",
+        "--quiet",
+    )
     assert_ok(result)
     assert "already complete" in result.output
     assert (bf16_file.read_bytes(), bf16_file.stat().st_mtime_ns) == before
 
 
-@pytest.mark.parametrize("change, fragment", [
-    (["--precision", "fp32"], "precision"),
-    (["--dtype", "float32"], "dtype"),
-    (["--weights", "{weights}"], "weights"),
-    (["--images", "{more}"], "another image list"),
-])
-def test_other_settings_are_refused_without_touching_the_file(photos, bf16_file, tmp_path,
-                                                               change, fragment):
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (["--precision", "fp32"], "precision"),
+        (["--dtype", "float32"], "dtype"),
+        (["--weights", "{weights}"], "weights"),
+        (["--images", "{more}"], "another image list"),
+    ],
+)
+def test_other_settings_are_refused_without_touching_the_file(
+    photos, bf16_file, tmp_path, change, fragment
+):
     weights = tmp_path / "w.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, weights)
     more = tmp_path / "more"
@@ -193,9 +248,24 @@ def test_other_settings_are_refused_without_touching_the_file(photos, bf16_file,
 def test_overwrite_recomputes(photos, bf16_file, tmp_path):
     copy = tmp_path / "copy.h5"
     copy.write_bytes(bf16_file.read_bytes())
-    result = run("--images", photos, "--out", copy, "--weights", "none", "--precision", "fp32",
-                 "--dtype", "float32", "--batch-size", "3", "--workers", "0", "--overwrite",
-                 "--quiet")
+    result = run(
+        "--images",
+        photos,
+        "--out",
+        copy,
+        "--weights",
+        "none",
+        "--precision",
+        "fp32",
+        "--dtype",
+        "float32",
+        "--batch-size",
+        "3",
+        "--workers",
+        "0",
+        "--overwrite",
+        "--quiet",
+    )
     assert_ok(result)
     with h5py.File(copy, "r") as f:
         assert f.attrs["precision"] == "fp32" and f["features"].dtype == np.float32
@@ -215,13 +285,15 @@ def messy(tmp_path_factory) -> tuple[Path, Path]:
     (images / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
     (images / "text.jpg").write_text("not an image")
     Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)).save(
-        images / "gray16.png")
+        images / "gray16.png"
+    )
     Image.new("CMYK", (64, 64), (0, 255, 255, 0)).save(images / "cmyk.jpg")
     exif = Image.Exif()
     exif[0x0112] = 6
     smooth_image(64, 48, 4).save(images / "exif.jpg", exif=exif)
-    smooth_image(64, 64, 5).convert("P").save(images / "anim.gif", save_all=True,
-                                             append_images=[Image.new("P", (64, 64))])
+    smooth_image(64, 64, 5).convert("P").save(
+        images / "anim.gif", save_all=True, append_images=[Image.new("P", (64, 64))]
+    )
     rgba = smooth_image(64, 64, 6).convert("RGBA")
     rgba.putalpha(128)
     rgba.save(images / "rgba.png")
@@ -229,26 +301,57 @@ def messy(tmp_path_factory) -> tuple[Path, Path]:
     captions = root / "captions.txt"
     captions.write_text(
         "image,caption\n"
-        + "".join(f"{n},a picture of {n}\n" for n in [
-            "good.png", "tiny.png", "photo.jpg", "truncated.jpg", "text.jpg", "gray16.png",
-            "cmyk.jpg", "exif.jpg", "anim.gif", "rgba.png", "missing.jpg"])
+        + "".join(
+            f"{n},a picture of {n}\n"
+            for n in [
+                "good.png",
+                "tiny.png",
+                "photo.jpg",
+                "truncated.jpg",
+                "text.jpg",
+                "gray16.png",
+                "cmyk.jpg",
+                "exif.jpg",
+                "anim.gif",
+                "rgba.png",
+                "missing.jpg",
+            ]
+        )
         + "../outside.png,escapes the images folder\n"
         + ",no image name\n"
         + "good.png,\n"  # empty caption
         + "malformed row without a caption\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return images, captions
 
 
-EXPECTED_FAILURES = {"missing.jpg": "missing file", "text.jpg": "not an image",
-                     "tiny.png": "too small", "truncated.jpg": "truncated"}
+EXPECTED_FAILURES = {
+    "missing.jpg": "missing file",
+    "text.jpg": "not an image",
+    "tiny.png": "too small",
+    "truncated.jpg": "truncated",
+}
 
 
 def test_bad_inputs_are_listed_and_skipped(messy, tmp_path):
     images, captions = messy
     out = tmp_path / "messy.h5"
-    result = run("--images", images, "--captions", captions, "--out", out, "--weights", "none",
-                 "--batch-size", "4", "--workers", "0", "--quiet")
+    result = run(
+        "--images",
+        images,
+        "--captions",
+        captions,
+        "--out",
+        out,
+        "--weights",
+        "none",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--quiet",
+    )
     assert_ok(result)
     assert "'../outside.png' skipped" in result.output
     assert "'' skipped: empty name" in result.output
@@ -259,15 +362,34 @@ def test_bad_inputs_are_listed_and_skipped(messy, tmp_path):
         status = dict(zip(ids, f["status"][:].tolist(), strict=True))
         features = dict(zip(ids, f["features"][:].astype(np.float32), strict=True))
         assert f.attrs["complete"]
-    assert ids == sorted(["good.png", "tiny.png", "photo.jpg", "truncated.jpg", "text.jpg",
-                          "gray16.png", "cmyk.jpg", "exif.jpg", "anim.gif", "rgba.png",
-                          "missing.jpg"])
+    assert ids == sorted(
+        [
+            "good.png",
+            "tiny.png",
+            "photo.jpg",
+            "truncated.jpg",
+            "text.jpg",
+            "gray16.png",
+            "cmyk.jpg",
+            "exif.jpg",
+            "anim.gif",
+            "rgba.png",
+            "missing.jpg",
+        ]
+    )
     assert set(failed) == set(EXPECTED_FAILURES)
     for name, reason in EXPECTED_FAILURES.items():
         assert reason in failed[name] and status[name] == 2
         assert name in result.output
-    for name in ["good.png", "photo.jpg", "gray16.png", "cmyk.jpg", "exif.jpg", "anim.gif",
-                 "rgba.png"]:
+    for name in [
+        "good.png",
+        "photo.jpg",
+        "gray16.png",
+        "cmyk.jpg",
+        "exif.jpg",
+        "anim.gif",
+        "rgba.png",
+    ]:
         assert status[name] == 1 and np.isfinite(features[name]).all()
         assert np.abs(features[name]).max() > 0
 
@@ -275,8 +397,21 @@ def test_bad_inputs_are_listed_and_skipped(messy, tmp_path):
 def test_strict_exits_1_and_keeps_the_file(messy, tmp_path):
     images, captions = messy
     out = tmp_path / "strict.h5"
-    args = ["--images", images, "--captions", captions, "--out", out, "--weights", "none",
-            "--batch-size", "6", "--workers", "0", "--quiet"]
+    args = [
+        "--images",
+        images,
+        "--captions",
+        captions,
+        "--out",
+        out,
+        "--weights",
+        "none",
+        "--batch-size",
+        "6",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     result = run(*args, "--strict")
     assert result.exit_code == 1 and "--strict" in result.output
     assert "Traceback" not in result.output
@@ -287,10 +422,13 @@ def test_strict_exits_1_and_keeps_the_file(messy, tmp_path):
 
 def test_config_file_and_set_and_flags(photos, tmp_path):
     config = tmp_path / "exp.toml"
-    config.write_text(f'[data]\nimages = "{photos}"\n[features]\npath = "{tmp_path / "c.h5"}"\n'
-                      'weights = "none"\ndtype = "float32"\nbatch_size = 3\nworkers = 0\n')
-    result = run("--config", config, "--set", "features.precision=fp32", "--dtype", "float16",
-                 "--quiet")
+    config.write_text(
+        f'[data]\nimages = "{photos}"\n[features]\npath = "{tmp_path / "c.h5"}"\n'
+        'weights = "none"\ndtype = "float32"\nbatch_size = 3\nworkers = 0\n'
+    )
+    result = run(
+        "--config", config, "--set", "features.precision=fp32", "--dtype", "float16", "--quiet"
+    )
     assert_ok(result)
     with h5py.File(tmp_path / "c.h5", "r") as f:
         assert f["features"].dtype == np.float16  # the flag beats the config
@@ -313,20 +451,36 @@ def test_cli_errors_are_one_line(messy, tmp_path):
     foreign_bytes = foreign.read_bytes()
     cases = [
         (["--images", tmp_path / "nowhere", "--out", tmp_path / "o.h5"], "images folder not found"),
-        (["--images", images, "--captions", tmp_path / "nope.txt", "--out", tmp_path / "o.h5"],
-         "captions file not found"),
-        (["--images", images, "--captions", unknown, "--out", tmp_path / "o.h5"],
-         "caption format"),
-        (["--images", images, "--captions", captions, "--format", "coco",
-          "--out", tmp_path / "o.h5"], "coco"),
+        (
+            ["--images", images, "--captions", tmp_path / "nope.txt", "--out", tmp_path / "o.h5"],
+            "captions file not found",
+        ),
+        (["--images", images, "--captions", unknown, "--out", tmp_path / "o.h5"], "caption format"),
+        (
+            [
+                "--images",
+                images,
+                "--captions",
+                captions,
+                "--format",
+                "coco",
+                "--out",
+                tmp_path / "o.h5",
+            ],
+            "coco",
+        ),
         (["--images", images, "--out", blocker / "sub" / "f.h5"], "cannot create output folder"),
         (["--images", images, "--out", not_h5], "not an HDF5 file"),
         (["--images", images, "--out", not_h5, "--overwrite"], "not an HDF5 file"),
         (["--images", images, "--out", foreign, "--overwrite"], "not a captioner feature file"),
-        (["--images", images, "--out", tmp_path / "o.h5", "--weights", tmp_path / "w.pt"],
-         "--weights"),
-        (["--images", images, "--out", tmp_path / "o.h5", "--set", "features.bogus=1"],
-         "features.bogus"),
+        (
+            ["--images", images, "--out", tmp_path / "o.h5", "--weights", tmp_path / "w.pt"],
+            "--weights",
+        ),
+        (
+            ["--images", images, "--out", tmp_path / "o.h5", "--set", "features.bogus=1"],
+            "features.bogus",
+        ),
         (["--out", tmp_path / "o.h5"], "--images"),
     ]
     if not torch.cuda.is_available():
@@ -345,8 +499,23 @@ def test_weights_file_is_loaded_and_recorded(photos, tmp_path):
     weights = tmp_path / "resnet50.pt"
     torch.save(state, weights)
     out = tmp_path / "w.h5"
-    assert_ok(run("--images", photos, "--out", out, "--weights", weights, "--precision", "fp32",
-                  "--dtype", "float32", "--workers", "0", "--quiet"))
+    assert_ok(
+        run(
+            "--images",
+            photos,
+            "--out",
+            out,
+            "--weights",
+            weights,
+            "--precision",
+            "fp32",
+            "--dtype",
+            "float32",
+            "--workers",
+            "0",
+            "--quiet",
+        )
+    )
     with h5py.File(out, "r") as f:
         attrs = contract.read_attrs(f)
     assert attrs["weights"].startswith("file:sha256:") and len(attrs["weights"]) == 12 + 64
@@ -354,21 +523,46 @@ def test_weights_file_is_loaded_and_recorded(photos, tmp_path):
     ref = reference_features(sorted(photos.glob("*.png")), seed=1)
     np.testing.assert_allclose(read_features(out), ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
     torch.save({k: v for k, v in state.items() if not k.startswith("layer4.")}, weights)
-    assert_user_error(run("--images", photos, "--out", tmp_path / "x.h5", "--weights", weights,
-                          "--quiet"), "not a torchvision resnet50")
+    assert_user_error(
+        run("--images", photos, "--out", tmp_path / "x.h5", "--weights", weights, "--quiet"),
+        "not a torchvision resnet50",
+    )
     weights.write_bytes(b"not a checkpoint")
-    assert_user_error(run("--images", photos, "--out", tmp_path / "x.h5", "--weights", weights,
-                          "--quiet"), "cannot read weights file")
+    assert_user_error(
+        run("--images", photos, "--out", tmp_path / "x.h5", "--weights", weights, "--quiet"),
+        "cannot read weights file",
+    )
 
 
 def test_failed_imagenet_download_is_one_clear_error(photos, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TORCH_HOME": str(tmp_path / "torch"),
-           "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-           "no_proxy": "", "NO_PROXY": ""}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "no_proxy": "",
+        "NO_PROXY": "",
+    }
     out = tmp_path / "f.h5"
-    done = subprocess.run([sys.executable, "-c", RUN_CLI, "--images", str(photos), "--out",
-                           str(out), "--weights", "imagenet", "--quiet"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RUN_CLI,
+            "--images",
+            str(photos),
+            "--out",
+            str(out),
+            "--weights",
+            "imagenet",
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "--weights none" in done.stderr and "--weights PATH" in done.stderr
@@ -388,11 +582,15 @@ def test_random_weights_are_seeded_and_leave_the_global_rng_alone():
 
 def test_contiguous_runs():
     assert list(contiguous_runs([])) == []
-    assert list(contiguous_runs([3, 4, 5, 9, 11, 12])) == [(3, 6, 0, 3), (9, 10, 3, 4),
-                                                            (11, 13, 4, 6)]
+    assert list(contiguous_runs([3, 4, 5, 9, 11, 12])) == [
+        (3, 6, 0, 3),
+        (9, 10, 3, 4),
+        (11, 13, 4, 6),
+    ]
 
 
 # ---- interruption: kill -9 and Ctrl-C, then the same command finishes the file ----
+
 
 def rows_done(path: Path) -> int:
     """Rows marked written/failed, read without taking the writer's file lock."""
@@ -407,9 +605,13 @@ def rows_done(path: Path) -> int:
 
 def start_cli(args: list, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", RUN_CLI, *map(str, args)], env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUN_CLI, *map(str, args)],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def wait_for_rows(proc: subprocess.Popen, path: Path, at_least: int) -> int:
@@ -432,8 +634,19 @@ def many(tmp_path_factory) -> Path:
 
 
 def test_interrupted_runs_resume_to_the_same_file(many, tmp_path):
-    args = ["--images", many, "--weights", "none", "--precision", "bf16", "--batch-size", "2",
-            "--workers", "1", "--quiet"]
+    args = [
+        "--images",
+        many,
+        "--weights",
+        "none",
+        "--precision",
+        "bf16",
+        "--batch-size",
+        "2",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     straight = tmp_path / "straight.h5"
     assert_ok(run(*args, "--out", straight, "--workers", "0"))  # workers never change features
     out = tmp_path / "resumed.h5"

@@ -54,21 +54,41 @@ def test_tensor_resize_crop_matches_the_pil_path(folder):
 
 
 def test_only_plain_jpegs_go_to_the_device_decoder(folder):
-    routed = {name: read_for_device(folder / name)[1]
-              for name in ("a.jpg", "gray.jpg", "cmyk.jpg", "rotated.jpg", "c.png")}
-    assert routed == {"a.jpg": True, "gray.jpg": True, "cmyk.jpg": False, "rotated.jpg": False,
-                      "c.png": False}
+    routed = {
+        name: read_for_device(folder / name)[1]
+        for name in ("a.jpg", "gray.jpg", "cmyk.jpg", "rotated.jpg", "c.png")
+    }
+    assert routed == {
+        "a.jpg": True,
+        "gray.jpg": True,
+        "cmyk.jpg": False,
+        "rotated.jpg": False,
+        "c.png": False,
+    }
 
 
 def extract(folder: Path, out: Path, device_decode: bool) -> dict:
     names = sorted(p.name for p in folder.iterdir())
-    job = ExtractJob(images_root=folder, names=names, out=out, weights=resolve_weights("none"),
-                     device=torch.device("cpu"), precision="fp32", dtype="float32",
-                     batch_size=4, workers=0, progress=False, device_decode=device_decode)
+    job = ExtractJob(
+        images_root=folder,
+        names=names,
+        out=out,
+        weights=resolve_weights("none"),
+        device=torch.device("cpu"),
+        precision="fp32",
+        dtype="float32",
+        batch_size=4,
+        workers=0,
+        progress=False,
+        device_decode=device_decode,
+    )
     run_extraction(job, log=lambda _: None)
     with h5py.File(out) as f:
-        return {"status": f["status"][:], "features": f["features"][:],
-                "failed": contract.read_failed(f)}
+        return {
+            "status": f["status"][:],
+            "features": f["features"][:],
+            "failed": contract.read_failed(f),
+        }
 
 
 def test_device_decode_extraction_matches_the_cpu_path(folder, tmp_path):

@@ -150,15 +150,18 @@ def bad_folder(tmp_path):
     return root
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("missing.jpg", "missing file"),
-    ("truncated.jpg", "truncated"),
-    ("text.jpg", "not an image"),
-    ("tiny.png", "too small: 9x7"),
-    ("folder.jpg", "directory"),
-    ("../outside.png", "unsafe name"),
-    ("/etc/passwd", "unsafe name"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("missing.jpg", "missing file"),
+        ("truncated.jpg", "truncated"),
+        ("text.jpg", "not an image"),
+        ("tiny.png", "too small: 9x7"),
+        ("folder.jpg", "directory"),
+        ("../outside.png", "unsafe name"),
+        ("/etc/passwd", "unsafe name"),
+    ],
+)
 def test_bad_images_are_failures_with_reasons(bad_folder, name, reason):
     item = ImageDataset(bad_folder, [name], [0])[0]
     assert item.row == 0 and item.image is None

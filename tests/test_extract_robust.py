@@ -33,7 +33,9 @@ from pipeline.extract.images import ImageDataset, ImageError, preprocess_image
 from pipeline.extract.job import job_from_config
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_CLI = "import sys; from pipeline.extract.cli import extract_command; extract_command(sys.argv[1:])"
+RUN_CLI = (
+    "import sys; from pipeline.extract.cli import extract_command; extract_command(sys.argv[1:])"
+)
 
 
 def run(*args) -> object:
@@ -72,6 +74,7 @@ class Alarm:
     def __enter__(self) -> None:
         def timeout(*_):
             raise TimeoutError("blocked")
+
         self.previous = signal.signal(signal.SIGALRM, timeout)
         signal.alarm(self.seconds)
 
@@ -82,6 +85,7 @@ class Alarm:
 
 # ---- special files and symlinks ----
 
+
 def test_fifo_socket_and_device_fail_that_image_only(tmp_path):
     root = tmp_path / "images"
     root.mkdir()
@@ -91,8 +95,10 @@ def test_fifo_socket_and_device_fail_that_image_only(tmp_path):
     server.bind(str(root / "sock.jpg"))
     try:
         with Alarm(20):
-            items = [ImageDataset(root, ["good.png", "fifo.jpg", "sock.jpg"], [0, 1, 2])[i]
-                     for i in range(3)]
+            items = [
+                ImageDataset(root, ["good.png", "fifo.jpg", "sock.jpg"], [0, 1, 2])[i]
+                for i in range(3)
+            ]
             with pytest.raises(ImageError, match="character device"):
                 preprocess_image("/dev/zero")  # what `caption /dev/zero` reads
             with pytest.raises(ImageError, match="FIFO"):
@@ -121,6 +127,7 @@ def test_symlinks_inside_the_folder_are_read_outside_are_refused(tmp_path):
 
 # ---- foreign or damaged HDF5 files ----
 
+
 def _break_status_dtype(f):
     del f["status"]
     f["status"] = np.ones(len(f["image_ids"]), dtype=np.float32)
@@ -147,13 +154,16 @@ def _complete_but_pending(f):
     f["status"][3] = contract.PENDING
 
 
-@pytest.mark.parametrize("damage, fragment", [
-    (_break_status_dtype, "dataset 'status'"),
-    (_break_status_shape, "dataset 'status'"),
-    (_break_failed, "dataset 'failed'"),
-    (_duplicate_ids, "image ids are not unique"),
-    (_complete_but_pending, "rows are still pending"),
-])
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (_break_status_dtype, "dataset 'status'"),
+        (_break_status_shape, "dataset 'status'"),
+        (_break_failed, "dataset 'failed'"),
+        (_duplicate_ids, "image ids are not unique"),
+        (_complete_but_pending, "rows are still pending"),
+    ],
+)
 def test_foreign_files_are_refused_in_one_line(demo_cache, tmp_path, damage, fragment):
     path = tmp_path / "foreign.h5"
     shutil.copy(demo_cache["features"], path)
@@ -163,8 +173,17 @@ def test_foreign_files_are_refused_in_one_line(demo_cache, tmp_path, damage, fra
         contract.open_complete(path).close()
     before = path.read_bytes()
     if damage is not _complete_but_pending:  # extract's resume check reads the same layout
-        line = error_line(run("--images", demo_cache["images"], "--captions",
-                              demo_cache["captions"], "--out", path, *BASE))
+        line = error_line(
+            run(
+                "--images",
+                demo_cache["images"],
+                "--captions",
+                demo_cache["captions"],
+                "--out",
+                path,
+                *BASE,
+            )
+        )
         assert fragment in line
         assert path.read_bytes() == before
 
@@ -192,6 +211,7 @@ def test_image_list_sha256_identifies_the_rows(demo_cache, tmp_path):
 
 
 # ---- changed images, --strict on a finished file, non-finite grids ----
+
 
 def test_changed_and_deleted_images_are_redone_on_rerun(tmp_path):
     images = tmp_path / "images"
@@ -250,8 +270,9 @@ def test_nan_grids_are_never_written(tmp_path):
     weights = tmp_path / "nan.pt"
     torch.save(state, weights)
     out = tmp_path / "f.h5"
-    result = run("--images", images, "--out", out, "--weights", weights, "--workers", "0",
-                 "--quiet")
+    result = run(
+        "--images", images, "--out", out, "--weights", weights, "--workers", "0", "--quiet"
+    )
     assert result.exit_code == 0, result.output
     assert "2 images failed" in result.output and "non-finite" in result.output
     with contract.open_complete(out) as f:
@@ -263,8 +284,15 @@ def test_job_from_config_applies_overrides(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     picture(images / "a.png", 0)
-    config = load_config(None, [f"data.images={images}", "features.batch_size=7",
-                                f"features.path={tmp_path / 'x.h5'}", "features.weights=none"])
+    config = load_config(
+        None,
+        [
+            f"data.images={images}",
+            "features.batch_size=7",
+            f"features.path={tmp_path / 'x.h5'}",
+            "features.weights=none",
+        ],
+    )
     job = job_from_config(config, workers=0, dtype="float32", log=lambda _: None)
     assert job.names == ["a.png"] and job.batch_size == 7 and job.workers == 0
     assert job.dtype == "float32" and job.out == tmp_path / "x.h5"
@@ -273,17 +301,24 @@ def test_job_from_config_applies_overrides(tmp_path):
 
 # ---- a full disk ----
 
+
 def test_file_size_limit_is_refused_before_writing(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     for i in range(8):
         picture(images / f"{i}.png", i)
     out = tmp_path / "f.h5"
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (1000000, 1000000)); " + RUN_CLI)
-    done = subprocess.run([sys.executable, "-c", code, "--images", str(images), "--out",
-                           str(out), *BASE], env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=300)
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1000000, 1000000)); " + RUN_CLI
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "--images", str(images), "--out", str(out), *BASE],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "ulimit -f" in done.stderr and "1,000,000 bytes" in done.stderr
@@ -332,9 +367,13 @@ print(json.dumps({{"first": first, "rc2": second.returncode, "err2": second.stde
 
 
 def test_disk_full_mid_run_ends_in_one_line_and_the_rerun_finishes(tmp_path):
-    if shutil.which("unshare") is None or subprocess.run(
-            ["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", str(tmp_path)],
-            capture_output=True).returncode != 0:
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run(
+            ["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", str(tmp_path)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (the file size limit test still runs)")
     images = tmp_path / "images"
     images.mkdir()
@@ -344,10 +383,22 @@ def test_disk_full_mid_run_ends_in_one_line_and_the_rerun_finishes(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DISK_FULL_DRIVER.format(cli=RUN_CLI))
     kept = tmp_path / "after-disk-full.h5"
-    done = subprocess.run(["unshare", "-rm", sys.executable, str(driver), str(tmp_path / "mnt"),
-                           str(images), str(kept), "4m"],
-                          env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=500)
+    done = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            sys.executable,
+            str(driver),
+            str(tmp_path / "mnt"),
+            str(images),
+            str(kept),
+            "4m",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     refused = report["refused"]  # a 1 MB disk: refused up front, with both numbers
@@ -362,11 +413,23 @@ def test_disk_full_mid_run_ends_in_one_line_and_the_rerun_finishes(tmp_path):
     assert report["rc2"] == 0, report["err2"]
     assert f"{first['rows']} from an earlier run" in report["err2"]
     straight = tmp_path / "straight.h5"
-    result = run("--images", images, "--out", straight, "--weights", "none", "--workers", "0",
-                 "--batch-size", "1", "--precision", "fp32", "--quiet")
+    result = run(
+        "--images",
+        images,
+        "--out",
+        straight,
+        "--weights",
+        "none",
+        "--workers",
+        "0",
+        "--batch-size",
+        "1",
+        "--precision",
+        "fp32",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     with contract.open_complete(kept) as a, contract.open_complete(straight) as b:
         assert a["status"][:].tolist() == [1] * 6 == b["status"][:].tolist()
         fa, fb = a["features"][:].astype(np.float32), b["features"][:].astype(np.float32)
         np.testing.assert_allclose(fa, fb, rtol=0, atol=1e-3 * np.abs(fb).max())
-

@@ -36,15 +36,24 @@ def sharded_file(folder: Path, count: int) -> tuple[Path, list[Path]]:
         coarse = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
         Image.fromarray(coarse).resize((40, 36), Image.BILINEAR).save(images / f"{i:02d}.png")
     out = folder / "f.h5"
-    job = ExtractJob(images_root=images, names=sorted(p.name for p in images.iterdir()),
-                     out=out, weights=resolve_weights("none"), device=torch.device("cpu"),
-                     precision="fp32", dtype="float16", batch_size=4, workers=0,
-                     progress=False)
+    job = ExtractJob(
+        images_root=images,
+        names=sorted(p.name for p in images.iterdir()),
+        out=out,
+        weights=resolve_weights("none"),
+        device=torch.device("cpu"),
+        precision="fp32",
+        dtype="float16",
+        batch_size=4,
+        workers=0,
+        progress=False,
+    )
     shards = []
     for rank, (start, stop) in enumerate(shard_bounds(count, WORLD)):
         shards.append(shard_path(out, rank, WORLD))
-        run_extraction(replace(job, names=job.names[start:stop], out=shards[-1]),
-                       log=lambda _: None)
+        run_extraction(
+            replace(job, names=job.names[start:stop], out=shards[-1]), log=lambda _: None
+        )
     join_shards(job, WORLD)
     return out, shards
 
@@ -57,8 +66,11 @@ def two_sizes(tmp_path_factory) -> dict[int, tuple[Path, list[Path]]]:
 
 def read_rows(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     with contract.open_complete(path) as f:
-        return (contract.read_image_ids(f), f[contract.STATUS][:],
-                f[contract.FEATURES][:])  # ids, (N,), (N, 49, 2048)
+        return (
+            contract.read_image_ids(f),
+            f[contract.STATUS][:],
+            f[contract.FEATURES][:],
+        )  # ids, (N,), (N, 49, 2048)
 
 
 def test_finished_file_maps_the_shards_and_does_not_grow_with_n(two_sizes):

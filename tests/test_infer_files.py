@@ -51,7 +51,10 @@ def test_rerun_replaces_its_own_file_but_never_a_foreign_one(tmp_path):
         OutputFolder(tmp_path / "out").write_text("notes.txt", "clobbered")
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        MANIFEST, "metrics.json", "notes.txt"]  # no temp file left behind
+        MANIFEST,
+        "metrics.json",
+        "notes.txt",
+    ]  # no temp file left behind
 
 
 def test_a_symlink_planted_at_an_output_path_is_not_written_through(tmp_path):
@@ -83,8 +86,7 @@ def test_caption_refuses_to_overwrite_a_users_file_before_any_work(tmp_path):
     maps = tmp_path / "maps"
     maps.mkdir()
     (maps / "photo.png").write_bytes(b"the user's own picture")
-    result = cli("caption", image, "--checkpoint", tmp_path / "missing.pt",
-                 "--attention-dir", maps)
+    result = cli("caption", image, "--checkpoint", tmp_path / "missing.pt", "--attention-dir", maps)
     assert result.exit_code == 2
     assert "photo.png already exists and was not written by captioner" in result.output
     assert (maps / "photo.png").read_bytes() == b"the user's own picture"

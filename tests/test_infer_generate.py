@@ -20,8 +20,9 @@ VOCAB = Vocabulary(list(SPECIALS) + ["a", "red", "blue", "circle", "square", "le
 
 def small_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    config = ModelConfig(attention="additive", embed_dim=16, hidden_dim=24, attention_dim=12,
-                         dropout=0.0)
+    config = ModelConfig(
+        attention="additive", embed_dim=16, hidden_dim=24, attention_dim=12, dropout=0.0
+    )
     model = build_decoder(config, VOCAB).eval()
     with torch.no_grad():
         model.output.weight.mul_(4.0)  # peaked distributions, like a trained model

@@ -45,6 +45,7 @@ def test_layers_import_downward_only():
 
 def test_the_check_sees_a_violation(tmp_path):
     module = tmp_path / "bad.py"
-    module.write_text("def f():\n    from pipeline.train.trainer import train\n"
-                      "from pipeline import infer\n")
+    module.write_text(
+        "def f():\n    from pipeline.train.trainer import train\nfrom pipeline import infer\n"
+    )
     assert imported_subpackages(module) == {"train", "infer"}

@@ -228,5 +228,7 @@ def test_per_image_cider_averages_to_the_corpus_score_and_ranks_images():
     mean = sum(report.per_image_cider.values()) / len(REFERENCES)
     assert mean == pytest.approx(report.scores["CIDEr"], abs=1e-9)
     assert max(report.per_image_cider, key=report.per_image_cider.get) == "img2"
-    assert score_captions(REFERENCES, PREDICTIONS, metrics=("Bleu_4",),
-                          use_java=False).per_image_cider == {}
+    assert (
+        score_captions(REFERENCES, PREDICTIONS, metrics=("Bleu_4",), use_java=False).per_image_cider
+        == {}
+    )

@@ -17,8 +17,15 @@ PAD, SOS, EOS = 0, 1, 2
 
 def make_model(attention="additive", gate=True, dropout=0.0, seed=0, **kwargs):
     torch.manual_seed(seed)
-    config = ModelConfig(attention=attention, embed_dim=16, hidden_dim=24, attention_dim=12,
-                         dropout=dropout, gate=gate, **kwargs)
+    config = ModelConfig(
+        attention=attention,
+        embed_dim=16,
+        hidden_dim=24,
+        attention_dim=12,
+        dropout=dropout,
+        gate=gate,
+        **kwargs,
+    )
     return CaptionDecoder(VOCAB, config, feature_dim=FEATURE_DIM, pad_index=PAD)
 
 
@@ -27,8 +34,9 @@ def make_decoder(kind, dropout=0.0, seed=0, **kwargs):
     if kind == "lstm":
         return make_model(dropout=dropout, seed=seed, **kwargs)
     torch.manual_seed(seed)
-    config = ModelConfig(kind=kind, embed_dim=16, layers=2, heads=4, ff_dim=32, dropout=dropout,
-                         **kwargs)
+    config = ModelConfig(
+        kind=kind, embed_dim=16, layers=2, heads=4, ff_dim=32, dropout=dropout, **kwargs
+    )
     return DECODERS[kind](VOCAB, config, feature_dim=FEATURE_DIM, pad_index=PAD)
 
 
@@ -62,8 +70,9 @@ def naive_forward(model, features, image_index, captions):
     return torch.stack(logits, dim=1), torch.stack(alphas, dim=1)
 
 
-@pytest.mark.parametrize("kind,attention", [("lstm", "linear"), ("lstm", "additive"),
-                                            ("transformer", None)])
+@pytest.mark.parametrize(
+    "kind,attention", [("lstm", "linear"), ("lstm", "additive"), ("transformer", None)]
+)
 def test_forward_shapes_alpha_sums_and_padding(kind, attention):
     model = (make_model(attention) if kind == "lstm" else make_decoder(kind)).eval()
     features, image_index, captions, lengths = make_batch()
@@ -77,9 +86,16 @@ def test_forward_shapes_alpha_sums_and_padding(kind, attention):
     assert (logits.abs().sum(dim=1) > 0).all()
 
 
-@pytest.mark.parametrize("attention,gate", [("linear", True), ("additive", True),
-                                            ("additive", False), ("transformer", None),
-                                            ("transformer-untied", None)])
+@pytest.mark.parametrize(
+    "attention,gate",
+    [
+        ("linear", True),
+        ("additive", True),
+        ("additive", False),
+        ("transformer", None),
+        ("transformer-untied", None),
+    ],
+)
 def test_forward_equals_naive_steps(attention, gate):
     """Teacher forcing (LSTM: sorted, shrinking; Transformer: all steps at once under the
     causal mask) equals feeding each row word by word through `step`."""
@@ -97,8 +113,11 @@ def test_forward_equals_naive_steps(attention, gate):
 
 @pytest.mark.parametrize("attention", ["linear", "additive", "transformer"])
 def test_gradients_reach_every_trainable_parameter(attention):
-    model = (make_decoder("transformer", dropout=0.1) if attention == "transformer"
-             else make_model(attention, doubly_stochastic=1.0)).train()
+    model = (
+        make_decoder("transformer", dropout=0.1)
+        if attention == "transformer"
+        else make_model(attention, doubly_stochastic=1.0)
+    ).train()
     features, image_index, captions, lengths = make_batch()
     logits, alphas = model(features, image_index, captions, lengths)
     total, _ = caption_loss(logits, captions, alphas, lengths, doubly_stochastic=1.0)
@@ -126,8 +145,9 @@ def test_gate_scales_context():
     features, image_index, captions, lengths = make_batch()
     gated, plain = make_model(gate=True).eval(), make_model(gate=False).eval()
     assert plain.gate is None
-    plain.load_state_dict({k: v for k, v in gated.state_dict().items()
-                           if not k.startswith("gate.")})
+    plain.load_state_dict(
+        {k: v for k, v in gated.state_dict().items() if not k.startswith("gate.")}
+    )
     total_gated, _ = gated.parameter_counts()
     assert total_gated - plain.parameter_counts()[0] == 24 * FEATURE_DIM + FEATURE_DIM
     with torch.no_grad():
@@ -148,8 +168,9 @@ def test_doubly_stochastic_term():
     logits, alphas = model(features, image_index, captions, lengths)
     total0, ce0 = caption_loss(logits, captions, alphas, lengths, doubly_stochastic=0.0)
     assert total0.item() == ce0.item()
-    total, ce = caption_loss(logits, captions, alphas, lengths, doubly_stochastic=0.5,
-                             attention_penalty="sum")
+    total, ce = caption_loss(
+        logits, captions, alphas, lengths, doubly_stochastic=0.5, attention_penalty="sum"
+    )
     assert ce.item() == ce0.item()
     coverage = alphas.sum(dim=1)  # (B, 49): zeros at padded steps add nothing
     expected = ((1 - coverage) ** 2).sum(dim=1).mean()
@@ -166,11 +187,13 @@ def test_cross_entropy_counts_real_targets_only_and_label_smoothing_changes_it(k
     active = active_mask(lengths, 7)
     naive_logits, _ = naive_forward(model, features, image_index, captions)  # (B, T-1, V)
     _, ce = caption_loss(logits, captions, alphas, lengths)
-    torch.testing.assert_close(ce, F.cross_entropy(naive_logits[active], targets[active]),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ce, F.cross_entropy(naive_logits[active], targets[active]), atol=1e-5, rtol=1e-5
+    )
     _, smoothed = caption_loss(logits, captions, alphas, lengths, label_smoothing=0.1)
     torch.testing.assert_close(
-        smoothed, F.cross_entropy(logits, targets[active], label_smoothing=0.1))
+        smoothed, F.cross_entropy(logits, targets[active], label_smoothing=0.1)
+    )
     assert abs(smoothed.item() - ce.item()) > 1e-4
 
 
@@ -178,8 +201,18 @@ def test_cross_entropy_counts_real_targets_only_and_label_smoothing_changes_it(k
 def test_frozen_pretrained_embeddings_stay_frozen(kind):
     pretrained = torch.randn(VOCAB, 16)
     torch.manual_seed(0)
-    config = ModelConfig(kind=kind, embed_dim=16, hidden_dim=24, attention_dim=12, dropout=0.0,
-                         freeze_embeddings=True, layers=1, heads=2, ff_dim=8, tied_output=False)
+    config = ModelConfig(
+        kind=kind,
+        embed_dim=16,
+        hidden_dim=24,
+        attention_dim=12,
+        dropout=0.0,
+        freeze_embeddings=True,
+        layers=1,
+        heads=2,
+        ff_dim=8,
+        tied_output=False,
+    )
     decoder = DECODERS[kind]
     model = decoder(VOCAB, config, feature_dim=FEATURE_DIM, pretrained_embeddings=pretrained)
     weight = model.embedding.weight
@@ -204,12 +237,14 @@ def test_frozen_pretrained_embeddings_stay_frozen(kind):
 
 def test_load_word_vectors(tmp_path):
     itos = ["<pad>", "<sos>", "<eos>", "<unk>", "dog", "cat", "ice cream", "tree"]
-    text = ("5 3\n"
-            "dog 0.1 0.2 0.3\n"
-            "cat -1 -2 -3.5\n"
-            "ice cream 7 8 9\n"
-            "car 4 4 4\n"
-            "dog 9 9 9\n")  # a repeated word keeps its first vector
+    text = (
+        "5 3\n"
+        "dog 0.1 0.2 0.3\n"
+        "cat -1 -2 -3.5\n"
+        "ice cream 7 8 9\n"
+        "car 4 4 4\n"
+        "dog 9 9 9\n"
+    )  # a repeated word keeps its first vector
     path = tmp_path / "vectors.txt"
     path.write_text(text, encoding="utf-8")
     matrix, coverage = load_word_vectors(path, itos, 3)
@@ -226,13 +261,16 @@ def test_load_word_vectors(tmp_path):
     torch.testing.assert_close(matrix[7], torch.tensor([1.0, 2.0, 3.0]))
 
 
-@pytest.mark.parametrize("text,message", [
-    ("dog 1 2 3\n", "dimension 3, but model.embed_dim is 4"),
-    ("2 3\ndog 1 2 3\n", "dimension 3, but model.embed_dim is 4"),
-    ("dog 1 2 3 x\n", "not a number"),
-    ("dog 1 2 3 4\ncat 1 2\n", "expected a word and 4 numbers"),
-    ("\n", "holds no vectors"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("dog 1 2 3\n", "dimension 3, but model.embed_dim is 4"),
+        ("2 3\ndog 1 2 3\n", "dimension 3, but model.embed_dim is 4"),
+        ("dog 1 2 3 x\n", "not a number"),
+        ("dog 1 2 3 4\ncat 1 2\n", "expected a word and 4 numbers"),
+        ("\n", "holds no vectors"),
+    ],
+)
 def test_load_word_vectors_bad_files(tmp_path, text, message):
     path = tmp_path / "vectors.txt"
     path.write_text(text, encoding="utf-8")
@@ -251,8 +289,7 @@ def test_autocast_forward_and_backward(kind):
     features, image_index, captions, lengths = make_batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, alphas = model(features, image_index, captions, lengths)
-        total, ce = caption_loss(logits, captions, alphas, lengths,
-                                 doubly_stochastic=1.0)
+        total, ce = caption_loss(logits, captions, alphas, lengths, doubly_stochastic=1.0)
     assert logits.shape == (18, VOCAB) and torch.isfinite(total)
     total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -16,11 +16,15 @@ def make_split(n_images=300, seed=0) -> SplitData:
     counts = np.random.default_rng(seed).integers(3, 6, n_images)
     owners = np.repeat(np.arange(n_images), counts)  # (n_captions,)
     groups = [np.flatnonzero(owners == i) for i in range(n_images)]
-    return SplitData(image_names=[f"{i}.jpg" for i in range(n_images)],
-                     image_ids=[str(i) for i in range(n_images)],
-                     image_rows=np.arange(n_images), captions_of_image=groups,
-                     caption_image=owners, tokens=[np.array([1, 2])] * len(owners),
-                     references=[["a"] * int(c) for c in counts])
+    return SplitData(
+        image_names=[f"{i}.jpg" for i in range(n_images)],
+        image_ids=[str(i) for i in range(n_images)],
+        image_rows=np.arange(n_images),
+        captions_of_image=groups,
+        caption_image=owners,
+        tokens=[np.array([1, 2])] * len(owners),
+        references=[["a"] * int(c) for c in counts],
+    )
 
 
 @pytest.mark.parametrize("mode", ["captions", "images"])
@@ -45,7 +49,8 @@ def test_caption_batches_span_about_batch_size_images_whole_image_batches_few():
     assert np.mean([len(i) for i, _ in images[:-1]]) <= 9  # whole images: 32 / 4 captions each
     for image_positions, batch_captions in images:  # all captions of each image, together
         assert sorted(batch_captions.tolist()) == sorted(
-            np.concatenate([split.captions_of_image[i] for i in image_positions]).tolist())
+            np.concatenate([split.captions_of_image[i] for i in image_positions]).tolist()
+        )
 
 
 def test_random_batching_takes_one_caption_of_each_image():
@@ -62,8 +67,10 @@ def test_plans_are_seeded(mode):
     split = make_split()
 
     def plan(seed):
-        return [(i.tolist(), c.tolist())
-                for i, c in plan_epoch(split, 32, mode, np.random.default_rng(seed))]
+        return [
+            (i.tolist(), c.tolist())
+            for i, c in plan_epoch(split, 32, mode, np.random.default_rng(seed))
+        ]
 
     assert plan(5) == plan(5)
     assert plan(5) != plan(6)
@@ -84,8 +91,12 @@ def test_batching_config_and_the_old_key():
 
 def alphas_and_batch():
     """2 captions (3 and 2 predicted steps), 4 regions; alphas zero at the padded step."""
-    alphas = torch.tensor([[[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1]],
-                           [[0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0.0, 0.0], [0, 0, 0, 0]]])
+    alphas = torch.tensor(
+        [
+            [[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1]],
+            [[0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0.0, 0.0], [0, 0, 0, 0]],
+        ]
+    )
     lengths = torch.tensor([4, 3])  # <sos> w w <eos>: 3 targets; <sos> w <eos>: 2
     captions = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]])
     logits = torch.zeros(5, 8)  # (N = 3 + 2, V = 8): uniform predictions
@@ -98,8 +109,9 @@ def test_penalty_sums_or_averages_over_regions():
     per_region = torch.tensor([[0.01, 0.01, 0.01, 0.49], [0.0625, 0.0625, 0.5625, 0.5625]])
     totals = {}
     for mode in ("sum", "mean"):
-        total, ce = caption_loss(logits, captions, alphas, lengths, doubly_stochastic=2.0,
-                                 attention_penalty=mode)
+        total, ce = caption_loss(
+            logits, captions, alphas, lengths, doubly_stochastic=2.0, attention_penalty=mode
+        )
         torch.testing.assert_close(ce, torch.tensor(float(np.log(8))))
         totals[mode] = total - ce
     torch.testing.assert_close(totals["sum"], 2.0 * per_region.sum(dim=1).mean())
@@ -127,7 +139,10 @@ def test_uniform_init_is_the_tutorials_and_xavier_differs():
 
 def test_attention_activation_and_tanh_on_the_initial_state_change_the_model():
     features = 3 * torch.randn(2, 49, 32, generator=torch.Generator().manual_seed(1))
-    tanh, relu = make_decoder(attention_activation="tanh"), make_decoder(attention_activation="relu")
+    tanh, relu = (
+        make_decoder(attention_activation="tanh"),
+        make_decoder(attention_activation="relu"),
+    )
     relu.load_state_dict(tanh.state_dict())  # same weights, different nonlinearity
     encoded = tanh.encode(features)
     h = torch.randn(2, 24, generator=torch.Generator().manual_seed(2))
@@ -165,16 +180,28 @@ def test_quality_harness_trains_identical_recipes_once_and_summarises_over_seeds
     args = quality.parse_args(["--variants", "shipped,tutorial,penalty-sum,images", "--seeds", "2"])
     groups = list(quality.planned_runs(args).values())
     assert sorted(pair for group in groups for pair in group) == sorted(
-        (name, seed) for name in args.variants for seed in (0, 1))
-    same = (config_to_dict(load_config(args.config, quality.VARIANTS["shipped"].overrides))
-            == config_to_dict(load_config(args.config, quality.VARIANTS["tutorial"].overrides)))
+        (name, seed) for name in args.variants for seed in (0, 1)
+    )
+    same = config_to_dict(
+        load_config(args.config, quality.VARIANTS["shipped"].overrides)
+    ) == config_to_dict(load_config(args.config, quality.VARIANTS["tutorial"].overrides))
     assert ([("shipped", 0), ("tutorial", 0)] in groups) == same
     assert [("images", 1)] in groups and [("penalty-sum", 0)] in groups
-    runs = [{"variant": name, "seed": seed, "epoch_seconds": 10.0 + seed,
-             "greedy": {"CIDEr": cider, "Bleu_4": 0.5, "METEOR": None},
-             "beam3": {"CIDEr": cider + 0.1, "Bleu_4": 0.6, "METEOR": 0.3}}
-            for name, seed, cider in [("tutorial", 0, 2.0), ("tutorial", 1, 2.2),
-                                      ("images", 0, 1.5), ("images", 1, 1.7)]]
+    runs = [
+        {
+            "variant": name,
+            "seed": seed,
+            "epoch_seconds": 10.0 + seed,
+            "greedy": {"CIDEr": cider, "Bleu_4": 0.5, "METEOR": None},
+            "beam3": {"CIDEr": cider + 0.1, "Bleu_4": 0.6, "METEOR": 0.3},
+        }
+        for name, seed, cider in [
+            ("tutorial", 0, 2.0),
+            ("tutorial", 1, 2.2),
+            ("images", 0, 1.5),
+            ("images", 1, 1.7),
+        ]
+    ]
     summary = quality.summarise(runs, ["images", "tutorial"])
     mean, std = summary["images"]["CIDEr_greedy"]
     assert mean == pytest.approx(160.0) and std == pytest.approx(np.std([150, 170], ddof=1))

@@ -54,31 +54,52 @@ def evaluated(tmp_path_factory, demo_cache) -> dict:
     """One tiny run (2 epochs) and a degenerate copy of it, evaluated together."""
     root = tmp_path_factory.mktemp("report")
     config = root / "tiny.toml"
-    config.write_text(TINY_CONFIG.format(captions=demo_cache["captions"],
-                                         images=demo_cache["images"],
-                                         features=demo_cache["features"], runs=root / "runs"))
+    config.write_text(
+        TINY_CONFIG.format(
+            captions=demo_cache["captions"],
+            images=demo_cache["images"],
+            features=demo_cache["features"],
+            runs=root / "runs",
+        )
+    )
     trained = cli("train", "--config", config, "--set", "train.name=tiny")
     assert trained.exit_code == 0, trained.output
-    broken = degenerate_copy(root / "runs" / "tiny", root / "runs" / "broken",
-                             str(root / "no-images"))
+    broken = degenerate_copy(
+        root / "runs" / "tiny", root / "runs" / "broken", str(root / "no-images")
+    )
     out = root / "ev"
-    result = cli("evaluate", root / "runs" / "tiny", broken, "--out", out, "--beam-size", "2",
-                 "--examples", "0")
+    result = cli(
+        "evaluate",
+        root / "runs" / "tiny",
+        broken,
+        "--out",
+        out,
+        "--beam-size",
+        "2",
+        "--examples",
+        "0",
+    )
     assert result.exit_code == 0, result.output
-    return {"out": out, "output": result.output, "run": root / "runs" / "tiny",
-            "images": demo_cache["images"], "captions": demo_cache["captions"]}
+    return {
+        "out": out,
+        "output": result.output,
+        "run": root / "runs" / "tiny",
+        "images": demo_cache["images"],
+        "captions": demo_cache["captions"],
+    }
 
 
 def read(out: Path, label: str) -> tuple[str, dict, list[dict]]:
-    return ((out / label / "report.html").read_text("utf-8"),
-            json.loads((out / label / "metrics.json").read_text()),
-            json.loads((out / label / "predictions.json").read_text()))
+    return (
+        (out / label / "report.html").read_text("utf-8"),
+        json.loads((out / label / "metrics.json").read_text()),
+        json.loads((out / label / "predictions.json").read_text()),
+    )
 
 
 def references_by_image(captions: Path) -> dict[str, list[str]]:
     data = json.loads(captions.read_text())
-    return {Path(im["filename"]).stem: [s["raw"] for s in im["sentences"]]
-            for im in data["images"]}
+    return {Path(im["filename"]).stem: [s["raw"] for s in im["sentences"]] for im in data["images"]}
 
 
 def test_every_gallery_image_shows_its_prediction_and_references(evaluated):
@@ -100,29 +121,41 @@ def test_scores_and_baseline_match_metrics_json(evaluated):
         assert found, css_or_label
         return re.findall(r"<td>([^<]*)</td>", found.group(1))
 
-    expected = [f"{100 * metrics['scores'][n]:.1f}" if metrics["scores"][n] is not None
-                else "n/a" for n in METRIC_NAMES]
+    expected = [
+        f"{100 * metrics['scores'][n]:.1f}" if metrics["scores"][n] is not None else "n/a"
+        for n in METRIC_NAMES
+    ]
     assert row("<td>model</td>") == expected
     baseline = metrics["baseline"]
     assert baseline["caption"] and html.escape(baseline["caption"]) in page
     assert row("<td>image-blind baseline</td>") == [
         f"{100 * baseline['scores'][n]:.1f}" if baseline["scores"][n] is not None else "n/a"
-        for n in METRIC_NAMES]
-    for fact in (f"pycocoevalcap {metrics['pycocoevalcap']}", "references per image",
-                 f"epoch {metrics['epoch']}", "length penalty", "feature fingerprint",
-                 metrics["features"]):
+        for n in METRIC_NAMES
+    ]
+    for fact in (
+        f"pycocoevalcap {metrics['pycocoevalcap']}",
+        "references per image",
+        f"epoch {metrics['epoch']}",
+        "length penalty",
+        "feature fingerprint",
+        metrics["features"],
+    ):
         assert html.escape(str(fact)) in page, fact
 
 
 def test_reports_are_self_contained_and_light(evaluated):
     out = evaluated["out"]
-    for path in (out / "tiny" / "report.html", out / "broken" / "report.html",
-                 out / "comparison.html"):
+    for path in (
+        out / "tiny" / "report.html",
+        out / "broken" / "report.html",
+        out / "comparison.html",
+    ):
         page = path.read_text("utf-8")
         urls = URL_ATTRIBUTE.findall(page)
         assert urls, path
-        assert all(u.startswith(("data:", "#")) for u in urls), [u[:40] for u in urls
-                                                                if not u.startswith("data:")]
+        assert all(u.startswith(("data:", "#")) for u in urls), [
+            u[:40] for u in urls if not u.startswith("data:")
+        ]
         assert "<script" not in page.lower() and "@import" not in page
         assert "http://" not in page and "https://" not in page
     page = (out / "tiny" / "report.html").read_text("utf-8")
@@ -151,8 +184,12 @@ def test_degenerate_run_health_numbers_and_flags(evaluated):
     assert health["vocabulary_used"] == 1
     assert health["mean_length"] == word_count
     assert health["top_repeated"] == [[predictions[0]["caption"], 4]]
-    assert set(health["flags"]) >= {"top_caption_share", "unfinished_share", "distinct_share",
-                                    "repetition_share"}
+    assert set(health["flags"]) >= {
+        "top_caption_share",
+        "unfinished_share",
+        "distinct_share",
+        "repetition_share",
+    }
     assert "Decoding looks degenerate" in page
     assert page.count("<tr class=flag>") == len(health["flags"])
     assert "decoding looks degenerate" in evaluated["output"]
@@ -167,14 +204,14 @@ def test_comparison_page_ranks_runs_and_draws_their_cider_curves(evaluated):
     broken = read(evaluated["out"], "broken")[1]["scores"]["CIDEr"]
     first, second = ("tiny", "broken") if tiny >= broken else ("broken", "tiny")
     assert page.index(f"</span>{first}</td>") < page.index(f"</span>{second}</td>")
-    chart = page[page.index('<svg class="chart"'):]
+    chart = page[page.index('<svg class="chart"') :]
     assert chart.count("<polyline") == 2  # one val-CIDEr curve per run (2 epochs each)
     assert "val CIDEr" in chart
 
 
 def test_training_curves_come_from_metrics_jsonl(evaluated):
     page, metrics, _ = read(evaluated["out"], "tiny")
-    charts = page[page.index('id="curves"'):page.index('id="provenance"')]
+    charts = page[page.index('id="curves"') : page.index('id="provenance"')]
     assert charts.count('<svg class="chart"') == 3
     assert charts.count("<polyline") == 5  # train/val loss, CIDEr/BLEU-4, lr
     assert f">epoch {metrics['epoch']}</text>" in charts  # the evaluated checkpoint is marked
@@ -184,11 +221,13 @@ def test_caption_html_card_for_new_images(evaluated, tmp_path):
     image = tmp_path / "photo.jpg"
     shutil.copy(evaluated["images"] / "demo_00001.jpg", image)
     out = tmp_path / "cards" / "captions.html"
-    result = cli("caption", image, "--checkpoint", evaluated["run"], "--beam-size", "2",
-                 "--html", out)
+    result = cli(
+        "caption", image, "--checkpoint", evaluated["run"], "--beam-size", "2", "--html", out
+    )
     assert result.exit_code == 0, result.output
-    caption = next(line for line in result.output.splitlines()
-                   if line.startswith(f"{image}: ")).split(": ", 1)[1]
+    caption = next(
+        line for line in result.output.splitlines() if line.startswith(f"{image}: ")
+    ).split(": ", 1)[1]
     page = out.read_text("utf-8")
     assert html.escape(caption) in page and page.count('class="card"') == 1
     sizes = [Image.open(io.BytesIO(base64.b64decode(b))).size for b in DATA_URI.findall(page)]
@@ -209,23 +248,42 @@ window.addEventListener("load", () => {
 
 
 def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which(
-        "google-chrome")
+    return (
+        shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
 
 
 def headless(browser: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                           "--hide-scrollbars", "--no-first-run", *args],
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
-@pytest.mark.skipif(chromium() is None, reason="no Chromium on this machine (.ci/run installs "
-                    "it with apt-get where it may: apt-get install chromium)")
+@pytest.mark.skipif(
+    chromium() is None,
+    reason="no Chromium on this machine (.ci/run installs "
+    "it with apt-get where it may: apt-get install chromium)",
+)
 def test_chromium_renders_the_report_and_decodes_every_image(evaluated, tmp_path):
     report = evaluated["out"] / "tiny" / "report.html"
     shot = tmp_path / "report.png"
-    result = headless(chromium(), f"--screenshot={shot}", "--window-size=1280,1600",
-                      report.as_uri())
+    result = headless(
+        chromium(), f"--screenshot={shot}", "--window-size=1280,1600", report.as_uri()
+    )
     assert shot.is_file(), result.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape == (1600, 1280) and pixels.std() > 20  # not a blank page

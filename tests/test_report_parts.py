@@ -39,12 +39,15 @@ def test_health_of_varied_captions_raises_no_flag():
     assert json.loads(json.dumps(health.to_json()))["flags"] == {}
 
 
-@pytest.mark.parametrize(("caption", "repeated"), [
-    ("a red circle to the left of a blue square", False),  # "a" twice, no bigram twice
-    ("a dog a dog on grass", True),  # bigram twice
-    ("the the cat", True),  # stutter
-    ("", False),
-])
+@pytest.mark.parametrize(
+    ("caption", "repeated"),
+    [
+        ("a red circle to the left of a blue square", False),  # "a" twice, no bigram twice
+        ("a dog a dog on grass", True),  # bigram twice
+        ("the the cat", True),  # stutter
+        ("", False),
+    ],
+)
 def test_repetition_means_a_stutter_or_a_repeated_bigram(caption, repeated):
     assert has_repetition(caption.split()) is repeated
 
@@ -62,8 +65,19 @@ def test_gallery_groups_are_disjoint_ranked_and_seeded():
 
 
 def test_history_skips_a_torn_last_line(tmp_path):
-    lines = [json.dumps({"epoch": e, "train_loss": 3.0 - e, "val_loss": 3.5 - e, "lr": 1e-3,
-                         "CIDEr": 0.1 * e, "Bleu_4": 0.05 * e}) for e in (1, 2, 3)]
+    lines = [
+        json.dumps(
+            {
+                "epoch": e,
+                "train_loss": 3.0 - e,
+                "val_loss": 3.5 - e,
+                "lr": 1e-3,
+                "CIDEr": 0.1 * e,
+                "Bleu_4": 0.05 * e,
+            }
+        )
+        for e in (1, 2, 3)
+    ]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"epoch": 4, "train_lo')
 
     history = read_history(tmp_path)

@@ -38,8 +38,9 @@ def metric_epochs(run: Path) -> list[int]:
 
 @pytest.fixture()
 def one_epoch_run(workspace) -> Path:
-    result = cli("train", "--config", workspace["config"], "--set", "train.name=r",
-                 "--set", "train.epochs=1")
+    result = cli(
+        "train", "--config", workspace["config"], "--set", "train.name=r", "--set", "train.epochs=1"
+    )
     assert result.exit_code == 0, result.output
     return workspace["runs"] / "r"
 
@@ -48,9 +49,23 @@ def test_disk_full_during_save_keeps_the_last_checkpoint_and_resumes(one_epoch_r
     run = one_epoch_run
     before = (run / "last.pt").read_bytes()
     limit = len(before) // 2
-    full = subprocess.run([sys.executable, "-c", LIMITED, str(limit), "train", "--resume",
-                           str(run), "--set", "train.epochs=2"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    full = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LIMITED,
+            str(limit),
+            "train",
+            "--resume",
+            str(run),
+            "--set",
+            "train.epochs=2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert full.returncode == 2, full.stdout + full.stderr
     assert "Traceback" not in full.stderr
     errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
@@ -68,8 +83,15 @@ def test_non_finite_loss_stops_and_saves_nothing(one_epoch_run):
     before = (run / "last.pt").read_bytes()
     steps = load_checkpoint(run / "last.pt")["state"]["step"]
     # a finite but huge penalty weight overflows the float32 loss to inf
-    result = cli("train", "--resume", run, "--set", "train.epochs=2",
-                 "--set", "model.doubly_stochastic=1e300")
+    result = cli(
+        "train",
+        "--resume",
+        run,
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "model.doubly_stochastic=1e300",
+    )
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert f"non-finite loss at epoch 2, step {steps + 1}" in result.output
@@ -98,4 +120,6 @@ def test_checkpoint_whose_vocabulary_or_sizes_disagree_with_its_weights(one_epoc
     missing = {key: value for key, value in payload.items() if key != "vocab"}
     save_checkpoint(missing, tmp_path / "missing.pt")
     result = cli("evaluate", tmp_path / "missing.pt", "--out", tmp_path / "ev")
-    assert result.exit_code == 2 and "not a complete captioner checkpoint (no vocab)" in result.output
+    assert (
+        result.exit_code == 2 and "not a complete captioner checkpoint (no vocab)" in result.output
+    )

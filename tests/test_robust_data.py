@@ -38,8 +38,16 @@ def write_csv(path: Path, images: list[dict]) -> None:
 
 
 def train(workspace, name: str, *overrides: str) -> Path:
-    result = cli("train", "--config", workspace["config"], "--set", f"train.name={name}",
-                 "--set", "train.epochs=1", *[a for o in overrides for a in ("--set", o)])
+    result = cli(
+        "train",
+        "--config",
+        workspace["config"],
+        "--set",
+        f"train.name={name}",
+        "--set",
+        "train.epochs=1",
+        *[a for o in overrides for a in ("--set", o)],
+    )
     assert result.exit_code == 0, result.output
     return workspace["runs"] / name
 
@@ -87,8 +95,9 @@ def test_caption_file_with_overlapping_splits_is_refused(workspace):
     data["images"].append(dict(test_image, split="train"))
     workspace["captions"].write_text(json.dumps(data))
     result = cli("train", "--config", workspace["config"])
-    assert_user_error(result, "puts 1 image(s) in more than one split",
-                      f"{test_image['filename']} (test+train)")
+    assert_user_error(
+        result, "puts 1 image(s) in more than one split", f"{test_image['filename']} (test+train)"
+    )
     assert not workspace["runs"].exists() or not list(workspace["runs"].iterdir())
 
 
@@ -98,15 +107,39 @@ def test_feature_file_with_another_image_list_is_refused_moved_one_accepted(work
     few = workspace["root"] / "few.csv"
     write_csv(few, images)
     small = workspace["root"] / "small.h5"
-    made = CliRunner().invoke(extract_command, [
-        "--images", str(workspace["images"]), "--captions", str(few), "--out", str(small),
-        "--weights", "none", "--workers", "0", "--quiet"])
+    made = CliRunner().invoke(
+        extract_command,
+        [
+            "--images",
+            str(workspace["images"]),
+            "--captions",
+            str(few),
+            "--out",
+            str(small),
+            "--weights",
+            "none",
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+    )
     assert made.exit_code == 0, made.output
     evaluated = cli("evaluate", run, "--features", small, "--out", workspace["root"] / "ev")
-    assert_user_error(evaluated, "holds another image list", "checkpoint: 40 images, file: 4",
-                      "36 of the run's images are not in it")
-    resumed = cli("train", "--resume", run, "--set", "train.epochs=2",
-                  "--set", f"features.path={json.dumps(str(small))}")
+    assert_user_error(
+        evaluated,
+        "holds another image list",
+        "checkpoint: 40 images, file: 4",
+        "36 of the run's images are not in it",
+    )
+    resumed = cli(
+        "train",
+        "--resume",
+        run,
+        "--set",
+        "train.epochs=2",
+        "--set",
+        f"features.path={json.dumps(str(small))}",
+    )
     assert_user_error(resumed, "holds another image list")
     assert load_checkpoint(run / "last.pt")["features"]["num_images"] == 40
     renamed = workspace["root"] / "renamed-image.h5"
@@ -115,21 +148,34 @@ def test_feature_file_with_another_image_list_is_refused_moved_one_accepted(work
         first = f["image_ids"][0].decode()
         f["image_ids"][0] = "another.jpg"
     same_count = cli("evaluate", run, "--features", renamed, "--out", workspace["root"] / "ev")
-    assert_user_error(same_count, "checkpoint: 40 images, file: 40", f"e.g. {first}",
-                      "same count, other images or order")
+    assert_user_error(
+        same_count,
+        "checkpoint: 40 images, file: 40",
+        f"e.g. {first}",
+        "same count, other images or order",
+    )
     moved = workspace["root"] / "elsewhere" / "renamed.h5"
     moved.parent.mkdir()
     shutil.move(workspace["features"], moved)
-    ok = cli("evaluate", run, "--features", moved, "--out", workspace["root"] / "ev2",
-             "--beam-size", "1")
+    ok = cli(
+        "evaluate", run, "--features", moved, "--out", workspace["root"] / "ev2", "--beam-size", "1"
+    )
     assert ok.exit_code == 0, ok.output
     # a checkpoint from before frozen splits and image-list hashes still evaluates
     old = load_checkpoint(run / "best.pt")
     old.pop("splits")
     old["features"].pop("image_list_sha256", None)
     save_checkpoint(old, workspace["root"] / "old.pt")
-    legacy = cli("evaluate", workspace["root"] / "old.pt", "--features", moved,
-                 "--out", workspace["root"] / "ev3", "--beam-size", "1")
+    legacy = cli(
+        "evaluate",
+        workspace["root"] / "old.pt",
+        "--features",
+        moved,
+        "--out",
+        workspace["root"] / "ev3",
+        "--beam-size",
+        "1",
+    )
     assert legacy.exit_code == 0, legacy.output
 
 
@@ -139,8 +185,17 @@ def test_features_with_nan_are_refused(workspace, in_memory, workers):
         row = f["features"][7]
         row[3, 5] = np.nan
         f["features"][7] = row
-    result = cli("train", "--config", workspace["config"], "--set", "train.epochs=1",
-                 "--set", f"features.in_memory={in_memory}", "--set", f"train.workers={workers}")
+    result = cli(
+        "train",
+        "--config",
+        workspace["config"],
+        "--set",
+        "train.epochs=1",
+        "--set",
+        f"features.in_memory={in_memory}",
+        "--set",
+        f"train.workers={workers}",
+    )
     assert_user_error(result, "non-finite feature values (nan or inf)", "row 7")
     error = [line for line in result.output.splitlines() if "non-finite" in line]
     assert len(error) == 1 and error[0].startswith("error: non-finite feature values")
@@ -150,6 +205,11 @@ def test_word_vectors_with_nan_are_refused(workspace):
     vectors = workspace["root"] / "vectors.txt"
     good = " ".join(["0.1"] * 16)
     vectors.write_text(f"zebra {good}\na {' '.join(['0.1'] * 15 + ['inf'])}\n")
-    result = cli("train", "--config", workspace["config"],
-                 "--set", f"model.pretrained_embeddings={json.dumps(str(vectors))}")
+    result = cli(
+        "train",
+        "--config",
+        workspace["config"],
+        "--set",
+        f"model.pretrained_embeddings={json.dumps(str(vectors))}",
+    )
     assert_user_error(result, f"{vectors}:2: word vector has a non-finite value")

@@ -31,12 +31,21 @@ def cli(*args) -> object:
 
 def train_process(config: Path, *overrides: str) -> subprocess.Popen:
     """`python -m pipeline train` in its own process."""
-    args = [sys.executable, "-m", "pipeline", "train", "--config", str(config),
-            "--set", "train.epochs=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "train",
+        "--config",
+        str(config),
+        "--set",
+        "train.epochs=1",
+    ]
     for item in overrides:
         args += ["--set", item]
-    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str]:
@@ -70,7 +79,9 @@ def test_default_names_launched_together_get_their_own_folders(workspace):
     for run in runs:
         assert run.name.startswith("tiny-")
         assert metric_epochs(run) == [1]
-    config = load_config(workspace["config"], [f"train.out_dir={json.dumps(str(workspace['root'] / 'x'))}"])
+    config = load_config(
+        workspace["config"], [f"train.out_dir={json.dumps(str(workspace['root'] / 'x'))}"]
+    )
     (a, lock_a), (b, lock_b) = create_run_dir(config), create_run_dir(config)
     assert a != b and a.is_dir() and b.is_dir()
     lock_a.release()
@@ -78,11 +89,22 @@ def test_default_names_launched_together_get_their_own_folders(workspace):
 
 
 def test_live_run_is_refused_killed_run_resumes_and_leftovers_go(workspace):
-    assert cli("train", "--config", workspace["config"], "--set", "train.name=r",
-               "--set", "train.epochs=1").exit_code == 0
+    assert (
+        cli(
+            "train",
+            "--config",
+            workspace["config"],
+            "--set",
+            "train.name=r",
+            "--set",
+            "train.epochs=1",
+        ).exit_code
+        == 0
+    )
     run = workspace["runs"] / "r"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         refused = cli("train", "--resume", run, "--set", "train.epochs=2")

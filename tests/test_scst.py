@@ -43,13 +43,15 @@ def demo(demo_cache) -> dict:
         grids = [f[contract.FEATURES][row[image["filename"]]] for image in chosen]
     features = torch.from_numpy(np.stack(grids).astype(np.float32))  # (8, 49, 2048)
     references = [[s["raw"] for s in image["sentences"]] for image in chosen]
-    vocab, _ = build_vocabulary([c for image in images for s in image["sentences"]
-                                 for c in [s["raw"]]], 1)
+    vocab, _ = build_vocabulary(
+        [c for image in images for s in image["sentences"] for c in [s["raw"]]], 1
+    )
     return {"features": features, "references": references, "vocab": vocab}
 
 
-TINY_TRANSFORMER = ModelConfig(kind="transformer", embed_dim=16, layers=1, heads=2, ff_dim=32,
-                               dropout=0.0)
+TINY_TRANSFORMER = ModelConfig(
+    kind="transformer", embed_dim=16, layers=1, heads=2, ff_dim=32, dropout=0.0
+)
 
 
 def tiny_model(vocab, config: ModelConfig = TINY) -> torch.nn.Module:
@@ -62,8 +64,17 @@ def test_sampling_stops_at_eos_and_max_len_and_returns_the_log_probs(demo, confi
     vocab, features = demo["vocab"], demo["features"][:3]
     model = tiny_model(vocab, config)
     suppress = [vocab.pad, vocab.sos]
-    samples = sample_captions(model, features, vocab.sos, vocab.eos, vocab.pad, 4, 6, suppress,
-                              torch.Generator().manual_seed(0))
+    samples = sample_captions(
+        model,
+        features,
+        vocab.sos,
+        vocab.eos,
+        vocab.pad,
+        4,
+        6,
+        suppress,
+        torch.Generator().manual_seed(0),
+    )
     assert samples.tokens.shape == (12, 6) and samples.log_probs.requires_grad
     for row, length in zip(samples.tokens.tolist(), samples.lengths.tolist(), strict=True):
         eos_at = row.index(vocab.eos) if vocab.eos in row else None
@@ -72,13 +83,13 @@ def test_sampling_stops_at_eos_and_max_len_and_returns_the_log_probs(demo, confi
         assert not set(row[:length]) & set(suppress)
     # the summed log-probs equal a teacher-forced pass over the same tokens
     captions = torch.cat([torch.full((12, 1), vocab.sos), samples.tokens], dim=1)  # (12, 7)
-    logits, _ = model(features, torch.arange(3).repeat_interleave(4), captions,
-                      samples.lengths + 1)
+    logits, _ = model(features, torch.arange(3).repeat_interleave(4), captions, samples.lengths + 1)
     logits[:, suppress] = -torch.inf
     targets = captions[:, 1:][target_mask(samples.lengths + 1, 6)]
     picked = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
-    per_row = torch.zeros(12).index_add(0, torch.arange(12).repeat_interleave(samples.lengths),
-                                        picked)
+    per_row = torch.zeros(12).index_add(
+        0, torch.arange(12).repeat_interleave(samples.lengths), picked
+    )
     torch.testing.assert_close(samples.log_probs, per_row, rtol=1e-5, atol=1e-5)
 
 
@@ -91,28 +102,33 @@ def test_sampling_of_a_model_that_always_or_never_ends(demo):
         model.output.bias[vocab.eos] = 50.0
     short = sample_captions(model, features, vocab.sos, vocab.eos, vocab.pad, 2, 6, suppress)
     assert short.lengths.tolist() == [1] * 6 and short.tokens[:, 0].eq(vocab.eos).all()
-    long = sample_captions(model, features, vocab.sos, vocab.eos, vocab.pad, 2, 6,
-                           [*suppress, vocab.eos])
+    long = sample_captions(
+        model, features, vocab.sos, vocab.eos, vocab.pad, 2, 6, [*suppress, vocab.eos]
+    )
     assert long.lengths.tolist() == [6] * 6 and not long.tokens.eq(vocab.eos).any()
 
 
 def test_baselines_compute_what_they_claim():
     rewards = np.array([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 4.0, 0.0]])
-    np.testing.assert_allclose(baselines(rewards, "mean"),
-                               [[11 / 3, 10 / 3, 3.0, 2.0], [4 / 3, 4 / 3, 0.0, 4 / 3]])
-    np.testing.assert_allclose(baselines(rewards, "greedy", np.array([0.5, 2.0])),
-                               [[0.5] * 4, [2.0] * 4])
+    np.testing.assert_allclose(
+        baselines(rewards, "mean"), [[11 / 3, 10 / 3, 3.0, 2.0], [4 / 3, 4 / 3, 0.0, 4 / 3]]
+    )
+    np.testing.assert_allclose(
+        baselines(rewards, "greedy", np.array([0.5, 2.0])), [[0.5] * 4, [2.0] * 4]
+    )
 
 
 def test_greedy_baseline_is_the_reward_of_the_greedy_caption(demo):
     vocab, features, references = demo["vocab"], demo["features"], demo["references"]
     model = tiny_model(vocab)
     reward = CaptionReward(references, vocab)
-    config = Scst(reward, ScstConfig(samples=2, baseline="greedy", max_len=8),
-                  [vocab.pad, vocab.sos])
+    config = Scst(
+        reward, ScstConfig(samples=2, baseline="greedy", max_len=8), [vocab.pad, vocab.sos]
+    )
     _, stats = scst_loss(model, features, np.arange(8), config, vocab, None)
-    greedy = greedy_decode(model.eval(), features, vocab.sos, vocab.eos, 9,
-                           suppress=[vocab.pad, vocab.sos])
+    greedy = greedy_decode(
+        model.eval(), features, vocab.sos, vocab.eos, 9, suppress=[vocab.pad, vocab.sos]
+    )
     texts = [vocab.decode(d.tokens) for d in greedy]
     expected = CiderD(references).score_texts(range(8), texts)
     assert stats.baseline == pytest.approx(2 * expected.sum(), abs=1e-9)
@@ -124,7 +140,7 @@ def test_reward_of_vocabulary_ids_and_the_bad_ending_penalty(demo):
     tokens = np.zeros((3, 20), dtype=np.int64)
     for row, text in enumerate(texts):
         ids = [vocab.stoi[w] for w in text.split()] + [vocab.eos]
-        tokens[row, :len(ids)] = ids
+        tokens[row, : len(ids)] = ids
     plain, bad = CaptionReward(references, vocab)(np.array([0, 1, 2]), tokens)
     expected = CiderD(references).score_texts([0, 1, 2], texts)
     np.testing.assert_allclose(plain, expected, atol=1e-12)
@@ -136,8 +152,11 @@ def test_reward_of_vocabulary_ids_and_the_bad_ending_penalty(demo):
 def test_scst_steps_raise_the_mean_reward_on_a_fixed_batch(demo):
     vocab, features = demo["vocab"], demo["features"]
     model = tiny_model(vocab)
-    config = Scst(CaptionReward(demo["references"], vocab), ScstConfig(samples=5, max_len=12),
-                  [vocab.pad, vocab.sos, vocab.unk])
+    config = Scst(
+        CaptionReward(demo["references"], vocab),
+        ScstConfig(samples=5, max_len=12),
+        [vocab.pad, vocab.sos, vocab.unk],
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(0)
     rewards = []
@@ -159,22 +178,46 @@ def xe_run(tmp_path_factory, demo_cache) -> dict:
     shutil.copy(demo_cache["features"], root / "features.h5")
     shutil.copy(demo_cache["captions"], root / "dataset.json")
     config = root / "tiny.toml"
-    config.write_text(TINY_CONFIG.format(captions=root / "dataset.json", images=root / "none",
-                                         features=root / "features.h5", runs=root / "runs"))
-    result = cli("train", "--config", config, "--set", "train.name=xe", "--set",
-                 "train.epochs=1")
+    config.write_text(
+        TINY_CONFIG.format(
+            captions=root / "dataset.json",
+            images=root / "none",
+            features=root / "features.h5",
+            runs=root / "runs",
+        )
+    )
+    result = cli("train", "--config", config, "--set", "train.name=xe", "--set", "train.epochs=1")
     assert result.exit_code == 0, result.output
-    return {"config": config, "checkpoint": root / "runs" / "xe" / "best.pt",
-            "runs": root / "runs"}
+    return {"config": config, "checkpoint": root / "runs" / "xe" / "best.pt", "runs": root / "runs"}
 
 
-SCST = ("--set", "train.objective=scst", "--set", "scst.samples=2", "--set", "scst.max_len=8",
-        "--set", "train.lr=0.001", "--set", "train.batch_size=16")
+SCST = (
+    "--set",
+    "train.objective=scst",
+    "--set",
+    "scst.samples=2",
+    "--set",
+    "scst.max_len=8",
+    "--set",
+    "train.lr=0.001",
+    "--set",
+    "train.batch_size=16",
+)
 
 
 def test_init_with_other_model_sizes_is_one_clear_error(xe_run):
-    result = cli("train", "--config", xe_run["config"], "--init", xe_run["checkpoint"],
-                 "--set", "model.hidden_dim=48", "--set", "train.name=bad", *SCST)
+    result = cli(
+        "train",
+        "--config",
+        xe_run["config"],
+        "--init",
+        xe_run["checkpoint"],
+        "--set",
+        "model.hidden_dim=48",
+        "--set",
+        "train.name=bad",
+        *SCST,
+    )
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert "--init" in result.output and "does not fit this config's model" in result.output
@@ -186,8 +229,10 @@ def test_scst_from_init_logs_rewards_and_resumes_like_a_straight_run(xe_run):
     common = ("--config", xe_run["config"], "--init", xe_run["checkpoint"], *SCST)
     straight = cli("train", *common, "--set", "train.name=straight", "--set", "train.epochs=2")
     assert straight.exit_code == 0, straight.output
-    assert cli("train", *common, "--set", "train.name=stopped",
-               "--set", "train.epochs=1").exit_code == 0
+    assert (
+        cli("train", *common, "--set", "train.name=stopped", "--set", "train.epochs=1").exit_code
+        == 0
+    )
     resumed = cli("train", "--resume", xe_run["runs"] / "stopped", "--set", "train.epochs=2")
     assert resumed.exit_code == 0, resumed.output
     a, b = metrics(xe_run["runs"] / "straight"), metrics(xe_run["runs"] / "stopped")

@@ -47,16 +47,28 @@ def test_training_from_cache_alone_lowers_the_loss(workspace):
     payload = torch.load(run / "last.pt", weights_only=True)
     assert payload["format"] == CHECKPOINT_FORMAT
     assert payload["state"]["epoch"] == 2
-    assert set(payload) >= {"model", "optimizer", "scheduler", "scaler", "config", "vocab",
-                            "features", "splits"}
+    assert set(payload) >= {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "config",
+        "vocab",
+        "features",
+        "splits",
+    }
     assert payload["features"]["num_images"] == 40
     assert "vocabulary:" in result.output and "No CNN here" in result.output
 
 
 def test_resume_logs_the_same_losses_as_a_straight_run(workspace):
     config = workspace["config"]
-    assert cli("train", "--config", config, "--set", "train.name=straight",
-               "--set", "train.epochs=3").exit_code == 0
+    assert (
+        cli(
+            "train", "--config", config, "--set", "train.name=straight", "--set", "train.epochs=3"
+        ).exit_code
+        == 0
+    )
     assert cli("train", "--config", config, "--set", "train.name=stopped").exit_code == 0
     resumed = cli("train", "--resume", workspace["runs"] / "stopped", "--set", "train.epochs=3")
     assert resumed.exit_code == 0, resumed.output
@@ -70,10 +82,22 @@ def test_resume_logs_the_same_losses_as_a_straight_run(workspace):
 
 def test_streamed_with_workers_equals_in_memory(workspace):
     common = ("--config", workspace["config"], "--set", "train.epochs=1")
-    assert cli("train", *common, "--set", "train.name=mem",
-               "--set", "features.in_memory=true").exit_code == 0
-    streamed = cli("train", *common, "--set", "train.name=stream",
-                   "--set", "features.in_memory=false", "--set", "train.workers=2")
+    assert (
+        cli(
+            "train", *common, "--set", "train.name=mem", "--set", "features.in_memory=true"
+        ).exit_code
+        == 0
+    )
+    streamed = cli(
+        "train",
+        *common,
+        "--set",
+        "train.name=stream",
+        "--set",
+        "features.in_memory=false",
+        "--set",
+        "train.workers=2",
+    )
     assert streamed.exit_code == 0, streamed.output
     assert "streamed from HDF5" in streamed.output
     mem, stream = metrics(workspace["runs"] / "mem"), metrics(workspace["runs"] / "stream")
@@ -81,8 +105,18 @@ def test_streamed_with_workers_equals_in_memory(workspace):
 
 
 def test_existing_run_folder_is_not_overwritten(workspace):
-    assert cli("train", "--config", workspace["config"], "--set", "train.name=r",
-               "--set", "train.epochs=1").exit_code == 0
+    assert (
+        cli(
+            "train",
+            "--config",
+            workspace["config"],
+            "--set",
+            "train.name=r",
+            "--set",
+            "train.epochs=1",
+        ).exit_code
+        == 0
+    )
     before = (workspace["runs"] / "r" / "last.pt").read_bytes()
     again = cli("train", "--config", workspace["config"], "--set", "train.name=r")
     assert_user_error(again, "already holds a run")
@@ -102,8 +136,13 @@ def test_cache_from_another_backbone_is_refused(workspace):
 
 
 def test_missing_cache_and_non_hdf5_cache_are_refused(workspace):
-    missing = cli("train", "--config", workspace["config"],
-                  "--set", f"features.path={json.dumps(str(workspace['root'] / 'nope.h5'))}")
+    missing = cli(
+        "train",
+        "--config",
+        workspace["config"],
+        "--set",
+        f"features.path={json.dumps(str(workspace['root'] / 'nope.h5'))}",
+    )
     assert_user_error(missing, "feature file not found")
     workspace["features"].write_text("not hdf5")
     assert_user_error(cli("train", "--config", workspace["config"]), "not a readable HDF5")
@@ -114,22 +153,26 @@ def test_captions_without_grids_are_dropped_with_a_warning(workspace):
     extra = dict(data["images"][0], filename="not_in_cache.jpg")
     data["images"].append(extra)
     workspace["captions"].write_text(json.dumps(data))
-    result = cli("train", "--config", workspace["config"], "--set", "train.epochs=1",
-                 "--set", "train.name=w")
+    result = cli(
+        "train", "--config", workspace["config"], "--set", "train.epochs=1", "--set", "train.name=w"
+    )
     assert result.exit_code == 0, result.output
     assert "warning: dropped 5 captions of 1 images" in result.output
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("model.nope=1", "unknown config key model.nope"),
-    ("train.epochs=two", "train.epochs must be int"),
-    ("model.attention=dot", "model.attention must be one of"),
-    ("train.lr=-1", "train.lr must be finite and > 0"),
-    ("train.lr=inf", "train.lr must be a finite number"),
-    ("model.dropout=nan", "model.dropout must be a finite number"),
-    ("banana", "--set expects section.key=value"),
-    ("colour.x=1", "unknown config section [colour]"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("model.nope=1", "unknown config key model.nope"),
+        ("train.epochs=two", "train.epochs must be int"),
+        ("model.attention=dot", "model.attention must be one of"),
+        ("train.lr=-1", "train.lr must be finite and > 0"),
+        ("train.lr=inf", "train.lr must be a finite number"),
+        ("model.dropout=nan", "model.dropout must be a finite number"),
+        ("banana", "--set expects section.key=value"),
+        ("colour.x=1", "unknown config section [colour]"),
+    ],
+)
 def test_config_errors_are_one_clear_message(workspace, override, fragment):
     assert_user_error(cli("train", "--config", workspace["config"], "--set", override), fragment)
 
@@ -146,7 +189,11 @@ def test_shipped_configs_load():
     for path in configs:
         load_config(path)
     seed = load_config(configs[0].parent / "flickr30k.toml")
-    assert (seed.model.attention, seed.model.embed_dim, seed.model.hidden_dim) == ("linear", 256, 256)
+    assert (seed.model.attention, seed.model.embed_dim, seed.model.hidden_dim) == (
+        "linear",
+        256,
+        256,
+    )
     assert (seed.train.lr, seed.train.batch_size, seed.train.epochs) == (1e-3, 32, 25)
     assert (seed.train.step_size, seed.train.gamma, seed.vocab.max_len) == (10, 0.5, 30)
 
@@ -174,9 +221,14 @@ def test_checkpoint_with_pickled_object_is_refused_without_running_it(tmp_path):
 
 
 def test_splits_are_disjoint_by_image_and_seeded():
-    frame = pd.DataFrame({"image": [f"{i // 5}.jpg" for i in range(500)],
-                          "caption": ["a cat"] * 500, "split": [None] * 500,
-                          "image_id": [str(i // 5) for i in range(500)]})
+    frame = pd.DataFrame(
+        {
+            "image": [f"{i // 5}.jpg" for i in range(500)],
+            "caption": ["a cat"] * 500,
+            "split": [None] * 500,
+            "image_id": [str(i // 5) for i in range(500)],
+        }
+    )
     a = assign_splits(frame, [0.8, 0.1, 0.1], seed=3)
     b = assign_splits(frame, [0.8, 0.1, 0.1], seed=3)
     assert a["split"].tolist() == b["split"].tolist()
@@ -189,13 +241,19 @@ def test_splits_are_disjoint_by_image_and_seeded():
 
 
 def test_vocabulary_comes_from_train_captions_only(workspace):
-    result = cli("train", "--config", workspace["config"], "--set", "train.epochs=1",
-                 "--set", "train.name=v")
+    result = cli(
+        "train", "--config", workspace["config"], "--set", "train.epochs=1", "--set", "train.name=v"
+    )
     assert result.exit_code == 0, result.output
     itos = json.loads((workspace["runs"] / "v" / "vocab.json").read_text())["itos"]
     data = json.loads(workspace["captions"].read_text())
-    train_words = {w for im in data["images"] if im["split"] == "train"
-                   for s in im["sentences"] for w in s["raw"].lower().replace(",", " ").split()}
+    train_words = {
+        w
+        for im in data["images"]
+        if im["split"] == "train"
+        for s in im["sentences"]
+        for w in s["raw"].lower().replace(",", " ").split()
+    }
     assert itos[:4] == ["<pad>", "<sos>", "<eos>", "<unk>"]
     assert set(itos[4:]) <= train_words
     vocab, counts = build_vocabulary(["a b b", "b c"], min_freq=2)

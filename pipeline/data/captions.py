@@ -53,10 +53,12 @@ class CaptionTable:
         n_images = self.frame["image"].nunique()
         n_captions = len(self.frame)
         per_image = n_captions / n_images if n_images else 0.0
-        text = (f"{n_images:,} images, {n_captions:,} captions, {per_image:.2f} captions per image "
-                f"(dropped {self.dropped_empty:,} empty, {self.dropped_punctuation:,} "
-                f"punctuation-only, recovered {self.recovered:,} malformed, "
-                f"rejected {len(self.rejected):,} unsafe names)")
+        text = (
+            f"{n_images:,} images, {n_captions:,} captions, {per_image:.2f} captions per image "
+            f"(dropped {self.dropped_empty:,} empty, {self.dropped_punctuation:,} "
+            f"punctuation-only, recovered {self.recovered:,} malformed, "
+            f"rejected {len(self.rejected):,} unsafe names)"
+        )
         splits = self.frame.dropna(subset=["split"]).groupby("split", sort=False)["image"].nunique()
         if len(splits):
             order = [name for name in ("train", "val", "test") if name in splits.index]
@@ -76,8 +78,9 @@ class _Rows:
     dropped_punctuation: int = 0
     recovered: int = 0
 
-    def add(self, image: object, caption: object, split: str | None = None,
-            image_id: object = None) -> None:
+    def add(
+        self, image: object, caption: object, split: str | None = None, image_id: object = None
+    ) -> None:
         """Keep one caption row; a missing, blank or punctuation-only caption is only counted."""
         text = caption.strip() if isinstance(caption, str) else ""
         if not text:
@@ -107,16 +110,27 @@ class _Rows:
         if not keep:
             detail = f" ({len(rejected)} unsafe image names rejected)" if rejected else ""
             raise _bad(path, fmt, f"no captions found{detail}")
-        ids = [self.image_id[i] or PurePosixPath(name).stem
-               for i, name in zip(keep, names, strict=True)]
-        frame = pd.DataFrame({
-            "image": names,
-            "caption": [self.caption[i] for i in keep],
-            "split": pd.Series([self.split[i] for i in keep], dtype=object),
-            "image_id": ids,
-        }, columns=list(COLUMNS))
-        return CaptionTable(frame, fmt, self.dropped_empty, self.dropped_punctuation,
-                            self.recovered, list(rejected.items()))
+        ids = [
+            self.image_id[i] or PurePosixPath(name).stem
+            for i, name in zip(keep, names, strict=True)
+        ]
+        frame = pd.DataFrame(
+            {
+                "image": names,
+                "caption": [self.caption[i] for i in keep],
+                "split": pd.Series([self.split[i] for i in keep], dtype=object),
+                "image_id": ids,
+            },
+            columns=list(COLUMNS),
+        )
+        return CaptionTable(
+            frame,
+            fmt,
+            self.dropped_empty,
+            self.dropped_punctuation,
+            self.recovered,
+            list(rejected.items()),
+        )
 
 
 def unsafe_name_reason(name: str) -> str:
@@ -156,8 +170,10 @@ def _lines(path: Path) -> Iterator[str]:
             for line in handle:
                 yield line.rstrip("\r\n")
     except UnicodeDecodeError as error:
-        raise UserError(f"{path} is not a UTF-8 text caption file ({error.reason}); "
-                        f"formats: {', '.join(FORMATS)}") from None
+        raise UserError(
+            f"{path} is not a UTF-8 text caption file ({error.reason}); "
+            f"formats: {', '.join(FORMATS)}"
+        ) from None
 
 
 def _is_flickr30k_header(line: str) -> bool:
@@ -234,7 +250,7 @@ def _load_json(path: Path, fmt: str) -> object:
 
 
 def _json_format(data: object) -> str | None:
-    """"karpathy" / "coco" from the JSON structure, None when it is neither."""
+    """ "karpathy" / "coco" from the JSON structure, None when it is neither."""
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         return None
     if isinstance(data.get("annotations"), list):
@@ -263,8 +279,12 @@ def _read_karpathy(path: Path, data: object) -> _Rows:
         image = f"{entry['filepath']}/{filename}" if entry.get("filepath") else filename
         split = entry.get("split")
         if split is not None and split not in KARPATHY_SPLITS:
-            raise _bad(path, "karpathy", f"unknown split {split!r} for {image} "
-                       f"(expected one of {', '.join(KARPATHY_SPLITS)})")
+            raise _bad(
+                path,
+                "karpathy",
+                f"unknown split {split!r} for {image} "
+                f"(expected one of {', '.join(KARPATHY_SPLITS)})",
+            )
         split = KARPATHY_SPLITS.get(split)
         image_id = entry.get("cocoid")
         for sentence in entry.get("sentences") or []:
@@ -312,13 +332,17 @@ def _text_format(first_line: str) -> str | None:
 
 
 def _bad(path: Path, fmt: str, detail: str) -> UserError:
-    return UserError(f"cannot read {path} as {fmt}: {detail} "
-                     f"(formats: {', '.join(FORMATS)}; default auto-detects)")
+    return UserError(
+        f"cannot read {path} as {fmt}: {detail} "
+        f"(formats: {', '.join(FORMATS)}; default auto-detects)"
+    )
 
 
 def _unknown(path: Path) -> UserError:
-    return UserError(f"cannot recognise the caption format of {path}; "
-                     f"expected one of {', '.join(FORMATS)} (or pass --format)")
+    return UserError(
+        f"cannot recognise the caption format of {path}; "
+        f"expected one of {', '.join(FORMATS)} (or pass --format)"
+    )
 
 
 def _detect(path: Path) -> tuple[str, object]:
@@ -372,8 +396,10 @@ def read_captions(path: str | Path, format: str = "auto") -> CaptionTable:
         reader = _read_karpathy if format == "karpathy" else _read_coco
         rows = reader(path, data)
     else:
-        text_readers = {"flickr30k-csv": _read_flickr30k_csv, "flickr8k-csv": _read_flickr8k_csv,
-                        "flickr8k-token": _read_flickr8k_token}
+        text_readers = {
+            "flickr30k-csv": _read_flickr30k_csv,
+            "flickr8k-csv": _read_flickr8k_csv,
+            "flickr8k-token": _read_flickr8k_token,
+        }
         rows = text_readers[format](path)
     return rows.table(format, path)
-

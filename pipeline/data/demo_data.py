@@ -94,12 +94,22 @@ def _sample_scene(rng: np.random.Generator, size: int) -> list[Shape]:
     else:
         boxes = _place(cells, halves, np.zeros((n, 2)), pitch, size)
     names = list(COLOURS)
-    return [Shape(names[colours[i]], SHAPES[kinds[i]], bool(large[i]), int(cells[i] // 3),
-                  int(cells[i] % 3), *boxes[i]) for i in range(n)]
+    return [
+        Shape(
+            names[colours[i]],
+            SHAPES[kinds[i]],
+            bool(large[i]),
+            int(cells[i] // 3),
+            int(cells[i] % 3),
+            *boxes[i],
+        )
+        for i in range(n)
+    ]
 
 
-def _place(cells: np.ndarray, halves: np.ndarray, jitter: np.ndarray, pitch: float,
-           size: int) -> list[tuple[float, float, float]]:
+def _place(
+    cells: np.ndarray, halves: np.ndarray, jitter: np.ndarray, pitch: float, size: int
+) -> list[tuple[float, float, float]]:
     """(cx, cy, half) per shape: its cell centre plus jitter, clamped inside the image."""
     boxes = []
     for cell, half, (dx, dy) in zip(cells, halves, jitter, strict=True):
@@ -113,7 +123,7 @@ def _place(cells: np.ndarray, halves: np.ndarray, jitter: np.ndarray, pitch: flo
 
 def _overlapping(boxes: list[tuple[float, float, float]], gap: float = 3.0) -> bool:
     for i, (xa, ya, ha) in enumerate(boxes):
-        for xb, yb, hb in boxes[i + 1:]:
+        for xb, yb, hb in boxes[i + 1 :]:
             if abs(xa - xb) < ha + hb + gap and abs(ya - yb) < ha + hb + gap:
                 return True
     return False
@@ -157,8 +167,10 @@ def _inventory(scene: list[Shape]) -> str:
     groups: dict[tuple[str, str], int] = {}
     for shape in sorted(scene, key=lambda s: (s.column, s.row)):
         groups[(shape.colour, shape.kind)] = groups.get((shape.colour, shape.kind), 0) + 1
-    parts = [f"a {colour} {kind}" if count == 1 else f"{_COUNT_WORDS[count]} {colour} {kind}s"
-             for (colour, kind), count in groups.items()]
+    parts = [
+        f"a {colour} {kind}" if count == 1 else f"{_COUNT_WORDS[count]} {colour} {kind}s"
+        for (colour, kind), count in groups.items()
+    ]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
@@ -193,10 +205,12 @@ def _located_captions(scene: list[Shape], rng: np.random.Generator) -> list[str]
             for relation in _relations(a, b):
                 out.append(f"{_noun(a, False)} {relation} {_noun(b, False)}")
     first, second = scene[0], scene[1]
-    out.append(f"{_noun(first, False)} {first.where[0]} and "
-               f"{_noun(second, False)} {second.where[0]}")
-    out.append(f"a {first.colour} shape {first.where[1]} and "
-               f"a {second.colour} shape {second.where[1]}")
+    out.append(
+        f"{_noun(first, False)} {first.where[0]} and {_noun(second, False)} {second.where[0]}"
+    )
+    out.append(
+        f"a {first.colour} shape {first.where[1]} and a {second.colour} shape {second.where[1]}"
+    )
     if len({shape.row for shape in scene}) == 1:
         out.append(f"{_inventory(scene)} {_ROW_WHERE[ROWS[first.row]]}")
     if len({shape.column for shape in scene}) == 1:
@@ -247,9 +261,11 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"cannot write demo data to {out_dir}: it is not a folder")
     if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
-        raise UserError(f"{out_dir} already holds files: demo-data writes only into a new or "
-                        "empty folder (--overwrite replaces its images/, results.csv and "
-                        "dataset.json)")
+        raise UserError(
+            f"{out_dir} already holds files: demo-data writes only into a new or "
+            "empty folder (--overwrite replaces its images/, results.csv and "
+            "dataset.json)"
+        )
 
 
 def _staging_dir(out_dir: Path, overwrite: bool) -> Path:
@@ -283,21 +299,36 @@ def _write_results_csv(path: Path, names: list[str], captions: list[list[str]]) 
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _write_karpathy_json(path: Path, names: list[str], captions: list[list[str]],
-                         splits: list[str]) -> None:
+def _write_karpathy_json(
+    path: Path, names: list[str], captions: list[list[str]], splits: list[str]
+) -> None:
     """Karpathy dataset_*.json layout (Flickr style: no filepath, no cocoid)."""
     images = []
     for imgid, (name, texts, split) in enumerate(zip(names, captions, splits, strict=True)):
         sentids = [imgid * CAPTIONS_PER_IMAGE + k for k in range(len(texts))]
-        sentences = [{"tokens": tokenize(text), "raw": text, "imgid": imgid, "sentid": sentid}
-                     for text, sentid in zip(texts, sentids, strict=True)]
-        images.append({"sentids": sentids, "imgid": imgid, "sentences": sentences,
-                       "split": split, "filename": name})
+        sentences = [
+            {"tokens": tokenize(text), "raw": text, "imgid": imgid, "sentid": sentid}
+            for text, sentid in zip(texts, sentids, strict=True)
+        ]
+        images.append(
+            {
+                "sentids": sentids,
+                "imgid": imgid,
+                "sentences": sentences,
+                "split": split,
+                "filename": name,
+            }
+        )
     path.write_text(json.dumps({"images": images, "dataset": "demo"}) + "\n", encoding="utf-8")
 
 
-def generate_demo_data(out_dir: str | Path, n_images: int = 1500, seed: int = 0,
-                       size: int = 224, overwrite: bool = False) -> dict:
+def generate_demo_data(
+    out_dir: str | Path,
+    n_images: int = 1500,
+    seed: int = 0,
+    size: int = 224,
+    overwrite: bool = False,
+) -> dict:
     """Write `n_images` demo JPEGs (size x size) and their captions under `out_dir`.
 
     Files: images/demo_00000.jpg..., results.csv (Kaggle Flickr30k layout) and dataset.json
@@ -325,8 +356,9 @@ def generate_demo_data(out_dir: str | Path, n_images: int = 1500, seed: int = 0,
     }
 
 
-def _write_files(root: Path, n_images: int, seed: int,
-                 size: int) -> tuple[list[str], list[list[str]], list[str]]:
+def _write_files(
+    root: Path, n_images: int, seed: int, size: int
+) -> tuple[list[str], list[list[str]], list[str]]:
     """Images, results.csv and dataset.json under `root`; returns names, captions, splits."""
     rng = np.random.default_rng(seed)
     width = max(5, len(str(n_images - 1)))

@@ -18,37 +18,44 @@ from pipeline.errors import UserError
 class SplitData:
     """One split's images (as feature rows) and its encoded captions."""
 
-    image_names: list[str]          # (n_images,) relative paths, table order
-    image_ids: list[str]            # (n_images,) ids for predictions.json
-    image_rows: np.ndarray          # (n_images,) int64 row in the feature file
+    image_names: list[str]  # (n_images,) relative paths, table order
+    image_ids: list[str]  # (n_images,) ids for predictions.json
+    image_rows: np.ndarray  # (n_images,) int64 row in the feature file
     captions_of_image: list[np.ndarray]  # per image: indices into `tokens`
-    caption_image: np.ndarray       # (n_captions,) image position of each caption
-    tokens: list[np.ndarray]        # per caption: int64 ids, <sos> ... <eos>
-    references: list[list[str]]     # per image: its raw reference captions
+    caption_image: np.ndarray  # (n_captions,) image position of each caption
+    tokens: list[np.ndarray]  # per caption: int64 ids, <sos> ... <eos>
+    references: list[list[str]]  # per image: its raw reference captions
 
     @property
     def num_captions(self) -> int:
         return len(self.tokens)
 
 
-def filter_to_cache(frame: pd.DataFrame, row_of: dict[str, int],
-                    failed: dict[str, str]) -> pd.DataFrame:
+def filter_to_cache(
+    frame: pd.DataFrame, row_of: dict[str, int], failed: dict[str, str]
+) -> pd.DataFrame:
     """Drop captions whose image is not in the cache or failed extraction (one warning line)."""
     usable = frame["image"].map(lambda name: name in row_of and name not in failed)
     dropped = int((~usable).sum())
     if dropped:
         images = frame.loc[~usable, "image"].nunique()
-        click.echo(f"warning: dropped {dropped} captions of {images} images that are missing "
-                   "from the feature file or failed extraction", err=True)
+        click.echo(
+            f"warning: dropped {dropped} captions of {images} images that are missing "
+            "from the feature file or failed extraction",
+            err=True,
+        )
     kept = frame[usable]
     if kept.empty:
-        raise UserError("no caption has an image in the feature file: is features.path the "
-                        "file extracted from these captions (data.captions)?")
+        raise UserError(
+            "no caption has an image in the feature file: is features.path the "
+            "file extracted from these captions (data.captions)?"
+        )
     return kept.reset_index(drop=True)
 
 
-def build_split(frame: pd.DataFrame, split: str, vocab: Vocabulary, max_len: int,
-                row_of: dict[str, int]) -> SplitData:
+def build_split(
+    frame: pd.DataFrame, split: str, vocab: Vocabulary, max_len: int, row_of: dict[str, int]
+) -> SplitData:
     """Encode the captions of `split`, grouped by image in first-appearance order."""
     part = frame[frame["split"] == split]
     names = list(dict.fromkeys(part["image"]))
@@ -57,8 +64,9 @@ def build_split(frame: pd.DataFrame, split: str, vocab: Vocabulary, max_len: int
     references: list[list[str]] = [[] for _ in names]
     image_ids = [""] * len(names)
     tokens, owners = [], []
-    for image, caption, image_id in zip(part["image"], part["caption"], part["image_id"],
-                                        strict=True):
+    for image, caption, image_id in zip(
+        part["image"], part["caption"], part["image_id"], strict=True
+    ):
         i = position[image]
         groups[i].append(len(tokens))
         references[i].append(caption)
@@ -76,8 +84,9 @@ def build_split(frame: pd.DataFrame, split: str, vocab: Vocabulary, max_len: int
     )
 
 
-def plan_epoch(split: SplitData, batch_size: int, mode: str,
-               rng: np.random.Generator | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def plan_epoch(
+    split: SplitData, batch_size: int, mode: str, rng: np.random.Generator | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Batches of (image positions, caption indices) for one epoch; `rng=None` keeps table order.
 
     mode (`train.batching`, choices in `pipeline.config.BATCHINGS`):
@@ -96,32 +105,38 @@ def plan_epoch(split: SplitData, batch_size: int, mode: str,
     raise ValueError(f"unknown batching {mode!r}")
 
 
-def _caption_batches(split: SplitData, batch_size: int,
-                     rng: np.random.Generator | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def _caption_batches(
+    split: SplitData, batch_size: int, rng: np.random.Generator | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     count = split.num_captions
     order = np.arange(count) if rng is None else rng.permutation(count)  # (n_captions,)
     batches = []
     for start in range(0, count, batch_size):
-        captions = order[start:start + batch_size].astype(np.int64)  # (B,)
+        captions = order[start : start + batch_size].astype(np.int64)  # (B,)
         batches.append((np.unique(split.caption_image[captions]), captions))
     return batches
 
 
-def _random_caption_batches(split: SplitData, batch_size: int,
-                            rng: np.random.Generator | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def _random_caption_batches(
+    split: SplitData, batch_size: int, rng: np.random.Generator | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     order = _image_order(split, rng)
     batches = []
     for start in range(0, len(order), batch_size):
-        images = order[start:start + batch_size]
-        picks = [split.captions_of_image[i][0 if rng is None else
-                                           rng.integers(len(split.captions_of_image[i]))]
-                 for i in images]
+        images = order[start : start + batch_size]
+        picks = [
+            split.captions_of_image[i][
+                0 if rng is None else rng.integers(len(split.captions_of_image[i]))
+            ]
+            for i in images
+        ]
         batches.append((images, np.asarray(picks, dtype=np.int64)))
     return batches
 
 
-def _image_batches(split: SplitData, batch_size: int,
-                   rng: np.random.Generator | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def _image_batches(
+    split: SplitData, batch_size: int, rng: np.random.Generator | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     batches = []
     images: list[int] = []
     captions: list[np.ndarray] = []
@@ -164,10 +179,10 @@ class CaptionBatches(torch.utils.data.Dataset):
         lengths = np.asarray([len(s) for s in seqs], dtype=np.int64)
         padded = np.full((len(seqs), lengths.max()), self.pad_index, dtype=np.int64)
         for k, seq in enumerate(seqs):
-            padded[k, :len(seq)] = seq
+            padded[k, : len(seq)] = seq
         return {
-            "features": torch.from_numpy(features),        # (n_img, 49, 2048)
+            "features": torch.from_numpy(features),  # (n_img, 49, 2048)
             "image_index": torch.from_numpy(image_of_caption),  # (B,)
-            "captions": torch.from_numpy(padded),          # (B, T)
-            "lengths": torch.from_numpy(lengths),          # (B,)
+            "captions": torch.from_numpy(padded),  # (B, T)
+            "lengths": torch.from_numpy(lengths),  # (B,)
         }

@@ -30,11 +30,11 @@ EXPECTED = {"backbone": contract.BACKBONE, "grid": contract.GRID}
 class ExperimentData:
     """Captions with splits, joined to a checked feature cache."""
 
-    frame: pd.DataFrame           # image, caption, split, image_id; only cached images
-    fingerprint: dict             # the cache's identity (contract.fingerprint)
-    row_of: dict[str, int]        # image name -> feature row
+    frame: pd.DataFrame  # image, caption, split, image_id; only cached images
+    fingerprint: dict  # the cache's identity (contract.fingerprint)
+    row_of: dict[str, int]  # image name -> feature row
     store: FeatureStore
-    splits: dict                  # captions_sha256 + the image list of train, val and test
+    splits: dict  # captions_sha256 + the image list of train, val and test
 
 
 def open_cache(path: str, expected: dict | None = None) -> tuple[dict, dict[str, int], dict]:
@@ -54,14 +54,20 @@ def open_cache(path: str, expected: dict | None = None) -> tuple[dict, dict[str,
     if expected is not None:
         problems = contract.fingerprint_mismatch(expected, fingerprint)
         if problems:
-            raise UserError(f"{path} does not match the checkpoint's features "
-                            f"(checkpoint vs file: {'; '.join(problems)}); evaluate with the "
-                            "feature file the model was trained on")
+            raise UserError(
+                f"{path} does not match the checkpoint's features "
+                f"(checkpoint vs file: {'; '.join(problems)}); evaluate with the "
+                "feature file the model was trained on"
+            )
     return fingerprint, {name: row for row, name in enumerate(image_ids)}, failed
 
 
-def load_experiment_data(config: Config, expected_fingerprint: dict | None = None,
-                         echo: bool = True, saved_splits: dict | None = None) -> ExperimentData:
+def load_experiment_data(
+    config: Config,
+    expected_fingerprint: dict | None = None,
+    echo: bool = True,
+    saved_splits: dict | None = None,
+) -> ExperimentData:
     """Read captions + cache, drop captions without usable grids, assign splits.
 
     `expected_fingerprint` and `saved_splits` come from a checkpoint (evaluate, --resume):
@@ -79,34 +85,48 @@ def load_experiment_data(config: Config, expected_fingerprint: dict | None = Non
     if saved_splits:
         frame = frozen_splits(frame, saved_splits, captions_sha256, config.data.captions)
     else:
-        frame = assign_splits(frame, config.data.split_ratios, config.data.split_seed,
-                              config.data.subset)
+        frame = assign_splits(
+            frame, config.data.split_ratios, config.data.split_seed, config.data.subset
+        )
     splits = {"captions_sha256": captions_sha256, **split_lists(frame)}
     store = FeatureStore(path, in_memory=use_in_memory(config, path))
     if echo:
         counts = split_counts(frame)
         click.echo(f"captions: {table.summary()}")
-        click.echo(f"splits (images): train {counts['train']}, val {counts['val']}, "
-                   f"test {counts['test']}; features: {path} "
-                   f"({'in memory' if store.in_memory else 'streamed from HDF5'})")
-    return ExperimentData(frame=frame, fingerprint=fingerprint, row_of=row_of, store=store,
-                          splits=splits)
+        click.echo(
+            f"splits (images): train {counts['train']}, val {counts['val']}, "
+            f"test {counts['test']}; features: {path} "
+            f"({'in memory' if store.in_memory else 'streamed from HDF5'})"
+        )
+    return ExperimentData(
+        frame=frame, fingerprint=fingerprint, row_of=row_of, store=store, splits=splits
+    )
 
 
-def frozen_splits(frame: pd.DataFrame, saved: dict, captions_sha256: str,
-                  captions_path: str) -> pd.DataFrame:
+def frozen_splits(
+    frame: pd.DataFrame, saved: dict, captions_sha256: str, captions_path: str
+) -> pd.DataFrame:
     """The run's saved splits on today's caption file; one warning line if the file changed."""
     frame, notes = apply_saved_splits(frame, saved)
     if saved.get("captions_sha256") not in (None, captions_sha256):
-        click.echo(f"warning: {captions_path} changed since this run was trained; using the "
-                   f"run's saved splits{': ' + '; '.join(notes) if notes else ''}", err=True)
+        click.echo(
+            f"warning: {captions_path} changed since this run was trained; using the "
+            f"run's saved splits{': ' + '; '.join(notes) if notes else ''}",
+            err=True,
+        )
     if frame.empty:
         raise UserError(f"no image of the run's saved splits is left in {captions_path}")
     return frame
 
 
-def check_same_images(path: str, expected: dict, fingerprint: dict, row_of: dict[str, int],
-                      saved_splits: dict | None, shown: int = 3) -> None:
+def check_same_images(
+    path: str,
+    expected: dict,
+    fingerprint: dict,
+    row_of: dict[str, int],
+    saved_splits: dict | None,
+    shown: int = 3,
+) -> None:
     """Refuse a feature file whose image list differs from the checkpoint's (moved is fine).
 
     Compares the row count and, when both fingerprints carry it, the image list's sha256.
@@ -117,18 +137,27 @@ def check_same_images(path: str, expected: dict, fingerprint: dict, row_of: dict
     same_list = None in hashes or hashes[0] == hashes[1]
     if same_count and same_list:
         return
-    detail = (f"checkpoint: {expected.get('num_images')} images, file: "
-              f"{fingerprint.get('num_images')}")
+    detail = (
+        f"checkpoint: {expected.get('num_images')} images, file: {fingerprint.get('num_images')}"
+    )
     if saved_splits:
-        missing = [image for name in ("train", "val", "test")
-                   for image in saved_splits.get(name, []) if image not in row_of]
+        missing = [
+            image
+            for name in ("train", "val", "test")
+            for image in saved_splits.get(name, [])
+            if image not in row_of
+        ]
         if missing:
-            detail += (f"; {len(missing)} of the run's images are not in it, e.g. "
-                       f"{', '.join(missing[:shown])}")
+            detail += (
+                f"; {len(missing)} of the run's images are not in it, e.g. "
+                f"{', '.join(missing[:shown])}"
+            )
     if not same_list and same_count:
         detail += "; same count, other images or order"
-    raise UserError(f"{path} holds another image list than the features this run was trained "
-                    f"on ({detail}): use that feature file (it may be moved or renamed)")
+    raise UserError(
+        f"{path} holds another image list than the features this run was trained "
+        f"on ({detail}): use that feature file (it may be moved or renamed)"
+    )
 
 
 def use_in_memory(config: Config, path: str) -> bool:

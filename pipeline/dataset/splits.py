@@ -14,8 +14,9 @@ from pipeline.config import SPLITS
 from pipeline.errors import UserError
 
 
-def assign_splits(frame: pd.DataFrame, ratios: list[float], seed: int,
-                  subset: float = 1.0) -> pd.DataFrame:
+def assign_splits(
+    frame: pd.DataFrame, ratios: list[float], seed: int, subset: float = 1.0
+) -> pd.DataFrame:
     """Return a copy of a caption frame whose `split` column is filled for every row.
 
     Karpathy files already carry splits (restval was mapped to train by the reader) and are
@@ -38,8 +39,9 @@ def assign_splits(frame: pd.DataFrame, ratios: list[float], seed: int,
     n_val = round(ratios[1] * len(images))
     split_of = {}
     for rank, index in enumerate(order):
-        split_of[images[index]] = ("train" if rank < n_train
-                                   else "val" if rank < n_train + n_val else "test")
+        split_of[images[index]] = (
+            "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+        )
     frame["split"] = frame["image"].map(split_of)
     return frame.reset_index(drop=True)
 
@@ -55,20 +57,25 @@ def check_disjoint(frame: pd.DataFrame, shown: int = 5) -> None:
     per_image = labelled.groupby("image", sort=False)["split"].unique()
     overlapping = per_image[per_image.map(len) > 1]
     if len(overlapping):
-        examples = ", ".join(f"{image} ({'+'.join(splits)})"
-                             for image, splits in list(overlapping.items())[:shown])
-        raise UserError(f"the caption file puts {len(overlapping)} image(s) in more than one "
-                        f"split: {examples}; each image must belong to one split")
+        examples = ", ".join(
+            f"{image} ({'+'.join(splits)})" for image, splits in list(overlapping.items())[:shown]
+        )
+        raise UserError(
+            f"the caption file puts {len(overlapping)} image(s) in more than one "
+            f"split: {examples}; each image must belong to one split"
+        )
 
 
 def split_lists(frame: pd.DataFrame) -> dict[str, list[str]]:
     """The image names of each split, in table order (what a run saves)."""
-    return {name: list(dict.fromkeys(frame.loc[frame["split"] == name, "image"]))
-            for name in SPLITS}
+    return {
+        name: list(dict.fromkeys(frame.loc[frame["split"] == name, "image"])) for name in SPLITS
+    }
 
 
-def apply_saved_splits(frame: pd.DataFrame, saved: dict[str, list[str]],
-                       shown: int = 3) -> tuple[pd.DataFrame, list[str]]:
+def apply_saved_splits(
+    frame: pd.DataFrame, saved: dict[str, list[str]], shown: int = 3
+) -> tuple[pd.DataFrame, list[str]]:
     """Give each caption its image's saved split, in the saved image order.
 
     Images the run never saw are dropped. Returns (frame, notes about what differs).
@@ -78,13 +85,19 @@ def apply_saved_splits(frame: pd.DataFrame, saved: dict[str, list[str]],
     split_of = {image: name for name in SPLITS for image in saved.get(name, [])}
     position = {image: i for name in SPLITS for i, image in enumerate(saved.get(name, []))}
     file_split = frame.drop_duplicates("image").set_index("image")["split"]
-    crossed = [image for image, split in file_split.items()
-               if isinstance(split, str) and image in split_of
-               and (split == "train") != (split_of[image] == "train")]
+    crossed = [
+        image
+        for image, split in file_split.items()
+        if isinstance(split, str)
+        and image in split_of
+        and (split == "train") != (split_of[image] == "train")
+    ]
     if crossed:
-        raise UserError(f"the caption file now puts {len(crossed)} image(s) on the other side "
-                        f"of the run's train / held-out line (e.g. {', '.join(crossed[:shown])}):"
-                        " scores would be computed on training images")
+        raise UserError(
+            f"the caption file now puts {len(crossed)} image(s) on the other side "
+            f"of the run's train / held-out line (e.g. {', '.join(crossed[:shown])}):"
+            " scores would be computed on training images"
+        )
     known = frame["image"].isin(split_of)
     notes = []
     new_images = frame.loc[~known, "image"].nunique()

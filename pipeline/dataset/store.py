@@ -17,8 +17,10 @@ from pipeline import contract
 from pipeline.errors import UserError
 
 _NON_FINITE = "non-finite feature values"
-_EXPONENT_BITS = {np.dtype(np.float16): (np.uint16, 0x7C00),
-                  np.dtype(np.float32): (np.uint32, 0x7F800000)}
+_EXPONENT_BITS = {
+    np.dtype(np.float16): (np.uint16, 0x7C00),
+    np.dtype(np.float32): (np.uint32, 0x7F800000),
+}
 _CHECK_ROWS = 256  # rows per np.isfinite pass over an in-memory cache (bounded temp memory)
 
 
@@ -28,7 +30,7 @@ class NonFiniteFeatures(UserError):
     def __init__(self, message: str):
         # A DataLoader worker's error is re-raised in the main process with the worker's
         # traceback prepended to the message: keep only our own line.
-        super().__init__(message[message.rfind(_NON_FINITE):].strip())
+        super().__init__(message[message.rfind(_NON_FINITE) :].strip())
 
 
 def check_finite(grids: np.ndarray, rows: np.ndarray, path: str) -> None:
@@ -45,8 +47,10 @@ def check_finite(grids: np.ndarray, rows: np.ndarray, path: str) -> None:
         finite = exponent != mask
     if not finite.all():
         row = int(rows[int(np.argmin(finite))])
-        raise NonFiniteFeatures(f"{_NON_FINITE} (nan or inf) in {path}, row {row}: the file is "
-                                "damaged; extract it again")
+        raise NonFiniteFeatures(
+            f"{_NON_FINITE} (nan or inf) in {path}, row {row}: the file is "
+            "damaged; extract it again"
+        )
 
 
 class FeatureStore:
@@ -65,7 +69,7 @@ class FeatureStore:
         if self._array is not None:
             for start in range(0, len(self._array), _CHECK_ROWS):
                 rows = np.arange(start, min(start + _CHECK_ROWS, len(self._array)))
-                check_finite(self._array[start:start + _CHECK_ROWS], rows, self.path)
+                check_finite(self._array[start : start + _CHECK_ROWS], rows, self.path)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -90,7 +94,7 @@ class FeatureStore:
         out = np.empty((len(rows), contract.REGIONS, contract.CHANNELS), dtype=self.dtype)
         for i in np.argsort(rows, kind="stable"):
             row = int(rows[i])
-            dataset.read_direct(out, np.s_[row:row + 1], np.s_[i:i + 1])
+            dataset.read_direct(out, np.s_[row : row + 1], np.s_[i : i + 1])
         check_finite(out, rows, self.path)
         return out
 

@@ -50,17 +50,22 @@ def save_checkpoint(payload: dict, path: str | Path) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UserError(f"could not save {path} ({reason.splitlines()[0]}): is the disk full? "
-                        f"The previous {path.name} is unchanged; free some space and resume "
-                        f"with `captioner train --resume {path.parent}`") from None
+        raise UserError(
+            f"could not save {path} ({reason.splitlines()[0]}): is the disk full? "
+            f"The previous {path.name} is unchanged; free some space and resume "
+            f"with `captioner train --resume {path.parent}`"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def check_finite_weights(state_dict: dict, path: Path) -> None:
     """Refuse to write weights holding nan or inf."""
-    bad = [name for name, tensor in state_dict.items()
-           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    bad = [
+        name
+        for name, tensor in state_dict.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
     if bad:
         raise UserError(f"not saving {path}: non-finite weights in {', '.join(bad[:3])}")
 
@@ -74,9 +79,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UserError(f"refusing to load {path}: it holds pickled Python objects, which "
-                        f"could run code (weights_only load failed: {str(exc).splitlines()[0]})"
-                        ) from None
+        raise UserError(
+            f"refusing to load {path}: it holds pickled Python objects, which "
+            f"could run code (weights_only load failed: {str(exc).splitlines()[0]})"
+        ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise UserError(f"{path} is not a readable checkpoint ({exc})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -104,7 +110,7 @@ class LoadedModel:
     model: torch.nn.Module
     vocab: Vocabulary
     config: Config
-    features: dict         # the feature file's fingerprint at training time
+    features: dict  # the feature file's fingerprint at training time
     epoch: int
     path: Path
     splits: dict | None = None  # the run's frozen image lists (None in older checkpoints)
@@ -125,8 +131,15 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     model = build_decoder(config.model, vocab)
     load_weights(model, payload["model"], path)
     model.to(device).eval()
-    return LoadedModel(model, vocab, config, payload["features"],
-                       int(payload["state"]["epoch"]), path, payload.get("splits"))
+    return LoadedModel(
+        model,
+        vocab,
+        config,
+        payload["features"],
+        int(payload["state"]["epoch"]),
+        path,
+        payload.get("splits"),
+    )
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict, path: Path, hint: str = "") -> None:
@@ -140,5 +153,7 @@ def load_weights(model: torch.nn.Module, state_dict: dict, path: Path, hint: str
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
         detail = lines[0] if lines else str(exc).splitlines()[0]
-        raise UserError(f"the weights in {path} do not fit the model built from its config and "
-                        f"vocabulary ({detail}){hint}") from None
+        raise UserError(
+            f"the weights in {path} do not fit the model built from its config and "
+            f"vocabulary ({detail}){hint}"
+        ) from None

@@ -56,8 +56,10 @@ class CiderD:
 
     def encode(self, text: str) -> np.ndarray:
         """A caption string -> its evaluation-token ids (new tokens get new ids), (L,) int64."""
-        ids = [self.token_ids.setdefault(t, len(self.token_ids) + 1)
-               for t in simple_tokenize(text).split()]
+        ids = [
+            self.token_ids.setdefault(t, len(self.token_ids) + 1)
+            for t in simple_tokenize(text).split()
+        ]
         if len(self.token_ids) >= BASE:
             raise ValueError(f"more than {BASE - 1} distinct tokens")
         return np.asarray(ids, dtype=np.int64)
@@ -69,11 +71,13 @@ class CiderD:
         evaluation makes of `vocab.decode`'s output (e.g. "dog's" -> "dog", "'s").
         """
         specials = (vocab.pad, vocab.sos, vocab.eos)
-        rows = [self.encode("") if i in specials else self.encode(word)
-                for i, word in enumerate(vocab.itos)]
+        rows = [
+            self.encode("") if i in specials else self.encode(word)
+            for i, word in enumerate(vocab.itos)
+        ]
         table = np.zeros((len(rows), max(1, max(len(r) for r in rows))), dtype=np.int64)
         for i, row in enumerate(rows):
-            table[i, :len(row)] = row
+            table[i, : len(row)] = row
         return table
 
     def scores(self, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -101,7 +105,7 @@ class CiderD:
             norm = hyp_norm[:, None] * self.ref_norm[images, :, n]  # (C, R)
             similarity += np.divide(dot, norm, out=dot.copy(), where=norm != 0)
         delta = _bigram_length(lengths)[:, None] - self.ref_length[images]  # (C, R)
-        penalty = np.exp(-(delta.astype(np.float64) ** 2) / (2 * self.sigma ** 2))
+        penalty = np.exp(-(delta.astype(np.float64) ** 2) / (2 * self.sigma**2))
         per_ref = similarity * penalty * self.ref_mask[images]  # (C, R)
         return per_ref.sum(axis=1) / NGRAMS / self.ref_count[images] * 10.0
 
@@ -111,11 +115,18 @@ class CiderD:
         width = max([1, *(len(e) for e in encoded)])
         tokens = np.zeros((len(encoded), width), dtype=np.int64)
         for i, ids in enumerate(encoded):
-            tokens[i, :len(ids)] = ids
+            tokens[i, : len(ids)] = ids
         return self.scores(np.asarray(images), tokens)
 
-    def _clipped_dot(self, images: np.ndarray, rows: np.ndarray, ngram: np.ndarray,
-                     tf: np.ndarray, weight: np.ndarray, n: int) -> np.ndarray:
+    def _clipped_dot(
+        self,
+        images: np.ndarray,
+        rows: np.ndarray,
+        ngram: np.ndarray,
+        tf: np.ndarray,
+        weight: np.ndarray,
+        n: int,
+    ) -> np.ndarray:
         """(C, R): sum over shared n-grams of min(h, r) * r, h = tf * w, r = tf_ref * w."""
         level = self.levels[n]
         dot = np.zeros((len(images), self.max_refs))
@@ -146,10 +157,11 @@ class CiderD:
             level = _Level(np.unique(keys[valid]))
             prefix = _ngram_ids(level, keys, valid)
             ref_rows, ngram, tf = _count_pairs(flat.row[valid], prefix[valid], num_refs)
-            level.finish(ref_image[ref_rows], ngram, tf, slot[ref_rows], self.max_refs,
-                         self.log_images)
+            level.finish(
+                ref_image[ref_rows], ngram, tf, slot[ref_rows], self.max_refs, self.log_images
+            )
             weighted = tf * level.weights(ngram)
-            ref_norm[:, n] = np.sqrt(np.bincount(ref_rows, weighted ** 2, minlength=num_refs))
+            ref_norm[:, n] = np.sqrt(np.bincount(ref_rows, weighted**2, minlength=num_refs))
             self.levels.append(level)
         padded = np.zeros((self.num_images, self.max_refs), dtype=bool)
         padded[ref_image, slot] = True
@@ -179,8 +191,15 @@ class _Level:
         at = np.minimum(np.searchsorted(self.keys, keys), self.size - 1)
         return np.where(self.keys[at] == keys, at, -1)
 
-    def finish(self, image: np.ndarray, ngram: np.ndarray, tf: np.ndarray, slot: np.ndarray,
-               max_refs: int, log_images: float) -> None:
+    def finish(
+        self,
+        image: np.ndarray,
+        ngram: np.ndarray,
+        tf: np.ndarray,
+        slot: np.ndarray,
+        max_refs: int,
+        log_images: float,
+    ) -> None:
         """From distinct (reference, n-gram) rows (image, id, tf, slot of the reference in its
         image): df, the idf weights, and the (image, n-gram) x reference count table."""
         pair_keys, pair_of = np.unique(image * self.size + ngram, return_inverse=True)
@@ -238,8 +257,9 @@ def _ngram_ids(level: _Level, keys: np.ndarray, valid: np.ndarray) -> np.ndarray
     return ids
 
 
-def _count_pairs(rows: np.ndarray, ngram: np.ndarray,
-                 count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _count_pairs(
+    rows: np.ndarray, ngram: np.ndarray, count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct (row, n-gram) pairs with their counts: rows (m,), n-gram ids (m,), tf (m,)."""
     width = int(ngram.max()) + 1 if len(ngram) else 1
     pairs, tf = np.unique(rows * width + ngram, return_counts=True)

@@ -32,9 +32,14 @@ class Decoded:
     finished: bool  # False when max_len was hit without <eos>
 
 
-def greedy_decode(model: CaptionDecoderProtocol, features: Tensor, sos: int, eos: int,
-                  max_len: int,
-                  suppress: Sequence[int] = ()) -> list[Decoded]:
+def greedy_decode(
+    model: CaptionDecoderProtocol,
+    features: Tensor,
+    sos: int,
+    eos: int,
+    max_len: int,
+    suppress: Sequence[int] = (),
+) -> list[Decoded]:
     """Most likely next word at every step, batched; rows leave the batch once they end.
 
     features (B, R, D) -> one Decoded per image. `suppress` ids get log-prob -inf.
@@ -62,8 +67,9 @@ def greedy_decode(model: CaptionDecoderProtocol, features: Tensor, sos: int, eos
             if ended_rows:
                 keep = [i for i, end in enumerate(ended) if not end]
                 index = torch.tensor(keep, dtype=torch.long, device=device)  # (n',)
-                words, scores, tokens, alphas = (x.index_select(0, index)
-                                                 for x in (words, scores, tokens, alphas))
+                words, scores, tokens, alphas = (
+                    x.index_select(0, index) for x in (words, scores, tokens, alphas)
+                )
                 state = tuple(s.index_select(0, index) for s in state)
                 encoded = encoded.index_select(index)
                 images = [images[i] for i in keep]
@@ -73,8 +79,16 @@ def greedy_decode(model: CaptionDecoderProtocol, features: Tensor, sos: int, eos
         return results
 
 
-def beam_search(model: CaptionDecoderProtocol, features: Tensor, sos: int, eos: int, beam_size: int, max_len: int,
-                length_penalty: float = 0.0, suppress: Sequence[int] = ()) -> list[Decoded]:
+def beam_search(
+    model: CaptionDecoderProtocol,
+    features: Tensor,
+    sos: int,
+    eos: int,
+    beam_size: int,
+    max_len: int,
+    length_penalty: float = 0.0,
+    suppress: Sequence[int] = (),
+) -> list[Decoded]:
     """Beam search batched over images x beams; returns the best caption of each image.
 
     features (B, R, D). The B*k hypotheses advance together; each step keeps, per image, the
@@ -124,13 +138,15 @@ class _Live:
         k = self.scores.shape[1]
         index = torch.tensor(rows, dtype=torch.long, device=self.scores.device)  # (n',)
         flat = (index.unsqueeze(1) * k + torch.arange(k, device=index.device)).reshape(-1)
-        return _Live(images=[self.images[i] for i in rows],
-                     scores=self.scores.index_select(0, index),
-                     tokens=self.tokens.index_select(0, index),
-                     alphas=self.alphas.index_select(0, index),
-                     words=self.words.index_select(0, flat),
-                     state=tuple(s.index_select(0, flat) for s in self.state),
-                     encoded=self.encoded.index_select(flat))
+        return _Live(
+            images=[self.images[i] for i in rows],
+            scores=self.scores.index_select(0, index),
+            tokens=self.tokens.index_select(0, index),
+            alphas=self.alphas.index_select(0, index),
+            words=self.words.index_select(0, flat),
+            state=tuple(s.index_select(0, flat) for s in self.state),
+            encoded=self.encoded.index_select(flat),
+        )
 
 
 def _start(model: CaptionDecoderProtocol, features: Tensor, sos: int, k: int) -> _Live:
@@ -140,11 +156,15 @@ def _start(model: CaptionDecoderProtocol, features: Tensor, sos: int, k: int) ->
     encoded = encoded.index_select(torch.arange(batch, device=device).repeat_interleave(k))
     scores = torch.full((batch, k), -math.inf, device=device)  # (B, k)
     scores[:, 0] = 0.0
-    return _Live(images=list(range(batch)), scores=scores,
-                 tokens=torch.zeros((batch, k, 0), dtype=torch.long, device=device),
-                 alphas=torch.zeros((batch, k, 0, regions), device=device),
-                 words=torch.full((batch * k,), sos, dtype=torch.long, device=device),
-                 state=model.init_state(encoded), encoded=encoded)
+    return _Live(
+        images=list(range(batch)),
+        scores=scores,
+        tokens=torch.zeros((batch, k, 0), dtype=torch.long, device=device),
+        alphas=torch.zeros((batch, k, 0, regions), device=device),
+        words=torch.full((batch * k,), sos, dtype=torch.long, device=device),
+        state=model.init_state(encoded),
+        encoded=encoded,
+    )
 
 
 def _candidates(scores: Tensor, log_probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -160,8 +180,9 @@ def _candidates(scores: Tensor, log_probs: Tensor) -> tuple[Tensor, Tensor, Tens
     return top_scores, beams, top_ids - beams * vocab
 
 
-def _collect_finished(finished: list[list[Decoded]], live: _Live,
-                      top: tuple[Tensor, Tensor, Tensor], eos: int) -> None:
+def _collect_finished(
+    finished: list[list[Decoded]], live: _Live, top: tuple[Tensor, Tensor, Tensor], eos: int
+) -> None:
     """Move the <eos> extensions ranked in the top k of an image to its finished list."""
     top_scores, beams, words = top
     k = live.scores.shape[1]
@@ -177,8 +198,9 @@ def _collect_finished(finished: list[list[Decoded]], live: _Live,
         finished[live.images[row]].append(Decoded(tokens[j], scores[j], alphas[j], True))
 
 
-def _advance(live: _Live, top: tuple[Tensor, Tensor, Tensor], alpha: Tensor,
-             state: State, eos: int) -> _Live:
+def _advance(
+    live: _Live, top: tuple[Tensor, Tensor, Tensor], alpha: Tensor, state: State, eos: int
+) -> _Live:
     """Keep, per image, the k best extensions that do not end in <eos>."""
     top_scores, beams, words = top  # (n, 2k) each
     n, k = live.scores.shape
@@ -190,16 +212,20 @@ def _advance(live: _Live, top: tuple[Tensor, Tensor, Tensor], alpha: Tensor,
     tokens = live.tokens.reshape(n * k, steps).index_select(0, parents)  # (n*k, t)
     alphas = live.alphas.reshape(n * k, steps, regions).index_select(0, parents)  # (n*k, t, R)
     new_alpha = alpha.float().index_select(0, parents).unsqueeze(1)  # (n*k, 1, R)
-    return _Live(images=live.images, scores=top_scores.gather(1, pick),
-                 tokens=torch.cat([tokens, words.reshape(-1, 1)], dim=1).reshape(n, k, steps + 1),
-                 alphas=torch.cat([alphas, new_alpha], dim=1).reshape(n, k, steps + 1, regions),
-                 words=words.reshape(-1),
-                 state=tuple(s.index_select(0, parents) for s in state),
-                 encoded=live.encoded)
+    return _Live(
+        images=live.images,
+        scores=top_scores.gather(1, pick),
+        tokens=torch.cat([tokens, words.reshape(-1, 1)], dim=1).reshape(n, k, steps + 1),
+        alphas=torch.cat([alphas, new_alpha], dim=1).reshape(n, k, steps + 1, regions),
+        words=words.reshape(-1),
+        state=tuple(s.index_select(0, parents) for s in state),
+        encoded=live.encoded,
+    )
 
 
-def _done_images(finished: list[list[Decoded]], live: _Live, length: int, max_len: int,
-                 length_penalty: float) -> list[bool]:
+def _done_images(
+    finished: list[list[Decoded]], live: _Live, length: int, max_len: int, length_penalty: float
+) -> list[bool]:
     """Per live image: k finished, no live beam can still beat the best finished, or max_len."""
     if length >= max_len:
         return [True] * len(live.images)
@@ -225,15 +251,21 @@ def _best_reachable(score: float, shortest: int, longest: int, length_penalty: f
     is monotone in len, so the bound is at one end of the range."""
     if shortest > longest:
         return -math.inf
-    return max(score / _penalty(shortest, length_penalty), score / _penalty(longest, length_penalty))
+    return max(
+        score / _penalty(shortest, length_penalty), score / _penalty(longest, length_penalty)
+    )
 
 
 def _best(hypotheses: list[Decoded], live: _Live, row: int, length_penalty: float) -> Decoded:
     """Best finished hypothesis by normalised score, else the best live beam (unfinished)."""
     if hypotheses:
         return max(hypotheses, key=lambda h: _normalised(h, length_penalty))
-    return Decoded(live.tokens[row, 0].tolist(), float(live.scores[row, 0]),
-                   live.alphas[row, 0].cpu().numpy(), finished=False)
+    return Decoded(
+        live.tokens[row, 0].tolist(),
+        float(live.scores[row, 0]),
+        live.alphas[row, 0].cpu().numpy(),
+        finished=False,
+    )
 
 
 def _normalised(hypothesis: Decoded, length_penalty: float) -> float:
@@ -253,8 +285,15 @@ def _log_probs(logits: Tensor, suppress: Sequence[int]) -> Tensor:
     return log_probs
 
 
-def _emit(results: list[Decoded | None], images: list[int], rows: list[int], tokens: Tensor,
-          scores: Tensor, alphas: Tensor, finished: bool) -> None:
+def _emit(
+    results: list[Decoded | None],
+    images: list[int],
+    rows: list[int],
+    tokens: Tensor,
+    scores: Tensor,
+    alphas: Tensor,
+    finished: bool,
+) -> None:
     """Store rows of a greedy batch (tokens (n, t), scores (n,), alphas (n, t, R)) as results."""
     if not rows:
         return

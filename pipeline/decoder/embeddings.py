@@ -58,8 +58,9 @@ def _is_header(line: str, path: Path, dim: int) -> bool:
 
 def _check_dimension(found: int, path: Path, dim: int) -> None:
     if found != dim:
-        raise UserError(f"word vectors in {path} have dimension {found}, "
-                        f"but model.embed_dim is {dim}")
+        raise UserError(
+            f"word vectors in {path} have dimension {found}, but model.embed_dim is {dim}"
+        )
 
 
 def _split_vector_line(line: str, path: Path, number: int, dim: int) -> tuple[str, list[str]]:

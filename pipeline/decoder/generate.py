@@ -36,16 +36,26 @@ def beam_row_bytes(features: torch.Tensor, vocab_size: int, max_steps: int) -> i
     return FLOAT_BYTES * (regions * dim + 3 * vocab_size + max_steps * regions)
 
 
-def images_per_chunk(features: torch.Tensor, beam_size: int, vocab_size: int, max_steps: int,
-                     memory_bytes: int = BEAM_MEMORY_BYTES) -> int:
+def images_per_chunk(
+    features: torch.Tensor,
+    beam_size: int,
+    vocab_size: int,
+    max_steps: int,
+    memory_bytes: int = BEAM_MEMORY_BYTES,
+) -> int:
     """How many images' k beam rows fit `memory_bytes` (at least one)."""
     per_image = beam_size * beam_row_bytes(features, vocab_size, max_steps)
     return max(1, memory_bytes // per_image)
 
 
-def decode_features(model: torch.nn.Module, features: torch.Tensor, vocab: Vocabulary,
-                    decoding: EvalConfig, beam_size: int,
-                    memory_bytes: int = BEAM_MEMORY_BYTES) -> list[Decoded]:
+def decode_features(
+    model: torch.nn.Module,
+    features: torch.Tensor,
+    vocab: Vocabulary,
+    decoding: EvalConfig,
+    beam_size: int,
+    memory_bytes: int = BEAM_MEMORY_BYTES,
+) -> list[Decoded]:
     """Decode a batch of grids (B, 49, 2048): greedy for beam 1, else batched beam search.
 
     `decoding.max_len` counts words; the decoders count steps, <eos> included. The beam is
@@ -60,21 +70,36 @@ def decode_features(model: torch.nn.Module, features: torch.Tensor, vocab: Vocab
         chunk = images_per_chunk(features, k, len(vocab), steps, memory_bytes)
         results: list[Decoded] = []
         for start in range(0, features.shape[0], chunk):
-            results.extend(beam_search(model, features[start:start + chunk], vocab.sos,
-                                       vocab.eos, k, steps,
-                                       length_penalty=decoding.length_penalty,
-                                       suppress=suppress))  # (chunk, 49, 2048) in
+            results.extend(
+                beam_search(
+                    model,
+                    features[start : start + chunk],
+                    vocab.sos,
+                    vocab.eos,
+                    k,
+                    steps,
+                    length_penalty=decoding.length_penalty,
+                    suppress=suppress,
+                )
+            )  # (chunk, 49, 2048) in
         return results
 
 
-def decode_rows(model: torch.nn.Module, store, rows: np.ndarray, vocab: Vocabulary,
-                decoding: EvalConfig, beam_size: int, device: torch.device) -> list[Decoded]:
+def decode_rows(
+    model: torch.nn.Module,
+    store,
+    rows: np.ndarray,
+    vocab: Vocabulary,
+    decoding: EvalConfig,
+    beam_size: int,
+    device: torch.device,
+) -> list[Decoded]:
     """Decode the cached images at feature `rows`, `decoding.batch_size` images at a time."""
     was_training = model.training
     model.eval()
     results: list[Decoded] = []
     for start in range(0, len(rows), decoding.batch_size):
-        grids = store.read(rows[start:start + decoding.batch_size])
+        grids = store.read(rows[start : start + decoding.batch_size])
         features = torch.from_numpy(grids).to(device)  # (b, 49, 2048)
         results.extend(decode_features(model, features, vocab, decoding, beam_size))
     model.train(was_training)

@@ -17,10 +17,15 @@ def target_mask(lengths: Tensor, width: int) -> Tensor:
     return steps.unsqueeze(0) < (lengths - 1).unsqueeze(1)  # (B, width)
 
 
-def caption_loss(logits: Tensor, captions: Tensor, alphas: Tensor, lengths: Tensor,
-                 doubly_stochastic: float = 0.0,
-                 label_smoothing: float = 0.0,
-                 attention_penalty: str = "mean") -> tuple[Tensor, Tensor]:
+def caption_loss(
+    logits: Tensor,
+    captions: Tensor,
+    alphas: Tensor,
+    lengths: Tensor,
+    doubly_stochastic: float = 0.0,
+    label_smoothing: float = 0.0,
+    attention_penalty: str = "mean",
+) -> tuple[Tensor, Tensor]:
     """Cross-entropy over real tokens plus the doubly stochastic attention penalty.
 
     logits (N, V) packed (see `target_mask`); captions (B, T); alphas (B, T-1, R) zero at

@@ -54,8 +54,14 @@ class Attention(nn.Module):
     only W_h·h is computed at each step.
     """
 
-    def __init__(self, kind: str, feature_dim: int, hidden_dim: int, attention_dim: int,
-                 activation: str = "tanh"):
+    def __init__(
+        self,
+        kind: str,
+        feature_dim: int,
+        hidden_dim: int,
+        attention_dim: int,
+        activation: str = "tanh",
+    ):
         super().__init__()
         if kind not in ("linear", "additive"):
             raise ValueError(f"unknown attention {kind!r}; expected 'linear' or 'additive'")
@@ -87,8 +93,14 @@ class Attention(nn.Module):
 class CaptionDecoder(nn.Module):
     """Attention LSTM decoder: embedding + context -> LSTMCell -> dropout -> vocabulary logits."""
 
-    def __init__(self, vocab_size: int, config: ModelConfig, feature_dim: int = 2048,
-                 pad_index: int = 0, pretrained_embeddings: Tensor | None = None):
+    def __init__(
+        self,
+        vocab_size: int,
+        config: ModelConfig,
+        feature_dim: int = 2048,
+        pad_index: int = 0,
+        pretrained_embeddings: Tensor | None = None,
+    ):
         """`pretrained_embeddings` (V, E) rows aligned to the vocabulary (see `load_word_vectors`);
         `config.freeze_embeddings` freezes the embedding whatever its initialisation (so a model
         rebuilt from a checkpoint without the vectors file stays frozen)."""
@@ -104,10 +116,12 @@ class CaptionDecoder(nn.Module):
         # No affine part: every consumer of the grid is linear (W_f, init_h/c, the LSTM input)
         # and absorbs a scale and shift, and without parameters the (B, 49, 2048) grid needs
         # no gradient (that gradient was ~40% of a CPU epoch).
-        self.feature_norm = (nn.LayerNorm(feature_dim, elementwise_affine=False)
-                             if config.feature_norm else None)
-        self.attention = Attention(config.attention, feature_dim, hidden, config.attention_dim,
-                                   config.attention_activation)
+        self.feature_norm = (
+            nn.LayerNorm(feature_dim, elementwise_affine=False) if config.feature_norm else None
+        )
+        self.attention = Attention(
+            config.attention, feature_dim, hidden, config.attention_dim, config.attention_activation
+        )
         self.gate = nn.Linear(hidden, feature_dim) if config.gate else None  # W_β
         self.init_h = nn.Linear(feature_dim, hidden)
         self.init_c = nn.Linear(feature_dim, hidden)
@@ -129,8 +143,10 @@ class CaptionDecoder(nn.Module):
             elif pretrained is None:
                 nn.init.xavier_uniform_(weight)
             elif tuple(pretrained.shape) != tuple(weight.shape):
-                raise ValueError(f"pretrained embeddings have shape {tuple(pretrained.shape)}, "
-                                 f"expected {tuple(weight.shape)} (vocab_size, embed_dim)")
+                raise ValueError(
+                    f"pretrained embeddings have shape {tuple(pretrained.shape)}, "
+                    f"expected {tuple(weight.shape)} (vocab_size, embed_dim)"
+                )
             else:
                 weight.copy_(pretrained)
             weight[self.pad_index].zero_()
@@ -168,20 +184,21 @@ class CaptionDecoder(nn.Module):
         The LSTM input is [embedding; context], so W_ih splits into an embedding part and a
         context part; teacher forcing computes this part for every step in one matmul.
         """
-        weight = self.lstm.weight_ih[:, :self.embedding.embedding_dim]  # (4H, E)
+        weight = self.lstm.weight_ih[:, : self.embedding.embedding_dim]  # (4H, E)
         return F.linear(embedded, weight, self.lstm.bias_ih + self.lstm.bias_hh)
 
     def _cell(self, word_gates: Tensor, context: Tensor, state: State) -> State:
         """nn.LSTMCell's update (gate order i, f, g, o) with the word share precomputed."""
         h, c = state
-        weight = self.lstm.weight_ih[:, self.embedding.embedding_dim:]  # (4H, D)
+        weight = self.lstm.weight_ih[:, self.embedding.embedding_dim :]  # (4H, D)
         gates = word_gates + F.linear(context, weight) + F.linear(h, self.lstm.weight_hh)
         i, f, g, o = gates.chunk(4, dim=1)  # (B, H) each
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
 
-    def forward(self, features: Tensor, image_index: Tensor, captions: Tensor,
-                lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, features: Tensor, image_index: Tensor, captions: Tensor, lengths: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Teacher forcing; only the recurrence runs step by step.
 
         features (n_img, 49, D); image_index (B,) long row of `features` for each caption;
@@ -197,9 +214,13 @@ class CaptionDecoder(nn.Module):
             raise ValueError(f"lengths exceed the caption width {width}")
         steps_sorted, order = steps_per_row.sort(descending=True, stable=True)  # (B,), (B,)
         active = _active_counts(steps_sorted, width - 1)  # rows alive at each step
-        encoded = self.encode(features).index_select(image_index.to(order.device)[order])  # (B, R, *)
+        encoded = self.encode(features).index_select(
+            image_index.to(order.device)[order]
+        )  # (B, R, *)
         inputs = captions.index_select(0, order)[:, :-1]  # (B, T-1) sorted
-        word_gates = self._word_gates(self.embedding(inputs)).transpose(0, 1).unbind(0)  # T-1 x (B, 4H)
+        word_gates = (
+            self._word_gates(self.embedding(inputs)).transpose(0, 1).unbind(0)
+        )  # T-1 x (B, 4H)
         h, c = self.init_state(encoded)  # (B, H) each
         hiddens, alphas = [], []
         for t, n in enumerate(active):

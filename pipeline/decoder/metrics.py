@@ -151,8 +151,7 @@ def score_captions(
             scores["CIDEr"] = float(corpus)
             per_image = dict(zip(gts, (float(value) for value in each), strict=True))
     ordered = {name: scores[name] for name in METRIC_NAMES if name in metrics}
-    return MetricReport(scores=ordered, notes=notes, tokenizer=tokenizer,
-                        per_image_cider=per_image)
+    return MetricReport(scores=ordered, notes=notes, tokenizer=tokenizer, per_image_cider=per_image)
 
 
 def format_scores(scores: dict[str, float | None]) -> str:

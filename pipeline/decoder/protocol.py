@@ -41,13 +41,15 @@ class CaptionDecoderProtocol(Protocol):
         """The state before the first word (`<sos>` is fed at step 0)."""
         ...
 
-    def step(self, words: Tensor, state: State,
-             encoded: EncodedBatch) -> tuple[Tensor, Tensor, State]:
+    def step(
+        self, words: Tensor, state: State, encoded: EncodedBatch
+    ) -> tuple[Tensor, Tensor, State]:
         """words (B,) long -> logits (B, V), alpha (B, R) attention over regions, next state."""
         ...
 
-    def forward(self, features: Tensor, image_index: Tensor, captions: Tensor,
-                lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, features: Tensor, image_index: Tensor, captions: Tensor, lengths: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Teacher forcing: features (n_img, R, D), image_index (B,), captions (B, T) long,
         lengths (B,) -> logits (B, T-1, V), alphas (B, T-1, R) (zero at padded steps)."""
         ...

@@ -28,9 +28,17 @@ class Samples:
     log_probs: Tensor  # (B*K,) float32: sum of the log-probs of those tokens (differentiable)
 
 
-def sample_captions(model: CaptionDecoderProtocol, features: Tensor, sos: int, eos: int,
-                    pad: int, samples: int, max_len: int, suppress: Sequence[int] = (),
-                    generator: torch.Generator | None = None) -> Samples:
+def sample_captions(
+    model: CaptionDecoderProtocol,
+    features: Tensor,
+    sos: int,
+    eos: int,
+    pad: int,
+    samples: int,
+    max_len: int,
+    suppress: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+) -> Samples:
     """Draw `samples` captions per image from the model's distribution.
 
     features (B, R, D). Each row feeds `<sos>`, then at every step draws a word from
@@ -44,7 +52,8 @@ def sample_captions(model: CaptionDecoderProtocol, features: Tensor, sos: int, e
     rows = features.shape[0] * samples
     encoded = model.encode(features)  # (B, R, D)
     encoded = encoded.index_select(
-        torch.arange(features.shape[0], device=device).repeat_interleave(samples))  # (B*K, ...)
+        torch.arange(features.shape[0], device=device).repeat_interleave(samples)
+    )  # (B*K, ...)
     state = model.init_state(encoded)
     active = torch.arange(rows, device=device)  # (n,) rows still sampling
     words = torch.full((rows,), sos, dtype=torch.long, device=device)  # (n,)

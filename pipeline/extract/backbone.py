@@ -27,8 +27,10 @@ from pipeline.errors import UserError
 
 IMAGENET_TAG = "imagenet:IMAGENET1K_V2"
 NONE_SEED = 0
-_OTHER_OPTIONS = ("use --weights none (random features, for trying the pipeline) or "
-                  "--weights PATH (a local torchvision resnet50 state_dict file)")
+_OTHER_OPTIONS = (
+    "use --weights none (random features, for trying the pipeline) or "
+    "--weights PATH (a local torchvision resnet50 state_dict file)"
+)
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,10 @@ class WeightsSource:
     def warning(self) -> str:
         """A line to show the user before extracting with these weights ("" if none)."""
         if self.tag.startswith("none:"):
-            return ("--weights none: a randomly initialised ResNet50 (seeded); the features "
-                    "carry no visual meaning and captions trained on them will be poor")
+            return (
+                "--weights none: a randomly initialised ResNet50 (seeded); the features "
+                "carry no visual meaning and captions trained on them will be poor"
+            )
         return ""
 
 
@@ -55,8 +59,10 @@ def resolve_weights(spec: str) -> WeightsSource:
         return WeightsSource(f"none:seed={NONE_SEED}")
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise UserError(f"--weights must be imagenet, none or a state_dict file; "
-                        f"{spec!r} is none of these (file not found)")
+        raise UserError(
+            f"--weights must be imagenet, none or a state_dict file; "
+            f"{spec!r} is none of these (file not found)"
+        )
     return WeightsSource(f"file:sha256:{file_sha256(path)}", str(path.resolve()))
 
 
@@ -65,8 +71,16 @@ class GridEncoder(nn.Module):
 
     def __init__(self, resnet: torchvision.models.ResNet) -> None:
         super().__init__()
-        self.body = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
-                                  resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
+        self.body = nn.Sequential(
+            resnet.conv1,
+            resnet.bn1,
+            resnet.relu,
+            resnet.maxpool,
+            resnet.layer1,
+            resnet.layer2,
+            resnet.layer3,
+            resnet.layer4,
+        )
         self.pool = nn.AdaptiveAvgPool2d(GRID)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -86,16 +100,19 @@ def _imagenet_state_dict() -> dict:
     try:
         return ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:  # urllib, socket, SSL, hash and disk errors all end the same way
-        raise UserError(f"could not download the ImageNet ResNet50 weights ({exc}); "
-                        f"{_OTHER_OPTIONS}") from None
+        raise UserError(
+            f"could not download the ImageNet ResNet50 weights ({exc}); {_OTHER_OPTIONS}"
+        ) from None
 
 
 def _file_state_dict(path: str, expected_sha256: str | None = None) -> dict:
     if not Path(path).is_file():
         raise UserError(f"weights file not found: {path}")
     if expected_sha256 is not None and file_sha256(path) != expected_sha256:
-        raise UserError(f"weights file {path} is not the one the features were made with "
-                        f"(sha256 differs from {expected_sha256[:12]}...)")
+        raise UserError(
+            f"weights file {path} is not the one the features were made with "
+            f"(sha256 differs from {expected_sha256[:12]}...)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and format errors from an arbitrary file
@@ -114,8 +131,10 @@ def _load_resnet_weights(resnet: torchvision.models.ResNet, state: dict, where: 
         raise UserError(f"{where} does not fit torchvision's resnet50 ({str(exc)[:200]})") from None
     missing = [k for k in result.missing_keys if not k.startswith("fc.")]
     if missing or result.unexpected_keys:
-        raise UserError(f"{where} is not a torchvision resnet50 state_dict "
-                        f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+        raise UserError(
+            f"{where} is not a torchvision resnet50 state_dict "
+            f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
 
 
 def build_backbone(source: WeightsSource, device: torch.device | str) -> GridEncoder:
@@ -131,22 +150,26 @@ def build_backbone(source: WeightsSource, device: torch.device | str) -> GridEnc
         expected = tag.removeprefix("file:sha256:")
         _load_resnet_weights(resnet, _file_state_dict(source.path, expected), source.path)
     else:
-        raise UserError(f"unknown weights {tag!r} (expected imagenet:..., none:seed=N or "
-                        "file:sha256:...)")
+        raise UserError(
+            f"unknown weights {tag!r} (expected imagenet:..., none:seed=N or file:sha256:...)"
+        )
     model = GridEncoder(resnet).eval().requires_grad_(False)
     return model.to(device, memory_format=torch.channels_last)
 
 
-def build_backbone_from_attrs(attrs: dict, device: torch.device | str,
-                              weights_path: str | None = None) -> GridEncoder:
+def build_backbone_from_attrs(
+    attrs: dict, device: torch.device | str, weights_path: str | None = None
+) -> GridEncoder:
     """Rebuild the exact encoder a feature file was made with, from its attrs.
 
     `weights_path` replaces the recorded `weights_path` for file weights (e.g. moved); the
     file's sha256 must still match. UserError if the file's backbone is not ours.
     """
     if attrs.get("backbone") != BACKBONE or int(attrs.get("grid", 0)) != GRID:
-        raise UserError(f"features come from backbone {attrs.get('backbone')!r} grid "
-                        f"{attrs.get('grid')!r}; this code builds {BACKBONE} grid {GRID}")
+        raise UserError(
+            f"features come from backbone {attrs.get('backbone')!r} grid "
+            f"{attrs.get('grid')!r}; this code builds {BACKBONE} grid {GRID}"
+        )
     tag = str(attrs.get("weights", ""))
     path = weights_path or str(attrs.get("weights_path", ""))
     return build_backbone(WeightsSource(tag, path), device)

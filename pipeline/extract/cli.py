@@ -31,26 +31,60 @@ def _echo(message: str) -> None:
 @click.option("--out", help="Output feature file (.h5). Default: features.path.")
 @click.option("--weights", help="imagenet | none | PATH to a resnet50 state_dict.")
 @click.option("--device", type=click.Choice(DEVICES), help="auto: cuda when available.")
-@click.option("--precision", type=click.Choice(PRECISIONS),
-              help="auto: bf16 on CPU (when native), fp16 on CUDA.")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help="auto: bf16 on CPU (when native), fp16 on CUDA.",
+)
 @click.option("--dtype", type=click.Choice(FEATURE_DTYPES), help="Stored feature dtype.")
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--workers", type=click.IntRange(min=0), help="Decode worker processes.")
 @click.option("--format", "fmt", type=click.Choice(CAPTION_FORMATS), help="Caption file format.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing feature file.")
-@click.option("--strict", is_flag=True,
-              help="Exit 1 if any image failed or a caption image name was unsafe (file kept).")
-@click.option("--consolidate", is_flag=True,
-              help="Turn a sharded (torchrun) feature file into one self-contained file.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="TOML config ([data], [features]).")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override a config key (repeatable).")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 1 if any image failed or a caption image name was unsafe (file kept).",
+)
+@click.option(
+    "--consolidate",
+    is_flag=True,
+    help="Turn a sharded (torchrun) feature file into one self-contained file.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML config ([data], [features]).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a config key (repeatable).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def extract_command(ctx: click.Context, images, captions, out, weights, device, precision, dtype,
-                    batch_size, workers, fmt, overwrite, strict, consolidate, config_path,
-                    overrides, quiet) -> None:
+def extract_command(
+    ctx: click.Context,
+    images,
+    captions,
+    out,
+    weights,
+    device,
+    precision,
+    dtype,
+    batch_size,
+    workers,
+    fmt,
+    overwrite,
+    strict,
+    consolidate,
+    config_path,
+    overrides,
+    quiet,
+) -> None:
     """Run a frozen ResNet50 once over every image; write (N, 49, 2048) grids to HDF5.
 
     Rerunning the same command finishes an interrupted file; a complete one is left as is.
@@ -62,10 +96,23 @@ def extract_command(ctx: click.Context, images, captions, out, weights, device, 
     if consolidate:
         consolidate_file(Path(out or config.features.path), log=_echo)
         return
-    job = job_from_config(config, images=images, captions=captions, out=out, weights=weights,
-                          device=device, precision=precision, dtype=dtype,
-                          batch_size=batch_size, workers=workers, fmt=fmt, overwrite=overwrite,
-                          strict=strict, progress=not quiet, log=_echo)
+    job = job_from_config(
+        config,
+        images=images,
+        captions=captions,
+        out=out,
+        weights=weights,
+        device=device,
+        precision=precision,
+        dtype=dtype,
+        batch_size=batch_size,
+        workers=workers,
+        fmt=fmt,
+        overwrite=overwrite,
+        strict=strict,
+        progress=not quiet,
+        log=_echo,
+    )
     try:
         code = run_job(job, log=_echo)
     except KeyboardInterrupt:

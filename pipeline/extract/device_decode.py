@@ -80,9 +80,12 @@ def read_for_device(path: Path) -> tuple[torch.Tensor, bool]:
     if data[:2] == b"\xff\xd8":
         try:
             with Image.open(io.BytesIO(data)) as img:
-                plain = (img.format == "JPEG" and img.mode in _DEVICE_MODES
-                         and min(img.size) >= MIN_SIDE
-                         and img.getexif().get(_EXIF_ORIENTATION, 1) == 1)
+                plain = (
+                    img.format == "JPEG"
+                    and img.mode in _DEVICE_MODES
+                    and min(img.size) >= MIN_SIDE
+                    and img.getexif().get(_EXIF_ORIENTATION, 1) == 1
+                )
         except Exception:  # let the CPU path decide and word the failure
             plain = False
         if plain:
@@ -109,17 +112,22 @@ def collate_raw(items: list[RawItem], root: Path, names: list[str]) -> RawBatch:
     """DataLoader collate_fn for RawImageDataset (bind root and names with functools.partial)."""
     ok = [item for item in items if item.data is not None]
     return RawBatch(
-        [i.row for i in ok if not i.is_jpeg], [i.data for i in ok if not i.is_jpeg],
-        [i.row for i in ok if i.is_jpeg], [i.data for i in ok if i.is_jpeg],
+        [i.row for i in ok if not i.is_jpeg],
+        [i.data for i in ok if not i.is_jpeg],
+        [i.row for i in ok if i.is_jpeg],
+        [i.data for i in ok if i.is_jpeg],
         [(i.row, i.error) for i in items if i.data is None],
         {i.row: i.stamp for i in items},
-        {i.row: Path(root) / names[i.row] for i in ok if i.is_jpeg})
+        {i.row: Path(root) / names[i.row] for i in ok if i.is_jpeg},
+    )
 
 
 def decode_on_device(batch: RawBatch, device: torch.device) -> ImageBatch:
     """RawBatch -> ImageBatch with uint8 (K, 3, 224, 224) images on `device`, rows ascending."""
-    images = {row: image.to(device, non_blocking=True)
-              for row, image in zip(batch.decoded_rows, batch.decoded, strict=True)}
+    images = {
+        row: image.to(device, non_blocking=True)
+        for row, image in zip(batch.decoded_rows, batch.decoded, strict=True)
+    }
     failures = list(batch.failures)
     for row, image in zip(batch.jpeg_rows, _decode_jpegs(batch.jpegs, device), strict=True):
         if image is None:  # the device decoder refused it: the CPU path, per image
@@ -132,8 +140,11 @@ def decode_on_device(batch: RawBatch, device: torch.device) -> ImageBatch:
             image = resize_crop_tensor(image)  # (3, 224, 224) uint8 on device
         images[row] = image
     rows = sorted(images)
-    stacked = (torch.stack([images[row] for row in rows]) if rows
-               else torch.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, device=device))
+    stacked = (
+        torch.stack([images[row] for row in rows])
+        if rows
+        else torch.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, device=device)
+    )
     return ImageBatch(rows, stacked, sorted(failures), batch.stamps)
 
 

@@ -99,16 +99,18 @@ class FeatureEncoder:
     and `encode_paths` to get features made exactly like the file's.
     """
 
-    def __init__(self, model: GridEncoder, device: torch.device, precision: str,
-                 dtype: str) -> None:
+    def __init__(
+        self, model: GridEncoder, device: torch.device, precision: str, dtype: str
+    ) -> None:
         self.model = model
         self.device = device
         self.precision = precision
         self.dtype = dtype
 
     @classmethod
-    def from_attrs(cls, attrs: dict, device: torch.device | str,
-                   weights_path: str | None = None) -> FeatureEncoder:
+    def from_attrs(
+        cls, attrs: dict, device: torch.device | str, weights_path: str | None = None
+    ) -> FeatureEncoder:
         """The encoder a feature file was made with (same weights, policy, precision, dtype)."""
         check_policy(attrs)
         device = torch.device(device)
@@ -119,9 +121,13 @@ class FeatureEncoder:
         """uint8 (B, 3, 224, 224) -> (B, 49, 2048) numpy array in the storage dtype."""
         if images.shape[0] == 0:
             return np.zeros((0, contract.REGIONS, contract.CHANNELS), dtype=self.dtype)
-        with torch.inference_mode(), torch.autocast(
-            self.device.type, dtype=AUTOCAST_DTYPES.get(self.precision, torch.float32),
-            enabled=self.precision in AUTOCAST_DTYPES,
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                self.device.type,
+                dtype=AUTOCAST_DTYPES.get(self.precision, torch.float32),
+                enabled=self.precision in AUTOCAST_DTYPES,
+            ),
         ):
             x = normalize_batch(images, self.device)  # (B, 3, 224, 224) float32, channels_last
             grid = self.model(x)  # (B, 49, 2048) in the autocast dtype
@@ -136,18 +142,28 @@ class FeatureEncoder:
             except ImageError as exc:
                 errors[index] = str(exc)
         if not images:
-            return self.encode(torch.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)), errors
+            return self.encode(
+                torch.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+            ), errors
         return self.encode(torch.stack(images)), errors  # (K, 49, 2048)
 
 
 def check_policy(attrs: dict) -> None:
     """UserError unless a file's preprocessing attrs are the ones this code implements."""
-    ours = {"image_size": IMAGE_SIZE, "resize": POLICY, "mean": list(MEAN), "std": list(STD),
-            "backbone": BACKBONE, "grid": contract.GRID}
+    ours = {
+        "image_size": IMAGE_SIZE,
+        "resize": POLICY,
+        "mean": list(MEAN),
+        "std": list(STD),
+        "backbone": BACKBONE,
+        "grid": contract.GRID,
+    }
     diff = contract.fingerprint_mismatch(ours, attrs, tuple(ours))
     if diff:
-        raise UserError("features were made with another preprocessing/backbone than this "
-                        f"code's ({'; '.join(diff)})")
+        raise UserError(
+            "features were made with another preprocessing/backbone than this "
+            f"code's ({'; '.join(diff)})"
+        )
 
 
 @dataclass
@@ -195,9 +211,12 @@ class ExtractResult:
         return done / self.seconds if self.seconds > 0 else 0.0
 
 
-def list_images(images_root: str | Path, captions: str | Path | None = None,
-                fmt: str = "auto", log: Callable[[str], None] | None = None,
-                ) -> tuple[list[str], list[tuple[str, str]]]:
+def list_images(
+    images_root: str | Path,
+    captions: str | Path | None = None,
+    fmt: str = "auto",
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[str], list[tuple[str, str]]]:
     """Sorted unique image names to extract, and caption-file names rejected as unsafe.
 
     With `captions`, the images it names (and `log` gets the file's statistics: images,
@@ -222,12 +241,22 @@ def list_images(images_root: str | Path, captions: str | Path | None = None,
 def feature_attrs(job: ExtractJob) -> dict:
     """The attrs a new feature file for `job` gets (contract.MATCH_KEYS plus provenance)."""
     attrs = {
-        "backbone": BACKBONE, "weights": job.weights.tag, "image_size": IMAGE_SIZE,
-        "resize": POLICY, "mean": list(MEAN), "std": list(STD), "grid": contract.GRID,
-        "dtype": job.dtype, "precision": job.precision,
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                     "h5py": h5py.__version__, "numpy": np.__version__,
-                     "pillow": PIL.__version__},
+        "backbone": BACKBONE,
+        "weights": job.weights.tag,
+        "image_size": IMAGE_SIZE,
+        "resize": POLICY,
+        "mean": list(MEAN),
+        "std": list(STD),
+        "grid": contract.GRID,
+        "dtype": job.dtype,
+        "precision": job.precision,
+        "versions": {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "h5py": h5py.__version__,
+            "numpy": np.__version__,
+            "pillow": PIL.__version__,
+        },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "images_root": str(job.images_root.resolve()),
     }
@@ -237,7 +266,7 @@ def feature_attrs(job: ExtractJob) -> dict:
 
 
 def check_output(job: ExtractJob, attrs: dict) -> str:
-    """"new" (create it), "resume" (matching, incomplete) or "complete" for `job.out`.
+    """ "new" (create it), "resume" (matching, incomplete) or "complete" for `job.out`.
 
     UserError for a path that is not a matching captioner feature file; nothing is modified.
     """
@@ -245,8 +274,10 @@ def check_output(job: ExtractJob, attrs: dict) -> str:
     if not out.exists():
         return "new"
     if not out.is_file() or not _is_hdf5(out):
-        raise UserError(f"--out {out} exists and is not an HDF5 file; refusing to touch it "
-                        "(choose another --out)")
+        raise UserError(
+            f"--out {out} exists and is not an HDF5 file; refusing to touch it "
+            "(choose another --out)"
+        )
     with contract.open_h5(out) as f:
         contract.check_layout(f, out)
         if job.overwrite:
@@ -282,13 +313,16 @@ def require_space(out: Path, needed: int, final: int, freed: int = 0) -> None:
     folder = _existing_folder(out.parent)
     free = shutil.disk_usage(folder).free + freed
     if needed > free:
-        raise UserError(f"not enough free space for {out}: it needs {_size(needed)} more "
-                        f"and {folder} has {_size(free)} free; free some space or choose "
-                        "another --out")
+        raise UserError(
+            f"not enough free space for {out}: it needs {_size(needed)} more "
+            f"and {folder} has {_size(free)} free; free some space or choose "
+            "another --out"
+        )
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY and final > limit:
-        raise UserError(f"{out} would be {_size(final)} but the file size limit "
-                        f"(ulimit -f) is {_size(limit)}")
+        raise UserError(
+            f"{out} would be {_size(final)} but the file size limit (ulimit -f) is {_size(limit)}"
+        )
 
 
 def _allocated_bytes(path: Path) -> int:
@@ -331,9 +365,11 @@ def mark_pending(path: Path, rows: list[int]) -> None:
     """Set `rows` back to pending and the file to incomplete (to redo them)."""
     with contract.open_h5(path, "r+") as f:
         if contract.is_virtual(f):
-            raise UserError(f"{len(rows)} images of {path} changed since extraction, and its "
-                            "rows live in shard files: run `captioner extract --consolidate` "
-                            "on it first, then rerun")
+            raise UserError(
+                f"{len(rows)} images of {path} changed since extraction, and its "
+                "rows live in shard files: run `captioner extract --consolidate` "
+                "on it first, then rerun"
+            )
         status = f[contract.STATUS][:]  # (N,) int8
         status[rows] = contract.PENDING
         f[contract.STATUS][:] = status
@@ -353,15 +389,21 @@ def _check_same_job(f: h5py.File, out: Path, attrs: dict, names: list[str]) -> N
     expected = {k: contract.decode_attr(contract.encode_attr(v)) for k, v in attrs.items()}
     diff = contract.fingerprint_mismatch(expected, contract.fingerprint(f))
     if diff:
-        raise UserError(f"{out} was made with other settings ({'; '.join(diff)}); rerun with "
-                        "those settings to finish/reuse it, or pass --overwrite, or another --out")
+        raise UserError(
+            f"{out} was made with other settings ({'; '.join(diff)}); rerun with "
+            "those settings to finish/reuse it, or pass --overwrite, or another --out"
+        )
     stored = contract.read_image_ids(f)
     if stored != names:
-        first = next((i for i, (a, b) in enumerate(zip(stored, names, strict=False)) if a != b),
-                     min(len(stored), len(names)))
-        raise UserError(f"{out} was made for another image list ({len(stored)} images in the "
-                        f"file, {len(names)} now; row {first}: {_at(stored, first)!r} in the "
-                        f"file, {_at(names, first)!r} now); pass --overwrite or another --out")
+        first = next(
+            (i for i, (a, b) in enumerate(zip(stored, names, strict=False)) if a != b),
+            min(len(stored), len(names)),
+        )
+        raise UserError(
+            f"{out} was made for another image list ({len(stored)} images in the "
+            f"file, {len(names)} now; row {first}: {_at(stored, first)!r} in the "
+            f"file, {_at(names, first)!r} now); pass --overwrite or another --out"
+        )
 
 
 def _at(items: list[str], index: int) -> str | None:
@@ -399,8 +441,11 @@ class RowFile:
             features = f[contract.FEATURES]
             self.dtype = features.dtype
             self.row_offsets = _chunk_offsets(features, path)  # (N,) int64
-            self.offsets = {name: _contiguous_offset(f, name, path)
-                            for name in (contract.STATUS, *contract.STAMPS) if name in f}
+            self.offsets = {
+                name: _contiguous_offset(f, name, path)
+                for name in (contract.STATUS, *contract.STAMPS)
+                if name in f
+            }
         self.row_bytes = contract.row_bytes(self.dtype)
         self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
@@ -439,22 +484,31 @@ def _chunk_offsets(features: h5py.Dataset, path: Path) -> np.ndarray:
     """File offset of every row's chunk, (N,) int64; UserError if not laid out as we write."""
     n = features.shape[0]
     offsets = np.full(n, -1, dtype=np.int64)
-    if features.chunks == (1, contract.REGIONS, contract.CHANNELS) and not features.is_virtual \
-            and features.compression is None:
+    if (
+        features.chunks == (1, contract.REGIONS, contract.CHANNELS)
+        and not features.is_virtual
+        and features.compression is None
+    ):
+
         def keep(info) -> None:
             offsets[info.chunk_offset[0]] = info.byte_offset
+
         features.id.chunk_iter(keep)
     if (offsets < 0).any():
-        raise UserError(f"{path}: features are not stored one uncompressed, allocated chunk per "
-                        "image, as captioner writes them; use --overwrite or another --out")
+        raise UserError(
+            f"{path}: features are not stored one uncompressed, allocated chunk per "
+            "image, as captioner writes them; use --overwrite or another --out"
+        )
     return offsets
 
 
 def _contiguous_offset(f: h5py.File, name: str, path: Path) -> int:
     offset = f[name].id.get_offset()
     if offset is None or f[name].chunks is not None:
-        raise UserError(f"{path}: dataset '{name}' is not stored as captioner writes it; use "
-                        "--overwrite or another --out")
+        raise UserError(
+            f"{path}: dataset '{name}' is not stored as captioner writes it; use "
+            "--overwrite or another --out"
+        )
     return offset
 
 
@@ -480,8 +534,13 @@ class FeatureWriter(threading.Thread):
         self.failures: dict[int, str] = {}
         self.written = 0
 
-    def put(self, rows: list[int], features: np.ndarray, failures: list[tuple[int, str]],
-            stamps: dict[int, tuple[int, int]]) -> None:
+    def put(
+        self,
+        rows: list[int],
+        features: np.ndarray,
+        failures: list[tuple[int, str]],
+        stamps: dict[int, tuple[int, int]],
+    ) -> None:
         """Queue one batch: rows (ascending) with features (K, 49, 2048), failed rows, and
         every row's (size, mtime_ns) stamp."""
         self.queue.put((rows, features, failures, stamps))
@@ -500,13 +559,20 @@ class FeatureWriter(threading.Thread):
                 except BaseException as exc:  # handed to the main thread
                     self.error = exc
 
-    def _write(self, rows: list[int], features: np.ndarray, failures: list[tuple[int, str]],
-               stamps: dict[int, tuple[int, int]]) -> None:
+    def _write(
+        self,
+        rows: list[int],
+        features: np.ndarray,
+        failures: list[tuple[int, str]],
+        stamps: dict[int, tuple[int, int]],
+    ) -> None:
         self.rows.write_features(rows, features)
-        self.rows.write_column(contract.IMAGE_SIZE_BYTES,
-                               {row: size for row, (size, _) in stamps.items()}, "<i8")
-        self.rows.write_column(contract.IMAGE_MTIME_NS,
-                               {row: mtime for row, (_, mtime) in stamps.items()}, "<i8")
+        self.rows.write_column(
+            contract.IMAGE_SIZE_BYTES, {row: size for row, (size, _) in stamps.items()}, "<i8"
+        )
+        self.rows.write_column(
+            contract.IMAGE_MTIME_NS, {row: mtime for row, (_, mtime) in stamps.items()}, "<i8"
+        )
         marks = {row: contract.WRITTEN for row in rows}
         marks.update({row: contract.FAILED_STATUS for row, _ in failures})
         self.rows.write_column(contract.STATUS, marks, "i1")  # last: status 1 = on disk
@@ -538,8 +604,7 @@ def run_extraction(job: ExtractJob, log: Callable[[str], None] = print) -> Extra
             failed = list(contract.read_failed(f).items())
         return ExtractResult("complete", total=len(job.names), failed=failed)
     if stale:
-        log(f"{len(stale)} images changed or disappeared since they were read: "
-            "re-extracting them")
+        log(f"{len(stale)} images changed or disappeared since they were read: re-extracting them")
         mark_pending(job.out, stale)
         state = "resume"
     check_free_space(job, state)
@@ -548,15 +613,17 @@ def run_extraction(job: ExtractJob, log: Callable[[str], None] = print) -> Extra
     if job.weights.warning:
         log(f"warning: {job.weights.warning}")
     with torch_threads(job.device):
-        encoder = FeatureEncoder(build_backbone(job.weights, job.device), job.device,
-                                 job.precision, job.dtype)
+        encoder = FeatureEncoder(
+            build_backbone(job.weights, job.device), job.device, job.precision, job.dtype
+        )
         if state == "new":
             create_output(job, attrs)
         with contract.open_h5(job.out) as f:
             status = f[contract.STATUS][:]  # (N,) int8
         todo = np.flatnonzero(status != contract.WRITTEN).tolist()
-        result = ExtractResult("done", total=len(job.names), reused=len(job.names) - len(todo),
-                               stale=len(stale))
+        result = ExtractResult(
+            "done", total=len(job.names), reused=len(job.names) - len(todo), stale=len(stale)
+        )
         if todo:
             _extract_rows(job, encoder, todo, result, log)
         _finish(job, result)
@@ -571,18 +638,29 @@ def _loader(job: ExtractJob, todo: list[int]) -> DataLoader:
         collate = functools.partial(collate_raw, root=job.images_root, names=job.names)
     else:
         dataset, collate = ImageDataset(job.images_root, job.names, todo), collate_images
-    return DataLoader(dataset, batch_size=job.batch_size, num_workers=job.workers,
-                      collate_fn=collate, pin_memory=job.device.type == "cuda")
+    return DataLoader(
+        dataset,
+        batch_size=job.batch_size,
+        num_workers=job.workers,
+        collate_fn=collate,
+        pin_memory=job.device.type == "cuda",
+    )
 
 
-def _extract_rows(job: ExtractJob, encoder: FeatureEncoder, todo: list[int],
-                  result: ExtractResult, log: Callable[[str], None]) -> None:
+def _extract_rows(
+    job: ExtractJob,
+    encoder: FeatureEncoder,
+    todo: list[int],
+    result: ExtractResult,
+    log: Callable[[str], None],
+) -> None:
     """Run the decode -> forward -> write loop over `todo` rows, filling `result`."""
     start = time.perf_counter()
     batches = iter(_loader(job, todo))  # forks the decode workers before the file is open
     rows_file = RowFile(job.out)  # (an error here drops `batches`, stopping the workers)
-    bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not job.progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(todo), unit="img", desc="extract", disable=not job.progress, dynamic_ncols=True
+    )
     writer = FeatureWriter(rows_file)
     writer.start()
     try:
@@ -602,15 +680,19 @@ def _extract_rows(job: ExtractJob, encoder: FeatureEncoder, todo: list[int],
             writer.stop()  # what was computed is written
             rows_file.close()
     except KeyboardInterrupt:
-        log(f"interrupted: {_done(result, writer)}/{result.total} rows done and saved in "
-            f"{job.out}")
+        log(f"interrupted: {_done(result, writer)}/{result.total} rows done and saved in {job.out}")
         raise
     if isinstance(writer.error, OSError):
-        what = ("the disk is full" if writer.error.errno in DISK_FULL
-                else writer.error.strerror or str(writer.error))
-        raise UserError(f"writing {job.out} failed: {what}; {_done(result, writer)}/"
-                        f"{result.total} rows are saved in it: free some space and rerun the "
-                        "same command to resume") from None
+        what = (
+            "the disk is full"
+            if writer.error.errno in DISK_FULL
+            else writer.error.strerror or str(writer.error)
+        )
+        raise UserError(
+            f"writing {job.out} failed: {what}; {_done(result, writer)}/"
+            f"{result.total} rows are saved in it: free some space and rerun the "
+            "same command to resume"
+        ) from None
     if writer.error is not None:
         raise writer.error
     result.written = writer.written
@@ -622,8 +704,11 @@ def _done(result: ExtractResult, writer: FeatureWriter) -> int:
     return result.reused + writer.written + len(writer.failures)
 
 
-def drop_non_finite(rows: list[int], features: np.ndarray, failures: list[tuple[int, str]],
-                    ) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+def drop_non_finite(
+    rows: list[int],
+    features: np.ndarray,
+    failures: list[tuple[int, str]],
+) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
     """Move rows whose grid (in the storage dtype) holds NaN/inf from `rows` to `failures`."""
     finite = np.isfinite(features).all(axis=(1, 2))  # (K,)
     if finite.all():
@@ -642,9 +727,13 @@ def _finish(job: ExtractJob, result: ExtractResult) -> None:
                 raise RuntimeError(f"{int((status == contract.PENDING).sum())} rows still pending")
             reasons = contract.read_failed(f)  # failures of rows kept from an earlier run
             reasons.update(result.failed)  # every row this run (re)tried
-            result.failed = [(job.names[row], reasons[job.names[row]])
-                             for row in np.flatnonzero(status == contract.FAILED_STATUS)]
+            result.failed = [
+                (job.names[row], reasons[job.names[row]])
+                for row in np.flatnonzero(status == contract.FAILED_STATUS)
+            ]
             contract.write_failed_and_complete(f, result.failed)
     except OSError as exc:
-        raise UserError(f"finishing {job.out} failed ({exc}); every row is saved: free some "
-                        "space and rerun the same command") from None
+        raise UserError(
+            f"finishing {job.out} failed ({exc}); every row is saved: free some "
+            "space and rerun the same command"
+        ) from None

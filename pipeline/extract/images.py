@@ -51,9 +51,11 @@ IMAGE_SIZE = 224
 MIN_SIDE = 32
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-POLICY = ("captioner-v1: jpeg draft (both sides >= 256); exif_transpose; RGB (alpha on white, "
-          "16-bit round(v/257), first frame); reject shorter side < 32; shorter side -> 256 "
-          "bilinear antialias; centre crop 224; uint8; (x/255 - mean)/std on the batch")
+POLICY = (
+    "captioner-v1: jpeg draft (both sides >= 256); exif_transpose; RGB (alpha on white, "
+    "16-bit round(v/257), first frame); reject shorter side < 32; shorter side -> 256 "
+    "bilinear antialias; centre crop 224; uint8; (x/255 - mean)/std on the batch"
+)
 NO_STAMP = (-1, -1)  # (size, mtime_ns) of an image that could not be stat'ed
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 _WHITE = (255, 255, 255)
@@ -90,8 +92,12 @@ def _not_regular(mode: int) -> str:
         return ""
     if stat.S_ISDIR(mode):
         return "is a directory, not an image file"
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
     kind = next((text for test, text in kinds if test(mode)), "a special file")
     return f"not a regular file ({kind})"
 

@@ -29,13 +29,24 @@ EXIT_STRICT = 1
 SHOW_FAILURES = 10
 
 
-def job_from_config(config: Config, *, images: str | None = None, captions: str | None = None,
-                    out: str | None = None, weights: str | None = None,
-                    device: str | None = None, precision: str | None = None,
-                    dtype: str | None = None, batch_size: int | None = None,
-                    workers: int | None = None, fmt: str | None = None,
-                    overwrite: bool = False, strict: bool = False, progress: bool = True,
-                    log: Callable[[str], None] = print) -> ExtractJob:
+def job_from_config(
+    config: Config,
+    *,
+    images: str | None = None,
+    captions: str | None = None,
+    out: str | None = None,
+    weights: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    dtype: str | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    fmt: str | None = None,
+    overwrite: bool = False,
+    strict: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> ExtractJob:
     """The job for `config` ([data], [features]); a non-None keyword overrides its key.
 
     Lists the images (reading the caption file; its statistics go to `log`).
@@ -48,12 +59,20 @@ def job_from_config(config: Config, *, images: str | None = None, captions: str 
     names, rejected = list_images(images, captions or None, fmt or data.format, log=log)
     device_ = resolve_device(device or feat.device)
     return ExtractJob(
-        images_root=Path(images), names=names, out=Path(out or feat.path),
-        weights=resolve_weights(weights or feat.weights), device=device_,
+        images_root=Path(images),
+        names=names,
+        out=Path(out or feat.path),
+        weights=resolve_weights(weights or feat.weights),
+        device=device_,
         precision=resolve_precision(precision or feat.precision, device_),
-        dtype=dtype or feat.dtype, batch_size=batch_size or feat.batch_size,
-        workers=feat.workers if workers is None else workers, overwrite=overwrite,
-        progress=progress, strict=strict, rejected=rejected)
+        dtype=dtype or feat.dtype,
+        batch_size=batch_size or feat.batch_size,
+        workers=feat.workers if workers is None else workers,
+        overwrite=overwrite,
+        progress=progress,
+        strict=strict,
+        rejected=rejected,
+    )
 
 
 def run_job(job: ExtractJob, log: Callable[[str], None] = print) -> int:
@@ -66,8 +85,10 @@ def run_job(job: ExtractJob, log: Callable[[str], None] = print) -> int:
         log(f"warning: caption image name {name!r} skipped: {reason}")
     if len(job.rejected) > SHOW_FAILURES:
         log(f"warning: ... and {len(job.rejected) - SHOW_FAILURES} more unsafe caption image names")
-    log(f"extract: {len(job.names)} images -> {job.out} (weights {job.weights.tag}, "
-        f"{job.device.type} {job.precision}, stored {job.dtype})")
+    log(
+        f"extract: {len(job.names)} images -> {job.out} (weights {job.weights.tag}, "
+        f"{job.device.type} {job.precision}, stored {job.dtype})"
+    )
     if launched_by_torchrun():
         result = run_sharded_extraction(job, log=log)
     else:
@@ -76,8 +97,10 @@ def run_job(job: ExtractJob, log: Callable[[str], None] = print) -> int:
         return EXIT_OK  # ranks other than 0 under torchrun: rank 0 reports for the whole job
     report(result, job, log)
     if job.strict and (result.failed or job.rejected):
-        log(f"error: --strict: {len(result.failed)} images failed and {len(job.rejected)} "
-            f"caption names were rejected (the file {job.out} is complete and keeps the rest)")
+        log(
+            f"error: --strict: {len(result.failed)} images failed and {len(job.rejected)} "
+            f"caption names were rejected (the file {job.out} is complete and keeps the rest)"
+        )
         return EXIT_STRICT
     return EXIT_OK
 
@@ -85,16 +108,22 @@ def run_job(job: ExtractJob, log: Callable[[str], None] = print) -> int:
 def report(result: ExtractResult, job: ExtractJob, log: Callable[[str], None]) -> None:
     """End-of-run summary: counts, speed, and the failures."""
     if result.state == "complete":
-        log(f"{job.out} is already complete ({result.total} images, {len(result.failed)} "
-            "failed): nothing to do (--overwrite recomputes it)")
+        log(
+            f"{job.out} is already complete ({result.total} images, {len(result.failed)} "
+            "failed): nothing to do (--overwrite recomputes it)"
+        )
         return
     ok = result.total - len(result.failed)
     stale = f", {result.stale} of them because their image changed" if result.stale else ""
-    log(f"done: {ok}/{result.total} images in {job.out} ({result.written} extracted now"
-        f"{stale}, {result.reused} from an earlier run; {result.images_per_s:.1f} images/s)")
+    log(
+        f"done: {ok}/{result.total} images in {job.out} ({result.written} extracted now"
+        f"{stale}, {result.reused} from an earlier run; {result.images_per_s:.1f} images/s)"
+    )
     if result.failed:
-        log(f"warning: {len(result.failed)} images failed (listed in the file's 'failed' "
-            "dataset; training skips them):")
+        log(
+            f"warning: {len(result.failed)} images failed (listed in the file's 'failed' "
+            "dataset; training skips them):"
+        )
         for name, reason in result.failed[:SHOW_FAILURES]:
             log(f"  {name}: {reason}")
         if len(result.failed) > SHOW_FAILURES:

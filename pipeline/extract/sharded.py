@@ -57,13 +57,18 @@ def run_sharded_extraction(job: ExtractJob, log: Callable[[str], None]) -> Extra
         if state == "complete":
             return ExtractResult("complete", total=len(job.names))
         if state == "resume":
-            raise UserError(f"{job.out} is an unfinished single-process file: finish it with "
-                            "plain `captioner extract` (or pass --overwrite)")
+            raise UserError(
+                f"{job.out} is an unfinished single-process file: finish it with "
+                "plain `captioner extract` (or pass --overwrite)"
+            )
         start, stop = shard_bounds(len(job.names), dist.world_size)[dist.rank]
-        shard = replace(job, names=job.names[start:stop],
-                        device=distributed.device_for(dist, job.device),
-                        out=shard_path(job.out, dist.rank, dist.world_size),
-                        progress=job.progress and dist.is_main)
+        shard = replace(
+            job,
+            names=job.names[start:stop],
+            device=distributed.device_for(dist, job.device),
+            out=shard_path(job.out, dist.rank, dist.world_size),
+            progress=job.progress and dist.is_main,
+        )
         result = run_extraction(shard, log if dist.is_main else (lambda _: None))
         distributed.barrier(dist)
         if dist.is_main:
@@ -85,11 +90,16 @@ def join_shards(job: ExtractJob, world_size: int) -> ExtractResult:
     for path in shards:
         with contract.open_complete(path) as shard:
             n = shard[contract.FEATURES].shape[0]
-            if contract.read_image_ids(shard) != job.names[offset:offset + n]:
-                raise UserError(f"{path} holds other images than its shard of {job.out}; "
-                                "delete the shards and rerun")
-            attrs = attrs or {k: v for k, v in contract.read_attrs(shard).items()
-                              if k not in ("num_images", "complete")}
+            if contract.read_image_ids(shard) != job.names[offset : offset + n]:
+                raise UserError(
+                    f"{path} holds other images than its shard of {job.out}; "
+                    "delete the shards and rerun"
+                )
+            attrs = attrs or {
+                k: v
+                for k, v in contract.read_attrs(shard).items()
+                if k not in ("num_images", "complete")
+            }
             failed.extend(contract.read_failed(shard).items())
             sizes.append(n)
             offset += n
@@ -102,20 +112,25 @@ def join_shards(job: ExtractJob, world_size: int) -> ExtractResult:
         out.attrs["num_images"] = len(job.names)
         contract.write_failed_and_complete(out, failed)
     joining.replace(job.out)
-    return ExtractResult("done", total=len(job.names), written=len(job.names) - len(failed),
-                         failed=failed)
+    return ExtractResult(
+        "done", total=len(job.names), written=len(job.names) - len(failed), failed=failed
+    )
 
 
-def _virtual_dataset(out: h5py.File, name: str, shards: list[Path], sizes: list[int],
-                     dtype: str) -> None:
+def _virtual_dataset(
+    out: h5py.File, name: str, shards: list[Path], sizes: list[int], dtype: str
+) -> None:
     """Dataset `name` of `out` = the concatenation of the shards' `name` (mapped, not copied)."""
     tail = (contract.REGIONS, contract.CHANNELS) if name == contract.FEATURES else ()
-    kinds = {contract.FEATURES: np.dtype(dtype), contract.IMAGE_IDS: contract.STRING_DTYPE,
-             contract.STATUS: np.dtype(np.int8)}
+    kinds = {
+        contract.FEATURES: np.dtype(dtype),
+        contract.IMAGE_IDS: contract.STRING_DTYPE,
+        contract.STATUS: np.dtype(np.int8),
+    }
     layout = h5py.VirtualLayout(shape=(sum(sizes), *tail), dtype=kinds.get(name, np.int64))
     offset = 0
     for path, n in zip(shards, sizes, strict=True):
-        layout[offset:offset + n] = h5py.VirtualSource(path.name, name, shape=(n, *tail))
+        layout[offset : offset + n] = h5py.VirtualSource(path.name, name, shape=(n, *tail))
         offset += n
     out.create_virtual_dataset(name, layout)
 
@@ -130,11 +145,16 @@ def consolidate_file(path: Path, log: Callable[[str], None]) -> None:
         if not contract.is_virtual(f):
             log(f"{path} is already self-contained: nothing to do")
             return
-        shards = sorted({contract.source_path(path, s.file_name)
-                         for s in f[contract.FEATURES].virtual_sources()})
+        shards = sorted(
+            {
+                contract.source_path(path, s.file_name)
+                for s in f[contract.FEATURES].virtual_sources()
+            }
+        )
         ids, dtype = contract.read_image_ids(f), str(f[contract.FEATURES].dtype)
-        attrs = {k: v for k, v in contract.read_attrs(f).items()
-                 if k not in ("num_images", "complete")}
+        attrs = {
+            k: v for k, v in contract.read_attrs(f).items() if k not in ("num_images", "complete")
+        }
         failed = list(contract.read_failed(f).items())
         final = final_size(len(ids), dtype)
         require_space(path, final, final)

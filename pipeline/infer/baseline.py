@@ -34,13 +34,15 @@ def blind_caption(frame: pd.DataFrame, vocab: Vocabulary, max_len: int) -> str |
     return written.most_common(1)[0][0]
 
 
-def baseline_scores(frame: pd.DataFrame, references: list[list[str]], vocab: Vocabulary,
-                    max_len: int) -> Baseline | None:
+def baseline_scores(
+    frame: pd.DataFrame, references: list[list[str]], vocab: Vocabulary, max_len: int
+) -> Baseline | None:
     """Score `blind_caption` for every image of a split (`references`: per image)."""
     caption = blind_caption(frame, vocab, max_len)
     if caption is None or not references:
         return None
     keys = [str(i) for i in range(len(references))]
-    report = score_captions(dict(zip(keys, references, strict=True)),
-                            {key: caption for key in keys})
+    report = score_captions(
+        dict(zip(keys, references, strict=True)), {key: caption for key in keys}
+    )
     return Baseline(caption, report)

@@ -32,9 +32,14 @@ from pipeline.infer.report import caption_report
 BATCH = 16
 
 
-def caption_images(paths: list[Path], checkpoint: str | Path, beam_size: int,
-                   attention_dir: Path | None = None, device_name: str = "auto",
-                   html_path: Path | None = None) -> list[Path]:
+def caption_images(
+    paths: list[Path],
+    checkpoint: str | Path,
+    beam_size: int,
+    attention_dir: Path | None = None,
+    device_name: str = "auto",
+    html_path: Path | None = None,
+) -> list[Path]:
     """Print `path: caption` per image (errors to stderr); returns the images that failed."""
     stems = unique_stems(paths)
     maps = OutputFolder(attention_dir) if attention_dir is not None else None
@@ -62,8 +67,7 @@ def caption_images(paths: list[Path], checkpoint: str | Path, beam_size: int,
         if not ok:
             continue
         grids = torch.from_numpy(encoder.encode(torch.stack(crops))).to(device)  # (b, 49, 2048)
-        decoded = decode_features(loaded.model, grids, loaded.vocab, loaded.config.eval,
-                                  beam_size)
+        decoded = decode_features(loaded.model, grids, loaded.vocab, loaded.config.eval, beam_size)
         for position, crop, result in zip(ok, crops, decoded, strict=True):
             path, stem = paths[position], stems[position]
             words = [loaded.vocab.itos[t] for t in result.tokens]
@@ -72,8 +76,15 @@ def caption_images(paths: list[Path], checkpoint: str | Path, beam_size: int,
             if maps:
                 maps.write_bytes(f"{stem}.png", attention_png(image, words, result.attention))
                 maps.write_bytes(f"{stem}.npy", attention_npy(result.attention))
-            cards.append(Card(name=str(path), caption=" ".join(words), words=words,
-                              attention=result.attention, image=image))
+            cards.append(
+                Card(
+                    name=str(path),
+                    caption=" ".join(words),
+                    words=words,
+                    attention=result.attention,
+                    image=image,
+                )
+            )
     if page:
         html = caption_report(cards, str(loaded.path), beam_size)
         click.echo(f"html: {page.write_text(html_path.name, html)}")

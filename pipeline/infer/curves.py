@@ -42,14 +42,21 @@ def column(history: list[dict], key: str, scale: float = 1.0) -> list[float | No
 def training_charts(history: list[dict], epoch: int | None = None) -> list[str]:
     """One SVG per TRAINING_CHARTS entry; `epoch` marks the evaluated checkpoint."""
     epochs = [record["epoch"] for record in history]
-    return [line_chart([Series(name, epochs, column(history, key, scale))
-                        for name, key, scale in lines], title, epoch,
-                       f"epoch {epoch}" if epoch else "")
-            for title, lines in TRAINING_CHARTS.items()]
+    return [
+        line_chart(
+            [Series(name, epochs, column(history, key, scale)) for name, key, scale in lines],
+            title,
+            epoch,
+            f"epoch {epoch}" if epoch else "",
+        )
+        for title, lines in TRAINING_CHARTS.items()
+    ]
 
 
 def cider_comparison_chart(histories: dict[str, list[dict]]) -> str:
     """Val CIDEr (x100) per epoch of several runs on one chart (legend left to the page)."""
-    series = [Series(run, [r["epoch"] for r in history], column(history, "CIDEr", 100.0))
-              for run, history in histories.items()]
+    series = [
+        Series(run, [r["epoch"] for r in history], column(history, "CIDEr", 100.0))
+        for run, history in histories.items()
+    ]
     return line_chart(series, "val CIDEr (x100) per epoch", legend=False)

@@ -41,13 +41,22 @@ COMPARISON_OUTPUTS = ("table.md", "table.csv", "comparison.html")
 
 def predictions_json(image_ids: list[str], captions: list[str]) -> list[dict]:
     """COCO results format; numeric ids (COCO) become ints, others stay file stems."""
-    return [{"image_id": int(i) if i.isdigit() else i, "caption": c}
-            for i, c in zip(image_ids, captions, strict=True)]
+    return [
+        {"image_id": int(i) if i.isdigit() else i, "caption": c}
+        for i, c in zip(image_ids, captions, strict=True)
+    ]
 
 
-def evaluate_checkpoint(path: str | Path, split: str, beam_size: int, out_dir: Path,
-                        features_path: str | None = None, examples: int = 5,
-                        device_name: str = "auto", gallery: int = GALLERY_SIZE) -> dict:
+def evaluate_checkpoint(
+    path: str | Path,
+    split: str,
+    beam_size: int,
+    out_dir: Path,
+    features_path: str | None = None,
+    examples: int = 5,
+    device_name: str = "auto",
+    gallery: int = GALLERY_SIZE,
+) -> dict:
     """Caption every image of `split` with one checkpoint; write predictions, metrics and
     report.html into `out_dir` (only those files; a foreign file of that name is refused)."""
     folder = OutputFolder(out_dir)
@@ -58,45 +67,76 @@ def evaluate_checkpoint(path: str | Path, split: str, beam_size: int, out_dir: P
     config = loaded.config
     if features_path:
         config.features.path = features_path
-    data = load_experiment_data(config, expected_fingerprint=loaded.features, echo=False,
-                                saved_splits=loaded.splits)
+    data = load_experiment_data(
+        config, expected_fingerprint=loaded.features, echo=False, saved_splits=loaded.splits
+    )
     split_data = build_split(data.frame, split, loaded.vocab, config.vocab.max_len, data.row_of)
     if not split_data.image_names:
         raise UserError(f"split {split!r} has no images in {config.data.captions}")
-    decoded = decode_rows(loaded.model, data.store, split_data.image_rows, loaded.vocab,
-                          config.eval, beam_size, device)
+    decoded = decode_rows(
+        loaded.model,
+        data.store,
+        split_data.image_rows,
+        loaded.vocab,
+        config.eval,
+        beam_size,
+        device,
+    )
     captions = [loaded.vocab.decode(d.tokens) for d in decoded]
     keys = [str(i) for i in range(len(captions))]
-    report = score_captions(dict(zip(keys, split_data.references, strict=True)),
-                            dict(zip(keys, captions, strict=True)))
-    baseline = baseline_scores(data.frame, split_data.references, loaded.vocab,
-                               config.vocab.max_len)
-    health = decode_health(captions, [d.finished for d in decoded], split_data.references,
-                           len(loaded.vocab) - len(SPECIALS))
+    report = score_captions(
+        dict(zip(keys, split_data.references, strict=True)), dict(zip(keys, captions, strict=True))
+    )
+    baseline = baseline_scores(
+        data.frame, split_data.references, loaded.vocab, config.vocab.max_len
+    )
+    health = decode_health(
+        captions,
+        [d.finished for d in decoded],
+        split_data.references,
+        len(loaded.vocab) - len(SPECIALS),
+    )
     loss = split_loss(loaded.model, data.store, split_data, config, loaded.vocab.pad, device)
     reference_counts = [len(r) for r in split_data.references]
     result = {
-        "checkpoint": str(loaded.path), "run": run_label(loaded.path), "epoch": loaded.epoch,
-        "split": split, "beam_size": beam_size, "num_images": len(captions),
-        "scores": report.scores, "scale": "pycocoevalcap 0-1 (papers print x100)",
-        "loss": loss, "tokenizer": report.tokenizer, "notes": report.notes,
+        "checkpoint": str(loaded.path),
+        "run": run_label(loaded.path),
+        "epoch": loaded.epoch,
+        "split": split,
+        "beam_size": beam_size,
+        "num_images": len(captions),
+        "scores": report.scores,
+        "scale": "pycocoevalcap 0-1 (papers print x100)",
+        "loss": loss,
+        "tokenizer": report.tokenizer,
+        "notes": report.notes,
         "features": config.features.path,
-        "baseline": None if baseline is None else {
-            "caption": baseline.caption, "scores": baseline.report.scores,
-            "what": "the most frequent training caption, given to every image of the split"},
+        "baseline": None
+        if baseline is None
+        else {
+            "caption": baseline.caption,
+            "scores": baseline.report.scores,
+            "what": "the most frequent training caption, given to every image of the split",
+        },
         "health": health.to_json(),
-        "decoding": {"beam_size": beam_size,
-                     "effective_beam_size": effective_beam_size(beam_size, loaded.vocab,
-                                                                config.eval),
-                     "length_penalty": config.eval.length_penalty,
-                     "max_len": config.eval.max_len, "suppress_unk": config.eval.suppress_unk},
-        "references_per_image": {"min": min(reference_counts), "max": max(reference_counts),
-                                 "mean": sum(reference_counts) / len(reference_counts)},
+        "decoding": {
+            "beam_size": beam_size,
+            "effective_beam_size": effective_beam_size(beam_size, loaded.vocab, config.eval),
+            "length_penalty": config.eval.length_penalty,
+            "max_len": config.eval.max_len,
+            "suppress_unk": config.eval.suppress_unk,
+        },
+        "references_per_image": {
+            "min": min(reference_counts),
+            "max": max(reference_counts),
+            "mean": sum(reference_counts) / len(reference_counts),
+        },
         "pycocoevalcap": version("pycocoevalcap"),
         "feature_fingerprint": data.fingerprint,
     }
-    folder.write_text("predictions.json", json.dumps(
-        predictions_json(split_data.image_ids, captions), indent=1))
+    folder.write_text(
+        "predictions.json", json.dumps(predictions_json(split_data.image_ids, captions), indent=1)
+    )
     folder.write_text("metrics.json", json.dumps(result, indent=2))
     cider = [report.per_image_cider[key] for key in keys]
     sections, images_note = gallery_cards(loaded, split_data, decoded, captions, cider, gallery)
@@ -107,9 +147,14 @@ def evaluate_checkpoint(path: str | Path, split: str, beam_size: int, out_dir: P
     return result
 
 
-def gallery_cards(loaded: LoadedModel, split_data: SplitData, decoded: list[Decoded],
-                  captions: list[str], cider: list[float],
-                  count: int) -> tuple[dict[str, list[Card]], str | None]:
+def gallery_cards(
+    loaded: LoadedModel,
+    split_data: SplitData,
+    decoded: list[Decoded],
+    captions: list[str],
+    cider: list[float],
+    count: int,
+) -> tuple[dict[str, list[Card]], str | None]:
     """Best / worst / random cards by per-image CIDEr, and a note when images are missing."""
     images_root = loaded.config.data.images
     sections: dict[str, list[Card]] = {}
@@ -120,28 +165,39 @@ def gallery_cards(loaded: LoadedModel, split_data: SplitData, decoded: list[Deco
             image = load_crop(images_root, split_data.image_names[i])
             missing += image is None
             shown += 1
-            sections[key].append(Card(
-                name=split_data.image_names[i], caption=captions[i],
-                words=[loaded.vocab.itos[t] for t in decoded[i].tokens],
-                attention=decoded[i].attention, image=image,
-                references=split_data.references[i], cider=cider[i]))
+            sections[key].append(
+                Card(
+                    name=split_data.image_names[i],
+                    caption=captions[i],
+                    words=[loaded.vocab.itos[t] for t in decoded[i].tokens],
+                    attention=decoded[i].attention,
+                    image=image,
+                    references=split_data.references[i],
+                    cider=cider[i],
+                )
+            )
     note = None
     if missing:
         where = f"data.images = {images_root!r}" if images_root else "data.images is not set"
-        note = (f"{missing} of {shown} gallery images were not found ({where}): their "
-                "attention is drawn on a neutral grey background.")
+        note = (
+            f"{missing} of {shown} gallery images were not found ({where}): their "
+            "attention is drawn on a neutral grey background."
+        )
     return sections, note
 
 
-def print_result(result: dict, split_data: SplitData, captions: list[str],
-                 examples: int) -> None:
+def print_result(result: dict, split_data: SplitData, captions: list[str], examples: int) -> None:
     """The seed's evaluation printout: scores, loss, and references vs generated."""
-    click.echo(f"{result['run']} (epoch {result['epoch']}) on {result['split']}, "
-               f"{result['num_images']} images, beam {result['beam_size']}:")
+    click.echo(
+        f"{result['run']} (epoch {result['epoch']}) on {result['split']}, "
+        f"{result['num_images']} images, beam {result['beam_size']}:"
+    )
     click.echo(f"  {format_scores(result['scores'])}  loss {result['loss']:.4f}")
     if result["baseline"]:
-        click.echo(f"  image-blind baseline ({result['baseline']['caption']!r} for every "
-                   f"image): {format_scores(result['baseline']['scores'])}")
+        click.echo(
+            f"  image-blind baseline ({result['baseline']['caption']!r} for every "
+            f"image): {format_scores(result['baseline']['scores'])}"
+        )
     for note in result["notes"]:
         click.echo(f"  note: {note}")
     for flag in result["health"]["flags"].values():
@@ -162,8 +218,13 @@ def comparison_table(results: list[dict]) -> pd.DataFrame:
     """One row per checkpoint, ranked by CIDEr."""
     rows = []
     for r in results:
-        row = {"run": r["run"], "epoch": r["epoch"], "split": r["split"], "beam": r["beam_size"],
-               "images": r["num_images"]}
+        row = {
+            "run": r["run"],
+            "epoch": r["epoch"],
+            "split": r["split"],
+            "beam": r["beam_size"],
+            "images": r["num_images"],
+        }
         row.update({name: r["scores"].get(name) for name in METRIC_NAMES})
         row["loss"] = r["loss"]
         rows.append(row)
@@ -182,6 +243,7 @@ def write_comparison(results: list[dict], folder: OutputFolder) -> pd.DataFrame:
 
 def markdown_table(table: pd.DataFrame) -> str:
     """Metrics ×100 (as papers print them), loss as is; '–' where unavailable."""
+
     def cell(column: str, value) -> str:
         if value is None or (isinstance(value, float) and pd.isna(value)):
             return "–"
@@ -191,14 +253,23 @@ def markdown_table(table: pd.DataFrame) -> str:
 
     header = "| " + " | ".join(table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
-    body = ["| " + " | ".join(cell(c, row[c]) for c in table.columns) + " |"
-            for _, row in table.iterrows()]
+    body = [
+        "| " + " | ".join(cell(c, row[c]) for c in table.columns) + " |"
+        for _, row in table.iterrows()
+    ]
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def evaluate_many(paths: list[str], split: str, beam_size: int, out: Path,
-                  features_path: str | None = None, examples: int = 5,
-                  device_name: str = "auto", gallery: int = GALLERY_SIZE) -> list[dict]:
+def evaluate_many(
+    paths: list[str],
+    split: str,
+    beam_size: int,
+    out: Path,
+    features_path: str | None = None,
+    examples: int = 5,
+    device_name: str = "auto",
+    gallery: int = GALLERY_SIZE,
+) -> list[dict]:
     """Evaluate each checkpoint into out/<run label>/; a comparison when several."""
     labels: list[str] = []
     for path in paths:
@@ -214,11 +285,16 @@ def evaluate_many(paths: list[str], split: str, beam_size: int, out: Path,
     if len(paths) > 1:
         for name in COMPARISON_OUTPUTS:
             folder.check(name)
-    results = [evaluate_checkpoint(path, split, beam_size, out / label, features_path,
-                                   examples, device_name, gallery)
-               for path, label in zip(paths, labels, strict=True)]
+    results = [
+        evaluate_checkpoint(
+            path, split, beam_size, out / label, features_path, examples, device_name, gallery
+        )
+        for path, label in zip(paths, labels, strict=True)
+    ]
     if len(results) > 1:
         table = write_comparison(results, folder)
-        click.echo(f"\ncomparison ({out / 'table.md'}, {out / 'comparison.html'}):\n"
-                   f"{markdown_table(table)}")
+        click.echo(
+            f"\ncomparison ({out / 'table.md'}, {out / 'comparison.html'}):\n"
+            f"{markdown_table(table)}"
+        )
     return results

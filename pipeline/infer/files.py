@@ -30,8 +30,9 @@ class OutputFolder:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"cannot create the output folder {self.path}: "
-                            f"{exc.strerror or exc}") from None
+            raise UserError(
+                f"cannot create the output folder {self.path}: {exc.strerror or exc}"
+            ) from None
         if not self.path.is_dir():
             raise UserError(f"cannot write into {self.path}: not a folder")
         if not os.access(self.path, os.W_OK | os.X_OK):  # read-only, immutable, or not ours
@@ -44,8 +45,10 @@ class OutputFolder:
         if name != Path(name).name or name in ("", ".", "..", MANIFEST):
             raise ValueError(f"not a plain file name: {name!r}")
         if (target.exists() or target.is_symlink()) and name not in self.owned:
-            raise UserError(f"{target} already exists and was not written by captioner: "
-                            "refusing to replace it (move it away or choose another folder)")
+            raise UserError(
+                f"{target} already exists and was not written by captioner: "
+                "refusing to replace it (move it away or choose another folder)"
+            )
         return target
 
     def write_bytes(self, name: str, data: bytes) -> Path:

@@ -53,7 +53,8 @@ def jpeg_data_uri(image: Image.Image, size: int) -> str:
     """`image` resized to size x size as a base64 JPEG data URI."""
     buffer = io.BytesIO()
     image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC).save(
-        buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+        buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True
+    )
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

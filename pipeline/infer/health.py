@@ -56,13 +56,16 @@ def has_repetition(words: list[str]) -> bool:
     return len(set(bigrams)) < len(bigrams)
 
 
-def decode_health(captions: list[str], finished: list[bool], references: list[list[str]],
-                  vocabulary_size: int) -> DecodeHealth:
+def decode_health(
+    captions: list[str], finished: list[bool], references: list[list[str]], vocabulary_size: int
+) -> DecodeHealth:
     """Measure `captions` (one per image, with whether each ended in <eos>) and flag problems."""
     n = len(captions)
     if n == 0 or len(finished) != n or len(references) != n:
-        raise ValueError("decode_health needs one caption, one finished flag and one "
-                         "reference list per image, and at least one image")
+        raise ValueError(
+            "decode_health needs one caption, one finished flag and one "
+            "reference list per image, and at least one image"
+        )
     words = [tokenize(c) for c in captions]
     reference_words = [tokenize(r) for refs in references for r in refs]
     counts = Counter(captions)

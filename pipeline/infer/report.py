@@ -18,8 +18,7 @@ from pipeline.infer.health import THRESHOLDS
 from pipeline.infer.svg import series_colour
 
 GENERATOR = "captioner"
-GALLERY_TITLES = {"best": "Best by CIDEr", "worst": "Worst by CIDEr",
-                  "random": "A random sample"}
+GALLERY_TITLES = {"best": "Best by CIDEr", "worst": "Worst by CIDEr", "random": "A random sample"}
 HEALTH_ROWS = (  # (DecodeHealth field, label, how to show it)
     ("top_caption_share", "most frequent caption's share of images", "share"),
     ("distinct_share", "distinct captions", "share"),
@@ -114,19 +113,32 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def run_report(result: dict, sections: dict[str, list[Card]], history: list[dict],
-               images_note: str | None) -> str:
+def run_report(
+    result: dict, sections: dict[str, list[Card]], history: list[dict], images_note: str | None
+) -> str:
     """The report.html of one evaluated checkpoint (`result` is its metrics.json)."""
     title = f"{result['run']} on {result['split']}"
-    subtitle = (f"epoch {result['epoch']} · {result['num_images']} images · "
-                f"beam {result['beam_size']} · {result['tokenizer'].upper()} tokenizer")
-    gallery_links = [(f"#gallery-{key}", GALLERY_TITLES[key])
-                     for key, cards in sections.items() if cards]
-    nav = [("#scores", "Scores"), ("#health", "Decode health"), *gallery_links,
-           ("#curves", "Training curves"), ("#provenance", "How these numbers were computed")]
-    body = [scores_section(result), health_section(result["health"]),
-            gallery_section(sections, images_note), curves_section(history, result["epoch"]),
-            provenance_section(result)]
+    subtitle = (
+        f"epoch {result['epoch']} · {result['num_images']} images · "
+        f"beam {result['beam_size']} · {result['tokenizer'].upper()} tokenizer"
+    )
+    gallery_links = [
+        (f"#gallery-{key}", GALLERY_TITLES[key]) for key, cards in sections.items() if cards
+    ]
+    nav = [
+        ("#scores", "Scores"),
+        ("#health", "Decode health"),
+        *gallery_links,
+        ("#curves", "Training curves"),
+        ("#provenance", "How these numbers were computed"),
+    ]
+    body = [
+        scores_section(result),
+        health_section(result["health"]),
+        gallery_section(sections, images_note),
+        curves_section(history, result["epoch"]),
+        provenance_section(result),
+    ]
     return page(title, subtitle, "evaluation report", nav, body)
 
 
@@ -135,72 +147,106 @@ def scores_section(result: dict) -> str:
     scores, baseline = result["scores"], result.get("baseline")
     base_scores = baseline["scores"] if baseline else {}
     cider, base_cider = scores.get("CIDEr"), base_scores.get("CIDEr")
-    ratio = (f"{cider / base_cider:.2f}× the baseline" if cider is not None and base_cider
-             else "no baseline")
-    stats = [("CIDEr", percent(cider), ratio, True),
-             ("baseline CIDEr", percent(base_cider), "image-blind", False),
-             ("BLEU-4", percent(scores.get("Bleu_4")), "", False),
-             ("METEOR", percent(scores.get("METEOR")), "", False),
-             (f"{result['split']} loss", f"{result['loss']:.3f}", "per word", False)]
+    ratio = (
+        f"{cider / base_cider:.2f}× the baseline"
+        if cider is not None and base_cider
+        else "no baseline"
+    )
+    stats = [
+        ("CIDEr", percent(cider), ratio, True),
+        ("baseline CIDEr", percent(base_cider), "image-blind", False),
+        ("BLEU-4", percent(scores.get("Bleu_4")), "", False),
+        ("METEOR", percent(scores.get("METEOR")), "", False),
+        (f"{result['split']} loss", f"{result['loss']:.3f}", "per word", False),
+    ]
     cards = "".join(
         f'<div class="stat{" main" if main else ""}"><div class="label">{escape(label)}</div>'
         f'<div class="value">{escape(value)}</div><div class="label">{escape(note)}</div></div>'
-        for label, value, note, main in stats)
+        for label, value, note, main in stats
+    )
     header = "".join(f"<th>{DISPLAY[name]}</th>" for name in METRIC_NAMES)
-    rows = ['<tr class="model"><td>model</td>'
-            + "".join(f"<td>{percent(scores.get(n))}</td>" for n in METRIC_NAMES) + "</tr>"]
+    rows = [
+        '<tr class="model"><td>model</td>'
+        + "".join(f"<td>{percent(scores.get(n))}</td>" for n in METRIC_NAMES)
+        + "</tr>"
+    ]
     if baseline:
-        rows.append("<tr><td>image-blind baseline</td>"
-                    + "".join(f"<td>{percent(base_scores.get(n))}</td>" for n in METRIC_NAMES)
-                    + "</tr>")
-    blind = (f'<p class="muted">The baseline gives every image the most frequent training '
-             f'caption, <q>{escape(baseline["caption"])}</q>: a model that does not look at '
-             f'the images scores this.</p>' if baseline else
-             '<p class="muted">No baseline: the caption file has no training captions.</p>')
+        rows.append(
+            "<tr><td>image-blind baseline</td>"
+            + "".join(f"<td>{percent(base_scores.get(n))}</td>" for n in METRIC_NAMES)
+            + "</tr>"
+        )
+    blind = (
+        f'<p class="muted">The baseline gives every image the most frequent training '
+        f"caption, <q>{escape(baseline['caption'])}</q>: a model that does not look at "
+        f"the images scores this.</p>"
+        if baseline
+        else '<p class="muted">No baseline: the caption file has no training captions.</p>'
+    )
     notes = "".join(f'<div class="note">{escape(n)}</div>' for n in result.get("notes", []))
-    return (f'<section id="scores"><h2>Scores <span class="muted">(×100, pycocoevalcap)'
-            f'</span></h2><div class="stats">{cards}</div><div class="panel"><table>'
-            f"<tr><th></th>{header}</tr>{''.join(rows)}</table></div>{blind}{notes}</section>")
+    return (
+        f'<section id="scores"><h2>Scores <span class="muted">(×100, pycocoevalcap)'
+        f'</span></h2><div class="stats">{cards}</div><div class="panel"><table>'
+        f"<tr><th></th>{header}</tr>{''.join(rows)}</table></div>{blind}{notes}</section>"
+    )
 
 
 def health_section(health: dict) -> str:
     """Degeneracy checks with their thresholds; flagged rows in red."""
     limits = {}
     for check, limit, direction, _ in THRESHOLDS:
-        limits.setdefault(check, []).append(("≤ " if direction == "max" else "≥ ")
-                                            + _show(limit, "share" if "share" in check
-                                                    else "ratio"))
+        limits.setdefault(check, []).append(
+            ("≤ " if direction == "max" else "≥ ")
+            + _show(limit, "share" if "share" in check else "ratio")
+        )
     rows = []
     for key, label, kind in HEALTH_ROWS:
         flag = health["flags"].get(key)
-        status = (f'<span class="pill bad">{escape(flag)}</span>' if flag
-                  else '<span class="pill ok">ok</span>')
-        rows.append(f'<tr{" class=flag" if flag else ""}><td>{escape(label)}</td>'
-                    f"<td>{_show(health[key], kind)}</td>"
-                    f'<td class="muted">{" and ".join(limits.get(key, []))}</td>'
-                    f'<td class="text">{status}</td></tr>')
-    rows.append(f"<tr><td>mean length, predictions vs references</td>"
-                f"<td>{health['mean_length']:.1f} vs {health['mean_reference_length']:.1f}"
-                f'</td><td class="muted">words</td><td></td></tr>')
-    rows.append(f"<tr><td>vocabulary used</td><td>{health['vocabulary_used']} of "
-                f"{health['vocabulary_size']}</td><td class=\"muted\">"
-                f"{health['vocabulary_used'] / max(health['vocabulary_size'], 1):.1%}</td>"
-                "<td></td></tr>")
+        status = (
+            f'<span class="pill bad">{escape(flag)}</span>'
+            if flag
+            else '<span class="pill ok">ok</span>'
+        )
+        rows.append(
+            f"<tr{' class=flag' if flag else ''}><td>{escape(label)}</td>"
+            f"<td>{_show(health[key], kind)}</td>"
+            f'<td class="muted">{" and ".join(limits.get(key, []))}</td>'
+            f'<td class="text">{status}</td></tr>'
+        )
+    rows.append(
+        f"<tr><td>mean length, predictions vs references</td>"
+        f"<td>{health['mean_length']:.1f} vs {health['mean_reference_length']:.1f}"
+        f'</td><td class="muted">words</td><td></td></tr>'
+    )
+    rows.append(
+        f"<tr><td>vocabulary used</td><td>{health['vocabulary_used']} of "
+        f'{health["vocabulary_size"]}</td><td class="muted">'
+        f"{health['vocabulary_used'] / max(health['vocabulary_size'], 1):.1%}</td>"
+        "<td></td></tr>"
+    )
     alert = ""
     if health["flags"]:
-        alert = (f'<div class="alert">Decoding looks degenerate: '
-                 f'{escape("; ".join(health["flags"].values()))}.</div>')
+        alert = (
+            f'<div class="alert">Decoding looks degenerate: '
+            f"{escape('; '.join(health['flags'].values()))}.</div>"
+        )
     repeated = "".join(
         f'<tr><td class="text">{escape(caption)}</td><td>{count}</td>'
         f"<td>{count / health['images']:.0%}</td></tr>"
-        for caption, count in health["top_repeated"])
-    repeated_table = (f'<h3>Most repeated captions</h3><div class="panel"><table><tr>'
-                      f"<th>caption</th><th>images</th><th>share</th></tr>{repeated}"
-                      "</table></div>" if repeated else
-                      '<p class="muted">Every caption is different.</p>')
-    return (f'<section id="health"><h2>Decode health</h2>{alert}<div class="panel"><table>'
-            f'<tr><th>check</th><th>value</th><th>healthy</th><th class="text">status</th></tr>'
-            f"{''.join(rows)}</table></div>{repeated_table}</section>")
+        for caption, count in health["top_repeated"]
+    )
+    repeated_table = (
+        f'<h3>Most repeated captions</h3><div class="panel"><table><tr>'
+        f"<th>caption</th><th>images</th><th>share</th></tr>{repeated}"
+        "</table></div>"
+        if repeated
+        else '<p class="muted">Every caption is different.</p>'
+    )
+    return (
+        f'<section id="health"><h2>Decode health</h2>{alert}<div class="panel"><table>'
+        f'<tr><th>check</th><th>value</th><th>healthy</th><th class="text">status</th></tr>'
+        f"{''.join(rows)}</table></div>{repeated_table}</section>"
+    )
 
 
 def _show(value: float, kind: str) -> str:
@@ -213,27 +259,43 @@ def gallery_section(sections: dict[str, list[Card]], images_note: str | None) ->
     groups = "".join(
         f'<h3 id="gallery-{key}">{GALLERY_TITLES[key]} <span class="muted">({len(cards)})'
         f'</span></h3><div class="gallery">{"".join(card_html(c) for c in cards)}</div>'
-        for key, cards in sections.items() if cards)
+        for key, cards in sections.items()
+        if cards
+    )
     return f'<section id="gallery"><h2>Gallery</h2>{note}{groups}</section>'
 
 
 def card_html(card: Card) -> str:
     """One image: thumbnail, caption, CIDEr, references, then the attention strip."""
     thumb = thumbnail_uri(card)
-    picture = (f'<img class="thumb" src="{thumb}" alt="{escape(card.name)}">' if thumb else
-               '<div class="nothumb">image not found:<br>attention shown on grey</div>')
-    cider = (f'<span class="badge">CIDEr {percent(card.cider)}</span>'
-             if card.cider is not None else "")
-    references = ("<ol>" + "".join(f"<li>{escape(r)}</li>" for r in card.references) + "</ol>"
-                  if card.references else "")
-    tiles = "".join(f'<figure><img src="{uri}" alt="attention for {escape(word)}">'
-                    f'<figcaption title="{escape(word)}">{escape(word)}</figcaption></figure>'
-                    for uri, word in zip(attention_uris(card), card.words, strict=True))
-    strip = (f'<div class="strip">{tiles}</div>' if tiles else
-             '<div class="strip muted">empty caption: no attention</div>')
-    return (f'<div class="card">{picture}<div><div class="name">{escape(card.name)}</div>'
-            f'<div class="pred">{escape(card.caption) or "<em>(empty)</em>"}</div>{cider}'
-            f"{references}</div>{strip}</div>")
+    picture = (
+        f'<img class="thumb" src="{thumb}" alt="{escape(card.name)}">'
+        if thumb
+        else '<div class="nothumb">image not found:<br>attention shown on grey</div>'
+    )
+    cider = (
+        f'<span class="badge">CIDEr {percent(card.cider)}</span>' if card.cider is not None else ""
+    )
+    references = (
+        "<ol>" + "".join(f"<li>{escape(r)}</li>" for r in card.references) + "</ol>"
+        if card.references
+        else ""
+    )
+    tiles = "".join(
+        f'<figure><img src="{uri}" alt="attention for {escape(word)}">'
+        f'<figcaption title="{escape(word)}">{escape(word)}</figcaption></figure>'
+        for uri, word in zip(attention_uris(card), card.words, strict=True)
+    )
+    strip = (
+        f'<div class="strip">{tiles}</div>'
+        if tiles
+        else '<div class="strip muted">empty caption: no attention</div>'
+    )
+    return (
+        f'<div class="card">{picture}<div><div class="name">{escape(card.name)}</div>'
+        f'<div class="pred">{escape(card.caption) or "<em>(empty)</em>"}</div>{cider}'
+        f"{references}</div>{strip}</div>"
+    )
 
 
 def curves_section(history: list[dict], epoch: int | None) -> str:
@@ -241,8 +303,11 @@ def curves_section(history: list[dict], epoch: int | None) -> str:
     if not history:
         body = '<p class="muted">No metrics.jsonl beside the checkpoint: no curves.</p>'
     else:
-        body = '<div class="charts">' + "".join(
-            f'<div class="panel">{svg}</div>' for svg in training_charts(history, epoch)) + "</div>"
+        body = (
+            '<div class="charts">'
+            + "".join(f'<div class="panel">{svg}</div>' for svg in training_charts(history, epoch))
+            + "</div>"
+        )
     return f'<section id="curves"><h2>Training curves</h2>{body}</section>'
 
 
@@ -255,78 +320,109 @@ def provenance_section(result: dict) -> str:
     fingerprint = ", ".join(f"{k}={v}" for k, v in result["feature_fingerprint"].items())
     items = [
         ("split", f"{result['split']}: {result['num_images']} images"),
-        ("references per image", f"{refs['mean']:.2f} on average (min {refs['min']}, "
-                                 f"max {refs['max']}); every image is scored against all"),
-        ("decoding", f"beam {beam}, length penalty {decoding['length_penalty']}, at most "
-                     f"{decoding['max_len']} words"
-                     + (", <unk> never emitted" if decoding["suppress_unk"] else "")),
-        ("tokenizer", "PTBTokenizer (pycocoevalcap, Java)" if result["tokenizer"] == "ptb"
-         else "simple Python stand-in for PTBTokenizer (no Java)"),
-        ("scorer", f"pycocoevalcap {result['pycocoevalcap']}: Bleu(4), Meteor, Rouge, Cider, "
-                   "as COCOEvalCap.evaluate; shown ×100"),
+        (
+            "references per image",
+            f"{refs['mean']:.2f} on average (min {refs['min']}, "
+            f"max {refs['max']}); every image is scored against all",
+        ),
+        (
+            "decoding",
+            f"beam {beam}, length penalty {decoding['length_penalty']}, at most "
+            f"{decoding['max_len']} words"
+            + (", <unk> never emitted" if decoding["suppress_unk"] else ""),
+        ),
+        (
+            "tokenizer",
+            "PTBTokenizer (pycocoevalcap, Java)"
+            if result["tokenizer"] == "ptb"
+            else "simple Python stand-in for PTBTokenizer (no Java)",
+        ),
+        (
+            "scorer",
+            f"pycocoevalcap {result['pycocoevalcap']}: Bleu(4), Meteor, Rouge, Cider, "
+            "as COCOEvalCap.evaluate; shown ×100",
+        ),
         ("checkpoint", f"{result['checkpoint']} (epoch {result['epoch']})"),
         ("feature file", result["features"]),
         ("feature fingerprint", fingerprint),
         ("baseline", "the most frequent training caption, for every image of the split"),
     ]
     rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items)
-    return (f'<section id="provenance"><h2>How these numbers were computed</h2>'
-            f'<div class="panel"><dl class="prov">{rows}</dl></div></section>')
+    return (
+        f'<section id="provenance"><h2>How these numbers were computed</h2>'
+        f'<div class="panel"><dl class="prov">{rows}</dl></div></section>'
+    )
 
 
 def comparison_report(results: list[dict], histories: dict[str, list[dict]]) -> str:
     """Several runs: the table ranked by CIDEr, and their val CIDEr curves on one chart."""
     ranked = sorted(results, key=lambda r: -(r["scores"].get("CIDEr") or -1.0))
     colour = {run: series_colour(i) for i, run in enumerate(histories)}
-    header = ("<tr><th>#</th><th>run</th><th>epoch</th><th>split</th><th>beam</th>"
-              "<th>images</th>" + "".join(f"<th>{DISPLAY[n]}</th>" for n in METRIC_NAMES)
-              + "<th>baseline CIDEr</th><th>loss</th><th>health</th></tr>")
+    header = (
+        "<tr><th>#</th><th>run</th><th>epoch</th><th>split</th><th>beam</th>"
+        "<th>images</th>"
+        + "".join(f"<th>{DISPLAY[n]}</th>" for n in METRIC_NAMES)
+        + "<th>baseline CIDEr</th><th>loss</th><th>health</th></tr>"
+    )
     rows = []
     for rank, r in enumerate(ranked, 1):
         baseline = (r.get("baseline") or {}).get("scores", {})
         flags = r["health"]["flags"]
-        health = (f'<span class="pill bad">{len(flags)} flag{"s" * (len(flags) > 1)}</span>'
-                  if flags else '<span class="pill ok">ok</span>')
-        swatch = f'<span class="swatch" style="background:{colour.get(r["run"], "#ccc")}">' \
-                 "</span>"
-        rows.append(f"<tr><td>{rank}</td><td class=\"run\">{swatch}{escape(r['run'])}</td>"
-                    f"<td>{r['epoch']}</td><td>{escape(r['split'])}</td><td>{r['beam_size']}"
-                    f"</td><td>{r['num_images']}</td>"
-                    + "".join(f"<td>{percent(r['scores'].get(n))}</td>" for n in METRIC_NAMES)
-                    + f"<td>{percent(baseline.get('CIDEr'))}</td><td>{r['loss']:.3f}</td>"
-                    f"<td>{health}</td></tr>")
-    body = [f'<section id="ranking"><h2>Ranked by CIDEr <span class="muted">(×100)</span></h2>'
-            f'<div class="panel"><table>{header}{"".join(rows)}</table></div>'
-            '<p class="muted">Each run has its own report.html in its folder beside this '
-            "page.</p></section>",
-            f'<section id="curves"><h2>Validation CIDEr per epoch</h2><div class="charts">'
-            f'<div class="panel">{cider_comparison_chart(histories)}</div></div></section>']
+        health = (
+            f'<span class="pill bad">{len(flags)} flag{"s" * (len(flags) > 1)}</span>'
+            if flags
+            else '<span class="pill ok">ok</span>'
+        )
+        swatch = f'<span class="swatch" style="background:{colour.get(r["run"], "#ccc")}"></span>'
+        rows.append(
+            f'<tr><td>{rank}</td><td class="run">{swatch}{escape(r["run"])}</td>'
+            f"<td>{r['epoch']}</td><td>{escape(r['split'])}</td><td>{r['beam_size']}"
+            f"</td><td>{r['num_images']}</td>"
+            + "".join(f"<td>{percent(r['scores'].get(n))}</td>" for n in METRIC_NAMES)
+            + f"<td>{percent(baseline.get('CIDEr'))}</td><td>{r['loss']:.3f}</td>"
+            f"<td>{health}</td></tr>"
+        )
+    body = [
+        f'<section id="ranking"><h2>Ranked by CIDEr <span class="muted">(×100)</span></h2>'
+        f'<div class="panel"><table>{header}{"".join(rows)}</table></div>'
+        '<p class="muted">Each run has its own report.html in its folder beside this '
+        "page.</p></section>",
+        f'<section id="curves"><h2>Validation CIDEr per epoch</h2><div class="charts">'
+        f'<div class="panel">{cider_comparison_chart(histories)}</div></div></section>',
+    ]
     title = f"{len(results)} runs compared"
     subtitle = f"{results[0]['split']} split · {results[0]['num_images']} images"
-    return page(title, subtitle, "comparison", [("#ranking", "Ranking"),
-                                                 ("#curves", "Val CIDEr curves")], body)
+    return page(
+        title,
+        subtitle,
+        "comparison",
+        [("#ranking", "Ranking"), ("#curves", "Val CIDEr curves")],
+        body,
+    )
 
 
 def caption_report(cards: list[Card], checkpoint: str, beam_size: int) -> str:
     """`caption --html`: one card per new image (thumbnail, caption, attention strip)."""
-    body = [f'<section id="captions"><h2>Captions</h2><div class="gallery">'
-            f'{"".join(card_html(c) for c in cards)}</div></section>']
+    body = [
+        f'<section id="captions"><h2>Captions</h2><div class="gallery">'
+        f"{''.join(card_html(c) for c in cards)}</div></section>"
+    ]
     subtitle = f"{len(cards)} images · {checkpoint} · beam {beam_size}"
-    return page("Captions for new images", subtitle, "captions", [("#captions", "Captions")],
-                body)
+    return page("Captions for new images", subtitle, "captions", [("#captions", "Captions")], body)
 
 
-def page(title: str, subtitle: str, kind: str, nav: list[tuple[str, str]],
-         body: list[str]) -> str:
+def page(title: str, subtitle: str, kind: str, nav: list[tuple[str, str]], body: list[str]) -> str:
     """The whole HTML document around `body` sections."""
     links = "".join(f'<a href="{href}">{escape(label)}</a>' for href, label in nav)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<meta name="generator" content="{GENERATOR}"><title>{escape(title)}</title>'
-            f"<style>{CSS}</style></head><body><header><div class=\"wrap\">"
-            f'<div class="kicker">captioner · {escape(kind)}</div><h1>{escape(title)}</h1>'
-            f'<div class="sub">{escape(subtitle)}</div></div></header>'
-            f'<nav><div class="wrap">{links}</div></nav><main>{"".join(body)}'
-            f"<footer>Written by captioner on {stamp}. A single file: styles, pictures and "
-            f"charts are embedded.</footer></main></body></html>\n")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="generator" content="{GENERATOR}"><title>{escape(title)}</title>'
+        f'<style>{CSS}</style></head><body><header><div class="wrap">'
+        f'<div class="kicker">captioner · {escape(kind)}</div><h1>{escape(title)}</h1>'
+        f'<div class="sub">{escape(subtitle)}</div></div></header>'
+        f'<nav><div class="wrap">{links}</div></nav><main>{"".join(body)}'
+        f"<footer>Written by captioner on {stamp}. A single file: styles, pictures and "
+        f"charts are embedded.</footer></main></body></html>\n"
+    )

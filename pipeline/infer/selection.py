@@ -8,8 +8,9 @@ GALLERY_SIZE = 12  # default number of images in each group
 GALLERY_SEED = 0  # the random sample is the same on every run
 
 
-def select_gallery(per_image_cider: list[float], count: int,
-                   seed: int = GALLERY_SEED) -> dict[str, list[int]]:
+def select_gallery(
+    per_image_cider: list[float], count: int, seed: int = GALLERY_SEED
+) -> dict[str, list[int]]:
     """Disjoint image positions: the `count` best and worst by CIDEr, and a seeded random
     sample of `count` among the rest (fewer when the split is small)."""
     order = sorted(range(len(per_image_cider)), key=lambda i: (-per_image_cider[i], i))

@@ -10,8 +10,7 @@ import math
 from dataclasses import dataclass
 from html import escape
 
-PALETTE = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777",
-           "#4b5563")
+PALETTE = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
 WIDTH, HEIGHT = 460, 250
 LEFT, RIGHT, TOP, BOTTOM = 56, 14, 30, 58  # margins around the plot area (px)
 MARKERS_UP_TO = 40  # points get a dot while a series has at most this many
@@ -60,19 +59,28 @@ def series_colour(index: int) -> str:
     return PALETTE[index % len(PALETTE)]
 
 
-def line_chart(series: list[Series], title: str, marker_x: float | None = None,
-               marker_label: str = "", legend: bool = True) -> str:
+def line_chart(
+    series: list[Series],
+    title: str,
+    marker_x: float | None = None,
+    marker_label: str = "",
+    legend: bool = True,
+) -> str:
     """An <svg> element (a string) plotting `series`; a note instead when there is no data.
 
     Series i is drawn in `series_colour(i)`; `legend=False` leaves the legend to the page.
     """
     points = [(x, y) for s in series for x, y in zip(s.xs, s.ys, strict=True) if _finite(y)]
-    head = (f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
-            f'height="{HEIGHT}" role="img" aria-label="{escape(title)}">'
-            f'<text class="chart-title" x="{LEFT}" y="18">{escape(title)}</text>')
+    head = (
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
+        f'height="{HEIGHT}" role="img" aria-label="{escape(title)}">'
+        f'<text class="chart-title" x="{LEFT}" y="18">{escape(title)}</text>'
+    )
     if not points:
-        return (head + f'<text class="chart-empty" x="{WIDTH / 2}" y="{HEIGHT / 2}" '
-                'text-anchor="middle">no data</text></svg>')
+        return (
+            head + f'<text class="chart-empty" x="{WIDTH / 2}" y="{HEIGHT / 2}" '
+            'text-anchor="middle">no data</text></svg>'
+        )
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x_ticks, y_ticks = nice_ticks(min(xs), max(xs), integer=True), nice_ticks(min(ys), max(ys))
     frame = _Frame(x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1])
@@ -113,25 +121,32 @@ def _axes(frame: _Frame, x_ticks: list[float], y_ticks: list[float]) -> str:
     out = []
     for y in y_ticks:
         py = frame.py(y)
-        out.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{py:.1f}" '
-                   f'y2="{py:.1f}"/><text class="tick" x="{LEFT - 6}" y="{py + 4:.1f}" '
-                   f'text-anchor="end">{format_tick(y)}</text>')
+        out.append(
+            f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{py:.1f}" '
+            f'y2="{py:.1f}"/><text class="tick" x="{LEFT - 6}" y="{py + 4:.1f}" '
+            f'text-anchor="end">{format_tick(y)}</text>'
+        )
     for x in x_ticks:
         px = frame.px(x)
-        out.append(f'<text class="tick" x="{px:.1f}" y="{HEIGHT - BOTTOM + 16}" '
-                   f'text-anchor="middle">{format_tick(x)}</text>')
+        out.append(
+            f'<text class="tick" x="{px:.1f}" y="{HEIGHT - BOTTOM + 16}" '
+            f'text-anchor="middle">{format_tick(x)}</text>'
+        )
     base = HEIGHT - BOTTOM
     out.append(f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{base}" y2="{base}"/>')
-    out.append(f'<text class="tick" x="{WIDTH - RIGHT}" y="{base + 30}" '
-               'text-anchor="end">epoch</text>')
+    out.append(
+        f'<text class="tick" x="{WIDTH - RIGHT}" y="{base + 30}" text-anchor="end">epoch</text>'
+    )
     return "".join(out)
 
 
 def _marker(frame: _Frame, x: float, label: str) -> str:
     px = frame.px(x)
-    return (f'<line class="marker" x1="{px:.1f}" x2="{px:.1f}" y1="{TOP}" '
-            f'y2="{HEIGHT - BOTTOM}"/><text class="tick" x="{px + 4:.1f}" y="{TOP + 10}">'
-            f'{escape(label)}</text>')
+    return (
+        f'<line class="marker" x1="{px:.1f}" x2="{px:.1f}" y1="{TOP}" '
+        f'y2="{HEIGHT - BOTTOM}"/><text class="tick" x="{px + 4:.1f}" y="{TOP + 10}">'
+        f"{escape(label)}</text>"
+    )
 
 
 def _polyline(frame: _Frame, line: Series, colour: str) -> str:
@@ -143,13 +158,17 @@ def _polyline(frame: _Frame, line: Series, colour: str) -> str:
             run.append(f"{frame.px(x):.1f},{frame.py(y):.1f}")
             continue
         if len(run) > 1:
-            out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" '
-                       f'points="{" ".join(run)}"/>')
+            out.append(
+                f'<polyline fill="none" stroke="{colour}" stroke-width="2" '
+                f'points="{" ".join(run)}"/>'
+            )
         if len(pairs) <= MARKERS_UP_TO:
-            out.extend(f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="2.6" '
-                       f'fill="{colour}"/>' for p in run)
+            out.extend(
+                f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="2.6" fill="{colour}"/>'
+                for p in run
+            )
         run = []
-    return f'<g><title>{escape(line.name)}</title>{"".join(out)}</g>'
+    return f"<g><title>{escape(line.name)}</title>{''.join(out)}</g>"
 
 
 def _legend(series: list[Series]) -> str:
@@ -157,8 +176,10 @@ def _legend(series: list[Series]) -> str:
     out, x = [], LEFT
     for index, line in enumerate(series):
         colour = series_colour(index)
-        out.append(f'<rect x="{x}" y="{HEIGHT - 16}" width="12" height="4" fill="{colour}"/>'
-                   f'<text class="legend" x="{x + 16}" y="{HEIGHT - 11}">'
-                   f'{escape(line.name)}</text>')
+        out.append(
+            f'<rect x="{x}" y="{HEIGHT - 16}" width="12" height="4" fill="{colour}"/>'
+            f'<text class="legend" x="{x + 16}" y="{HEIGHT - 11}">'
+            f"{escape(line.name)}</text>"
+        )
         x += 26 + 7 * len(line.name)
     return "".join(out)

@@ -9,15 +9,32 @@ from pipeline.errors import UserError
 
 
 @click.command("train")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="TOML experiment file (configs/*.toml).")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override a config key; repeatable.")
-@click.option("--resume", "resume", type=click.Path(file_okay=False),
-              help="Continue the run in this folder from its last.pt.")
-@click.option("--init", "init", type=click.Path(),
-              help="Start a NEW run from this checkpoint's weights, vocabulary and splits "
-                   "(a run folder means its best.pt), e.g. SCST after cross-entropy.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML experiment file (configs/*.toml).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a config key; repeatable.",
+)
+@click.option(
+    "--resume",
+    "resume",
+    type=click.Path(file_okay=False),
+    help="Continue the run in this folder from its last.pt.",
+)
+@click.option(
+    "--init",
+    "init",
+    type=click.Path(),
+    help="Start a NEW run from this checkpoint's weights, vocabulary and splits "
+    "(a run folder means its best.pt), e.g. SCST after cross-entropy.",
+)
 def train_command(config_path, overrides, resume, init):
     """Train the caption decoder from cached ResNet50 grids (never the images)."""
     from pipeline.train.trainer import train

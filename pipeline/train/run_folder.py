@@ -79,8 +79,10 @@ def _make_exclusive(run_dir: Path) -> None:
         run_dir.mkdir()
     except FileExistsError:
         what = "already holds a run" if (run_dir / "last.pt").exists() else "already exists"
-        raise UserError(f"{run_dir} {what}: resume it with `captioner train --resume {run_dir}`"
-                        " or choose another train.name") from None
+        raise UserError(
+            f"{run_dir} {what}: resume it with `captioner train --resume {run_dir}`"
+            " or choose another train.name"
+        ) from None
     except OSError as exc:
         raise UserError(f"cannot create run folder {run_dir}: {exc.strerror}") from None
 
@@ -98,8 +100,10 @@ def lock_run(run_dir: Path) -> RunLock:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise UserError(f"{run_dir} is in use by a running training ({holder}): wait for it "
-                        "to finish, or stop it, before resuming") from None
+        raise UserError(
+            f"{run_dir} is in use by a running training ({holder}): wait for it "
+            "to finish, or stop it, before resuming"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()}\n")
@@ -114,8 +118,10 @@ def remove_leftovers(run_dir: Path, echo: bool = True) -> list[str]:
         path.unlink(missing_ok=True)
         removed.append(path.name)
     if removed and echo:
-        click.echo(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
-                   f"{', '.join(removed)}")
+        click.echo(
+            f"removed {len(removed)} temporary file(s) left by an interrupted run: "
+            f"{', '.join(removed)}"
+        )
     return removed
 
 
@@ -165,8 +171,10 @@ def truncate_metrics(run_dir: Path, epochs_done: int, echo: bool = True) -> None
         if epoch <= epochs_done:
             kept.append(line)
     if torn and echo:
-        click.echo(f"warning: dropped {torn} unreadable line(s) of {path} "
-                   "(left by an interrupted run)", err=True)
+        click.echo(
+            f"warning: dropped {torn} unreadable line(s) of {path} (left by an interrupted run)",
+            err=True,
+        )
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 

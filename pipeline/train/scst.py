@@ -55,8 +55,9 @@ def ends_badly(caption: str) -> bool:
 class CaptionReward:
     """CIDEr-D of sampled captions (vocabulary ids) against their image's references."""
 
-    def __init__(self, references: list[list[str]], vocab: Vocabulary,
-                 bad_ending_penalty: float = 0.0):
+    def __init__(
+        self, references: list[list[str]], vocab: Vocabulary, bad_ending_penalty: float = 0.0
+    ):
         self.cider = CiderD(references)  # image i's reference captions: references[i]
         self.words = self.cider.vocab_table(vocab)  # (V, k) vocabulary id -> evaluation tokens
         self.bad = np.isin(np.asarray(vocab.itos), BAD_ENDINGS)  # (V,)
@@ -116,13 +117,23 @@ class StepStats:
     samples: int
 
     def __add__(self, other: StepStats) -> StepStats:
-        return StepStats(*(a + b for a, b in zip(dataclasses.astuple(self),
-                                                 dataclasses.astuple(other), strict=True)))
+        return StepStats(
+            *(
+                a + b
+                for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
+            )
+        )
 
 
-def scst_loss(model: torch.nn.Module, features: torch.Tensor, images: np.ndarray, scst: Scst,
-              vocab: Vocabulary, generator: torch.Generator | None,
-              autocast: torch.autocast | None = None) -> tuple[torch.Tensor, StepStats]:
+def scst_loss(
+    model: torch.nn.Module,
+    features: torch.Tensor,
+    images: np.ndarray,
+    scst: Scst,
+    vocab: Vocabulary,
+    generator: torch.Generator | None,
+    autocast: torch.autocast | None = None,
+) -> tuple[torch.Tensor, StepStats]:
     """The SCST loss of one batch (see the module docstring) and its statistics.
 
     features (B, 49, 2048) on the model's device; images (B,) positions in the reward's split.
@@ -130,11 +141,23 @@ def scst_loss(model: torch.nn.Module, features: torch.Tensor, images: np.ndarray
     in eval mode.
     """
     k, device = scst.config.samples, features.device
-    greedy = _greedy_rewards(model, features, images, scst, vocab) if \
-        scst.config.baseline == "greedy" else None
+    greedy = (
+        _greedy_rewards(model, features, images, scst, vocab)
+        if scst.config.baseline == "greedy"
+        else None
+    )
     with autocast or contextlib.nullcontext():
-        samples = sample_captions(model, features, vocab.sos, vocab.eos, vocab.pad, k,
-                                  scst.config.max_len + 1, scst.suppress, generator)
+        samples = sample_captions(
+            model,
+            features,
+            vocab.sos,
+            vocab.eos,
+            vocab.pad,
+            k,
+            scst.config.max_len + 1,
+            scst.suppress,
+            generator,
+        )
     tokens = samples.tokens.cpu().numpy()  # (B*K, T)
     rewards, bad = scst.reward(np.repeat(images, k), tokens)  # (B*K,)
     base = baselines(rewards.reshape(-1, k), scst.config.baseline, greedy).reshape(-1)
@@ -142,22 +165,35 @@ def scst_loss(model: torch.nn.Module, features: torch.Tensor, images: np.ndarray
     loss = -(advantage * samples.log_probs).mean()
     sampled = int(samples.lengths.sum())
     words = sampled - int((tokens == vocab.eos).sum())
-    stats = StepStats(float(loss.detach()) * len(tokens), float(rewards.sum()),
-                      float(base.sum()), words, sampled, int(bad.sum()), len(tokens))
+    stats = StepStats(
+        float(loss.detach()) * len(tokens),
+        float(rewards.sum()),
+        float(base.sum()),
+        words,
+        sampled,
+        int(bad.sum()),
+        len(tokens),
+    )
     return loss, stats
 
 
-def _greedy_rewards(model: torch.nn.Module, features: torch.Tensor, images: np.ndarray,
-                    scst: Scst, vocab: Vocabulary) -> np.ndarray:
+def _greedy_rewards(
+    model: torch.nn.Module,
+    features: torch.Tensor,
+    images: np.ndarray,
+    scst: Scst,
+    vocab: Vocabulary,
+) -> np.ndarray:
     """(B,) reward of each image's greedy caption (eval mode, no gradient)."""
     was_training = model.training
     model.eval()
-    decoded = greedy_decode(model, features, vocab.sos, vocab.eos, scst.config.max_len + 1,
-                            suppress=scst.suppress)
+    decoded = greedy_decode(
+        model, features, vocab.sos, vocab.eos, scst.config.max_len + 1, suppress=scst.suppress
+    )
     model.train(was_training)
     tokens = np.full((len(decoded), scst.config.max_len + 1), vocab.pad, dtype=np.int64)
     for i, caption in enumerate(decoded):
-        tokens[i, :len(caption.tokens)] = caption.tokens  # words only: no <eos> in Decoded
+        tokens[i, : len(caption.tokens)] = caption.tokens  # words only: no <eos> in Decoded
     return scst.reward(images, tokens)[0]
 
 
@@ -170,22 +206,40 @@ def train_epoch(trainer, epoch: int, rng: np.random.Generator) -> dict:
     """
     config = trainer.config
     plan = distributed.shard_plan(
-        plan_epoch(trainer.train_split, config.train.batch_size, "random", rng), trainer.dist)
+        plan_epoch(trainer.train_split, config.train.batch_size, "random", rng), trainer.dist
+    )
     generator = torch.Generator(device=trainer.device)
     generator.manual_seed(config.train.seed * 1_000_003 + epoch * 1_009 + trainer.dist.rank)
-    loader = make_loader(trainer.data.store, trainer.train_split, plan, trainer.vocab.pad,
-                         config.train.workers, trainer.device)
+    loader = make_loader(
+        trainer.data.store,
+        trainer.train_split,
+        plan,
+        trainer.vocab.pad,
+        config.train.workers,
+        trainer.device,
+    )
     trainer.model.train()
     totals = StepStats(0.0, 0.0, 0.0, 0, 0, 0, 0)
     started = time.perf_counter()
-    bar = tqdm(zip(plan, loader, strict=True), total=len(plan),
-               desc=f"scst epoch {epoch + 1}/{config.train.epochs}",
-               disable=None if trainer.dist.is_main else True, mininterval=1.0, leave=False)
+    bar = tqdm(
+        zip(plan, loader, strict=True),
+        total=len(plan),
+        desc=f"scst epoch {epoch + 1}/{config.train.epochs}",
+        disable=None if trainer.dist.is_main else True,
+        mininterval=1.0,
+        leave=False,
+    )
     for (images, _), batch in bar:
         features = batch["features"].to(trainer.device, non_blocking=True)  # (B, 49, 2048)
-        loss, stats = scst_loss(trainer.model, features, images, trainer.self_critical,
-                                trainer.vocab, generator,
-                                training_autocast(config, trainer.device))
+        loss, stats = scst_loss(
+            trainer.model,
+            features,
+            images,
+            trainer.self_critical,
+            trainer.vocab,
+            generator,
+            training_autocast(config, trainer.device),
+        )
         _apply(trainer, loss)
         totals = totals + stats
         bar.set_postfix(reward=f"{totals.reward / totals.samples:.3f}")
@@ -218,7 +272,7 @@ def _average_gradients(model: torch.nn.Module, dist: distributed.DistInfo) -> No
     flat /= dist.world_size
     offset = 0
     for p in params:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
         offset += p.numel()
 
 
@@ -226,18 +280,30 @@ def _epoch_record(trainer, totals: StepStats, seconds: float) -> dict:
     """Means over every rank's samples."""
     sums = {}
     for key in ("loss", "reward", "baseline", "words", "tokens", "bad_endings"):
-        sums[key], count = distributed.sum_pair(float(getattr(totals, key)), totals.samples,
-                                                trainer.dist, trainer.device)
+        sums[key], count = distributed.sum_pair(
+            float(getattr(totals, key)), totals.samples, trainer.dist, trainer.device
+        )
     count = max(count, 1)
-    return {"train_loss": sums["loss"] / count, "reward": sums["reward"] / count,
-            "baseline": sums["baseline"] / count, "sample_length": sums["words"] / count,
-            "bad_endings": sums["bad_endings"] / count,
-            "tokens_per_s": sums["tokens"] / seconds, "epoch_seconds": seconds}
+    return {
+        "train_loss": sums["loss"] / count,
+        "reward": sums["reward"] / count,
+        "baseline": sums["baseline"] / count,
+        "sample_length": sums["words"] / count,
+        "bad_endings": sums["bad_endings"] / count,
+        "tokens_per_s": sums["tokens"] / seconds,
+        "epoch_seconds": seconds,
+    }
 
 
 # model.* keys a run started with --init may change: training-only settings, not the function
-INIT_FREE_KEYS = ("dropout", "doubly_stochastic", "attention_penalty", "init",
-                  "pretrained_embeddings", "freeze_embeddings")
+INIT_FREE_KEYS = (
+    "dropout",
+    "doubly_stochastic",
+    "attention_penalty",
+    "init",
+    "pretrained_embeddings",
+    "freeze_embeddings",
+)
 
 
 def load_init_weights(model: torch.nn.Module, config: Config, payload: dict, path: str) -> None:
@@ -247,11 +313,15 @@ def load_init_weights(model: torch.nn.Module, config: Config, payload: dict, pat
     `INIT_FREE_KEYS` may differ): otherwise one UserError naming the first differences.
     """
     saved = config_from_dict(payload["config"]).model
-    differ = [f"model.{f.name} {getattr(saved, f.name)!r} vs {getattr(config.model, f.name)!r}"
-              for f in dataclasses.fields(saved) if f.name not in INIT_FREE_KEYS
-              and getattr(saved, f.name) != getattr(config.model, f.name)]
+    differ = [
+        f"model.{f.name} {getattr(saved, f.name)!r} vs {getattr(config.model, f.name)!r}"
+        for f in dataclasses.fields(saved)
+        if f.name not in INIT_FREE_KEYS and getattr(saved, f.name) != getattr(config.model, f.name)
+    ]
     if differ:
-        raise UserError(f"--init {path}: its decoder does not fit this config's model "
-                        f"(checkpoint vs config: {'; '.join(differ[:3])}); set model.* as the "
-                        "checkpoint was trained")
+        raise UserError(
+            f"--init {path}: its decoder does not fit this config's model "
+            f"(checkpoint vs config: {'; '.join(differ[:3])}); set model.* as the "
+            "checkpoint was trained"
+        )
     model.load_state_dict(payload["model"])

@@ -50,8 +50,8 @@ from pipeline.train.run_folder import (
 class RunState:
     """What changes from epoch to epoch and must survive a resume."""
 
-    epoch: int = 0                      # completed epochs
-    step: int = 0                       # optimizer steps so far
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps so far
     best_value: float | None = None
     best_epoch: int = -1
     epochs_since_best: int = 0
@@ -75,12 +75,16 @@ class Trainer:
     scaler: torch.amp.GradScaler
     state: RunState
     dist: distributed.DistInfo
-    lock: RunLock | None = None     # held by rank 0 while it trains in run_dir
+    lock: RunLock | None = None  # held by rank 0 while it trains in run_dir
     self_critical: scst.Scst | None = None  # train.objective = "scst": reward and settings
 
 
-def train(config: Config, resume: str | Path | None = None,
-          overrides: tuple[str, ...] = (), init: str | Path | None = None) -> Path:
+def train(
+    config: Config,
+    resume: str | Path | None = None,
+    overrides: tuple[str, ...] = (),
+    init: str | Path | None = None,
+) -> Path:
     """Train (or resume) a run; returns the run folder. Prints progress as it goes.
 
     `init`: a checkpoint whose weights and vocabulary start a new run (e.g. SCST after XE).
@@ -99,8 +103,9 @@ def train(config: Config, resume: str | Path | None = None,
         distributed.teardown(dist)
 
 
-def build_trainer(config: Config, resume, overrides, dist, init=None,
-                  lock: RunLock | None = None) -> Trainer:
+def build_trainer(
+    config: Config, resume, overrides, dist, init=None, lock: RunLock | None = None
+) -> Trainer:
     """Resolve config, data, vocabulary, model and optimizer (from a checkpoint if resuming;
     a new run's weights, vocabulary and splits from the `init` checkpoint if given).
 
@@ -117,8 +122,12 @@ def build_trainer(config: Config, resume, overrides, dist, init=None,
     device = distributed.device_for(dist, resolve_device(config.train.device))
     echo = dist.is_main
     source = checkpoint or (load_checkpoint(init) if init is not None else None)
-    data = load_experiment_data(config, source["features"] if source else None, echo,
-                                saved_splits=source.get("splits") if source else None)
+    data = load_experiment_data(
+        config,
+        source["features"] if source else None,
+        echo,
+        saved_splits=source.get("splits") if source else None,
+    )
     if source:
         vocab = Vocabulary(source["vocab"])
     else:
@@ -131,21 +140,27 @@ def build_trainer(config: Config, resume, overrides, dist, init=None,
     model = build_model(config, vocab, echo).to(device)
     if init is not None and not checkpoint:
         scst.load_init_weights(model, config, source, str(init))
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                 lr=config.train.lr)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=config.train.lr
+    )
     scheduler = build_scheduler(config, optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=grad_scaler_enabled(config, device))
     state = RunState()
     if checkpoint:
-        load_weights(model, checkpoint["model"], run_dir / "last.pt",
-                     hint="; a resumed run keeps its model.* sizes")
+        load_weights(
+            model,
+            checkpoint["model"],
+            run_dir / "last.pt",
+            hint="; a resumed run keeps its model.* sizes",
+        )
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         state = RunState(**checkpoint["state"])
         if echo:
-            click.echo(f"resuming {run_dir} after epoch {state.epoch} "
-                       f"(until epoch {config.train.epochs})")
+            click.echo(
+                f"resuming {run_dir} after epoch {state.epoch} (until epoch {config.train.epochs})"
+            )
     elif dist.is_main:
         run_dir, lock = start_run(config, vocab, data.splits)
     self_critical = None
@@ -153,8 +168,23 @@ def build_trainer(config: Config, resume, overrides, dist, init=None,
         self_critical = scst.build_scst(config, train_split, vocab)
     else:
         model = distributed.wrap_model(model, dist, device)
-    return Trainer(config, run_dir, device, data, vocab, train_split, val_split, model,
-                   optimizer, scheduler, scaler, state, dist, lock, self_critical)
+    return Trainer(
+        config,
+        run_dir,
+        device,
+        data,
+        vocab,
+        train_split,
+        val_split,
+        model,
+        optimizer,
+        scheduler,
+        scaler,
+        state,
+        dist,
+        lock,
+        self_critical,
+    )
 
 
 def resumed_config(saved: dict, overrides: tuple[str, ...]) -> Config:
@@ -171,8 +201,10 @@ def make_vocabulary(data: ExperimentData, config: Config, echo: bool) -> Vocabul
     vocab, counts = build_vocabulary(train_captions, config.vocab.min_freq)
     if echo:
         top = ", ".join(f"{w} ({c})" for w, c in counts.most_common(10))
-        click.echo(f"vocabulary: {len(vocab)} tokens (min_freq {config.vocab.min_freq}, "
-                   f"{len(counts)} distinct train words); most frequent: {top}")
+        click.echo(
+            f"vocabulary: {len(vocab)} tokens (min_freq {config.vocab.min_freq}, "
+            f"{len(counts)} distinct train words); most frequent: {top}"
+        )
     return vocab
 
 
@@ -180,18 +212,23 @@ def build_model(config: Config, vocab: Vocabulary, echo: bool) -> torch.nn.Modul
     """The decoder, with pretrained word vectors if configured; prints parameter counts."""
     vectors = None
     if config.model.pretrained_embeddings:
-        vectors, coverage = load_word_vectors(config.model.pretrained_embeddings, vocab.itos,
-                                              config.model.embed_dim)
+        vectors, coverage = load_word_vectors(
+            config.model.pretrained_embeddings, vocab.itos, config.model.embed_dim
+        )
         if echo:
-            click.echo(f"embeddings: {config.model.pretrained_embeddings} covers "
-                       f"{coverage:.1%} of the vocabulary"
-                       f"{' (frozen)' if config.model.freeze_embeddings else ''}")
+            click.echo(
+                f"embeddings: {config.model.pretrained_embeddings} covers "
+                f"{coverage:.1%} of the vocabulary"
+                f"{' (frozen)' if config.model.freeze_embeddings else ''}"
+            )
     model = build_decoder(config.model, vocab, pretrained_embeddings=vectors)
     if echo:
         total, trainable = model.parameter_counts()
-        click.echo(f"decoder ({describe_decoder(config)}): {total / 1e6:.2f} M parameters, "
-                   f"{trainable / 1e6:.2f} M trainable. No CNN here: ResNet50 ran once in "
-                   "`extract` and its grids come from the feature file.")
+        click.echo(
+            f"decoder ({describe_decoder(config)}): {total / 1e6:.2f} M parameters, "
+            f"{trainable / 1e6:.2f} M trainable. No CNN here: ResNet50 ran once in "
+            "`extract` and its grids come from the feature file."
+        )
     return model
 
 
@@ -210,8 +247,9 @@ def build_scheduler(config: Config, optimizer: torch.optim.Optimizer):
         return torch.optim.lr_scheduler.StepLR(optimizer, t.step_size, t.gamma)
     if t.scheduler == "plateau":
         mode = "min" if t.selection_metric == "loss" else "max"
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=t.gamma,
-                                                          patience=t.plateau_patience)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=t.gamma, patience=t.plateau_patience
+        )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
@@ -225,40 +263,58 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
     """One pass over the train split; returns mean loss and tokens/s."""
     config = trainer.config.train
     rng = seed_epoch(config.seed, epoch)
-    plan = distributed.shard_plan(plan_epoch(trainer.train_split, config.batch_size,
-                                             config.batching, rng), trainer.dist)
+    plan = distributed.shard_plan(
+        plan_epoch(trainer.train_split, config.batch_size, config.batching, rng), trainer.dist
+    )
     trainer.model.train()
     loss_sum, tokens, started = 0.0, 0, time.perf_counter()
-    loader = make_loader(trainer.data.store, trainer.train_split, plan, trainer.vocab.pad,
-                         config.workers, trainer.device)
-    bar = tqdm(loader, total=len(plan),
-               desc=f"epoch {epoch + 1}/{config.epochs}",
-               disable=None if trainer.dist.is_main else True,
-               mininterval=1.0, leave=False)
+    loader = make_loader(
+        trainer.data.store,
+        trainer.train_split,
+        plan,
+        trainer.vocab.pad,
+        config.workers,
+        trainer.device,
+    )
+    bar = tqdm(
+        loader,
+        total=len(plan),
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        disable=None if trainer.dist.is_main else True,
+        mininterval=1.0,
+        leave=False,
+    )
     for batch in bar:
-        total, cross_entropy, n_tokens = batch_loss(trainer.model, batch, trainer.config,
-                                                    trainer.device)
+        total, cross_entropy, n_tokens = batch_loss(
+            trainer.model, batch, trainer.config, trainer.device
+        )
         trainer.optimizer.zero_grad(set_to_none=True)
         trainer.scaler.scale(total).backward()
         trainer.scaler.unscale_(trainer.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(trainer.model.parameters(),
-                                              config.grad_clip or float("inf"))
+        norm = torch.nn.utils.clip_grad_norm_(
+            trainer.model.parameters(), config.grad_clip or float("inf")
+        )
         stop_if_non_finite(trainer, total, norm, epoch)
         trainer.scaler.step(trainer.optimizer)
         trainer.scaler.update()
         trainer.state.step += 1
         loss_sum += float(cross_entropy.detach()) * n_tokens
         tokens += n_tokens
-        bar.set_postfix(loss=f"{loss_sum / tokens:.3f}",
-                        tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
+        bar.set_postfix(
+            loss=f"{loss_sum / tokens:.3f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}"
+        )
     loss_sum, tokens = distributed.sum_pair(loss_sum, tokens, trainer.dist, trainer.device)
     seconds = time.perf_counter() - started
-    return {"train_loss": loss_sum / max(tokens, 1), "tokens_per_s": tokens / seconds,
-            "epoch_seconds": seconds}
+    return {
+        "train_loss": loss_sum / max(tokens, 1),
+        "tokens_per_s": tokens / seconds,
+        "epoch_seconds": seconds,
+    }
 
 
-def stop_if_non_finite(trainer: Trainer, loss: torch.Tensor, grad_norm: torch.Tensor,
-                       epoch: int) -> None:
+def stop_if_non_finite(
+    trainer: Trainer, loss: torch.Tensor, grad_norm: torch.Tensor, epoch: int
+) -> None:
     """Stop (before the optimizer step) on a nan/inf loss or gradient, naming epoch and step.
 
     The gradient norm is checked after DDP's all-reduce, so every rank stops together. Under
@@ -267,10 +323,12 @@ def stop_if_non_finite(trainer: Trainer, loss: torch.Tensor, grad_norm: torch.Te
     if trainer.scaler.is_enabled() or bool(torch.isfinite(grad_norm)):
         return
     what = "loss" if not bool(torch.isfinite(loss)) else "gradient"
-    raise UserError(f"training stopped: non-finite {what} at epoch {epoch + 1}, step "
-                    f"{trainer.state.step + 1}; nothing of it was saved (last saved epoch: "
-                    f"{trainer.state.epoch}): lower train.lr or check the features and word "
-                    "vectors, then resume")
+    raise UserError(
+        f"training stopped: non-finite {what} at epoch {epoch + 1}, step "
+        f"{trainer.state.step + 1}; nothing of it was saved (last saved epoch: "
+        f"{trainer.state.epoch}): lower train.lr or check the features and word "
+        "vectors, then resume"
+    )
 
 
 def validation_scores(trainer: Trainer) -> tuple[dict, list[tuple[str, str, list[str]]]]:
@@ -281,18 +339,28 @@ def validation_scores(trainer: Trainer) -> tuple[dict, list[tuple[str, str, list
         count = min(count, trainer.config.train.val_images)
     positions = distributed.shard_indices(count, trainer.dist)
     model = distributed.unwrap(trainer.model)
-    decoded = decode_rows(model, trainer.data.store, split.image_rows[positions],
-                          trainer.vocab, trainer.config.eval, 1, trainer.device)
+    decoded = decode_rows(
+        model,
+        trainer.data.store,
+        split.image_rows[positions],
+        trainer.vocab,
+        trainer.config.eval,
+        1,
+        trainer.device,
+    )
     captions = distributed.gather_captions(
         {int(p): trainer.vocab.decode(d.tokens) for p, d in zip(positions, decoded, strict=True)},
-        trainer.dist)
+        trainer.dist,
+    )
     if not trainer.dist.is_main:
         return {}, []
     predictions = {str(p): captions[p] for p in range(count)}
     references = {str(p): split.references[p] for p in range(count)}
     report = score_captions(references, predictions, metrics=("Bleu_4", "CIDEr"))
-    samples = [(split.image_names[p], captions[p], split.references[p])
-               for p in range(min(trainer.config.train.samples, count))]
+    samples = [
+        (split.image_names[p], captions[p], split.references[p])
+        for p in range(min(trainer.config.train.samples, count))
+    ]
     return {"Bleu_4": report.scores["Bleu_4"], "CIDEr": report.scores["CIDEr"]}, samples
 
 
@@ -311,8 +379,10 @@ def run_epochs(trainer: Trainer) -> None:
     if trainer.dist.is_main:
         truncate_metrics(trainer.run_dir, state.epoch)
     if state.epoch >= config.train.epochs:
-        click.echo(f"{trainer.run_dir} has already trained {state.epoch} epochs; "
-                   "extend it with --set train.epochs=N")
+        click.echo(
+            f"{trainer.run_dir} has already trained {state.epoch} epochs; "
+            "extend it with --set train.epochs=N"
+        )
     while state.epoch < config.train.epochs:
         epoch = state.epoch
         record = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"]}
@@ -320,14 +390,24 @@ def run_epochs(trainer: Trainer) -> None:
             record.update(train_one_epoch(trainer, epoch))
         else:
             record.update(scst.train_epoch(trainer, epoch, seed_epoch(config.train.seed, epoch)))
-        record["val_loss"] = split_loss(distributed.unwrap(trainer.model), trainer.data.store,
-                                        trainer.val_split, config, trainer.vocab.pad,
-                                        trainer.device, trainer.dist)
+        record["val_loss"] = split_loss(
+            distributed.unwrap(trainer.model),
+            trainer.data.store,
+            trainer.val_split,
+            config,
+            trainer.vocab.pad,
+            trainer.device,
+            trainer.dist,
+        )
         scores, samples = validation_scores(trainer)
         record.update(scores)
         value = distributed.broadcast_float(
-            record["val_loss"] if config.train.selection_metric == "loss"
-            else record.get(config.train.selection_metric, 0.0), trainer.dist, trainer.device)
+            record["val_loss"]
+            if config.train.selection_metric == "loss"
+            else record.get(config.train.selection_metric, 0.0),
+            trainer.dist,
+            trainer.device,
+        )
         step_scheduler(trainer, value)
         state.epoch += 1
         improved = is_better(config, value, state.best_value)
@@ -341,12 +421,16 @@ def run_epochs(trainer: Trainer) -> None:
             save_run_checkpoints(trainer, improved)
         if config.train.patience and state.epochs_since_best >= config.train.patience:
             if trainer.dist.is_main:
-                click.echo(f"early stopping: no {config.train.selection_metric} improvement "
-                           f"for {config.train.patience} epochs (best epoch {state.best_epoch})")
+                click.echo(
+                    f"early stopping: no {config.train.selection_metric} improvement "
+                    f"for {config.train.patience} epochs (best epoch {state.best_epoch})"
+                )
             break
     if trainer.dist.is_main:
-        click.echo(f"run folder: {trainer.run_dir} (best epoch {state.best_epoch}, "
-                   f"{config.train.selection_metric} {state.best_value})")
+        click.echo(
+            f"run folder: {trainer.run_dir} (best epoch {state.best_epoch}, "
+            f"{config.train.selection_metric} {state.best_value})"
+        )
 
 
 def step_scheduler(trainer: Trainer, value: float) -> None:
@@ -359,10 +443,16 @@ def step_scheduler(trainer: Trainer, value: float) -> None:
 
 def report_epoch(trainer: Trainer, record: dict, samples: list, improved: bool) -> None:
     """Print the epoch line and samples; append to metrics.jsonl (and TensorBoard if present)."""
-    parts = [f"epoch {record['epoch']}", f"train_loss {record['train_loss']:.4f}",
-             f"val_loss {record['val_loss']:.4f}"]
-    parts += [f"{k} {record[k]:.4f}" for k in ("reward", "baseline", "Bleu_4", "CIDEr")
-              if record.get(k) is not None]
+    parts = [
+        f"epoch {record['epoch']}",
+        f"train_loss {record['train_loss']:.4f}",
+        f"val_loss {record['val_loss']:.4f}",
+    ]
+    parts += [
+        f"{k} {record[k]:.4f}"
+        for k in ("reward", "baseline", "Bleu_4", "CIDEr")
+        if record.get(k) is not None
+    ]
     parts.append(f"{record['tokens_per_s']:.0f} tok/s")
     click.echo("  ".join(parts) + ("  *best*" if improved else ""))
     for image, generated, references in samples:
@@ -372,9 +462,15 @@ def report_epoch(trainer: Trainer, record: dict, samples: list, improved: bool) 
 
 
 # metrics.jsonl key -> TensorBoard tag ("loss/train" and "loss/val" share one chart)
-TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "CIDEr": "val/CIDEr",
-                    "Bleu_4": "val/BLEU-4", "lr": "lr", "tokens_per_s": "speed/tokens_per_s",
-                    "epoch_seconds": "speed/epoch_seconds"}
+TENSORBOARD_TAGS = {
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "CIDEr": "val/CIDEr",
+    "Bleu_4": "val/BLEU-4",
+    "lr": "lr",
+    "tokens_per_s": "speed/tokens_per_s",
+    "epoch_seconds": "speed/epoch_seconds",
+}
 
 
 def log_tensorboard(run_dir: Path, record: dict) -> None:
@@ -397,9 +493,14 @@ def checkpoint_payload(trainer: Trainer) -> dict:
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict(),
-        "state": {"epoch": state.epoch, "step": state.step, "best_value": state.best_value,
-                  "best_epoch": state.best_epoch, "epochs_since_best": state.epochs_since_best,
-                  "history": state.history},
+        "state": {
+            "epoch": state.epoch,
+            "step": state.step,
+            "best_value": state.best_value,
+            "best_epoch": state.best_epoch,
+            "epochs_since_best": state.epochs_since_best,
+            "history": state.history,
+        },
         "config": config_to_dict(trainer.config),
         "vocab": list(trainer.vocab.itos),
         "features": trainer.data.fingerprint,
