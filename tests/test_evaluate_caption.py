@@ -187,7 +187,12 @@ def test_caption_features_equal_what_extract_wrote(trained):
         rows = [contract.read_image_ids(f).index(n) for n in names]
         stored = np.stack([f[contract.FEATURES][r] for r in rows])
     assert fresh.dtype == stored.dtype
-    np.testing.assert_array_equal(fresh, stored)  # same weights, policy, precision, dtype
+    # Same weights, policy, precision and dtype. Not bit for bit: oneDNN picks its convolution
+    # algorithm by batch size (2 here, 32 in extract), which moves fp32 sums by a few ulps.
+    np.testing.assert_allclose(
+        fresh.astype(np.float32), stored.astype(np.float32), rtol=5e-3, atol=1e-2
+    )
+    assert np.corrcoef(fresh.ravel(), stored.ravel())[0, 1] > 0.99999
 
 
 def test_caption_with_missing_checkpoint_is_a_clear_error(tmp_path, trained):
