@@ -611,6 +611,8 @@ def start_cli(args: list, log: Path) -> subprocess.Popen:
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # A job started in the background by a shell inherits SIGINT ignored; Ctrl-C is tested.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -17,7 +17,8 @@ TOP_REPEATED = 5  # most repeated captions listed
 THRESHOLDS = (
     ("top_caption_share", 0.25, "max", "one caption is given to {:.0%} of the images"),
     ("unfinished_share", 0.05, "max", "{:.0%} of the captions hit the max length without <eos>"),
-    ("distinct_share", 0.5, "min", "only {:.0%} of the captions are distinct"),
+    # Small caption spaces (the demo: shapes x colours x places) give healthy models ~45%.
+    ("distinct_share", 0.2, "min", "only {:.0%} of the captions are distinct"),
     ("repetition_share", 0.1, "max", "{:.0%} of the captions repeat a word or a bigram"),
     ("length_ratio", 0.67, "min", "predictions are {:.2f}x as long as the references"),
     ("length_ratio", 1.5, "max", "predictions are {:.2f}x as long as the references"),
