@@ -199,12 +199,9 @@ class CaptionDecoder(nn.Module):
     def forward(
         self, features: Tensor, image_index: Tensor, captions: Tensor, lengths: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Teacher forcing; only the recurrence runs step by step.
+        """Teacher forcing as `CaptionDecoderProtocol.forward` states (packed logits (N, V),
+        alphas (B, T-1, 49)); only the recurrence runs step by step.
 
-        features (n_img, 49, D); image_index (B,) long row of `features` for each caption;
-        captions (B, T) long `<sos> w1 .. wn <eos> <pad>..`; lengths (B,) = n + 2.
-        Returns packed logits (N, V) for the N real targets `captions[:, 1:][target_mask]`
-        (row-major, the caller's row order) and alphas (B, T-1, 49), zero at padded steps.
         Rows are sorted by length and step t runs the LSTM on the rows still active only; the
         embedding's share of the gates and the output projection run once, outside the loop.
         """

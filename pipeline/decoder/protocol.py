@@ -50,6 +50,12 @@ class CaptionDecoderProtocol(Protocol):
     def forward(
         self, features: Tensor, image_index: Tensor, captions: Tensor, lengths: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Teacher forcing: features (n_img, R, D), image_index (B,), captions (B, T) long,
-        lengths (B,) -> logits (B, T-1, V), alphas (B, T-1, R) (zero at padded steps)."""
+        """Teacher forcing.
+
+        features (n_img, R, D); image_index (B,) long row of `features` for each caption;
+        captions (B, T) long `<sos> w1 .. wn <eos> <pad>..`; lengths (B,) = n + 2.
+        Returns packed logits (N, V) for the N real targets
+        `captions[:, 1:][target_mask(lengths, T - 1)]` (row-major, the caller's row order) and
+        alphas (B, T-1, R), zero at padded steps.
+        """
         ...

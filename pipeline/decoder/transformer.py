@@ -222,13 +222,11 @@ class TransformerDecoder(nn.Module):
     def forward(
         self, features: Tensor, image_index: Tensor, captions: Tensor, lengths: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Teacher forcing, every step at once under the causal mask.
+        """Teacher forcing as `CaptionDecoderProtocol.forward` states (packed logits (N, V),
+        alphas (B, T-1, 49)), every step at once under the causal mask.
 
-        features (n_img, 49, D); image_index (B,) long row of `features` for each caption;
-        captions (B, T) long `<sos> w1 .. wn <eos> <pad>..`; lengths (B,) = n + 2.
-        Returns packed logits (N, V) for the N real targets `captions[:, 1:][target_mask]`
-        (row-major) and alphas (B, T-1, 49), zero at padded steps. Padding sits after the
-        real tokens, so the causal mask already keeps it out of every real step.
+        Padding sits after the real tokens, so the causal mask already keeps it out of every
+        real step.
         """
         width = captions.shape[1]
         if lengths.numel() and int(lengths.max()) > width:
