@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/quality.py [--seeds 3] [--variants shipped,images,...]
                                           [--jobs 2] [--set section.key=value ...]
 
-Each variant is `configs/demo.toml` plus a few `--set`-style overrides (VARIANTS below: adding
-a variant, e.g. SCST or `model.kind`, is one line). Every (variant, seed) trains a fresh run
+Each variant is `configs/demo.toml` (or its own config, e.g. `transformer`) plus a few
+`--set`-style overrides (VARIANTS below: adding a variant is one line). Every (variant, seed) trains a fresh run
 with `train.seed = seed` through the real trainer (best.pt chosen on val CIDEr, as shipped),
 then `evaluate` scores best.pt on the test split greedy and with beam 3 (pycocoevalcap, x100).
 The table shows mean ± sample standard deviation over seeds of CIDEr, BLEU-4 and METEOR, the
@@ -52,10 +52,12 @@ SHOWN_METRICS = (("CIDEr", "CIDEr"), ("Bleu_4", "BLEU-4"), ("METEOR", "METEOR"))
 
 @dataclass(frozen=True)
 class Variant:
-    """A recipe: overrides on configs/demo.toml (`section.key=value`) and what it tests."""
+    """A recipe: overrides (`section.key=value`) on a config (the base config, --config, if
+    None) and what it tests."""
 
     about: str
     overrides: tuple[str, ...] = ()
+    config: str | None = None
 
 
 TUTORIAL = (
@@ -99,6 +101,21 @@ VARIANTS = {
     ),
     "uniform-init": Variant(
         "embedding and output U(-0.1, 0.1), output bias 0", ("model.init=uniform",)
+    ),
+    "decay-4x0.5": Variant(
+        "learning rate halved every 4 epochs (2e-3, 1e-3, 5e-4)",
+        ("train.step_size=4", "train.gamma=0.5"),
+    ),
+    "decay-6x0.3": Variant(
+        "learning rate x0.3 after 6 epochs (2e-3, 6e-4)", ("train.step_size=6", "train.gamma=0.3")
+    ),
+    "batch-32": Variant(
+        "batches of 32 captions (twice the updates per epoch)", ("train.batch_size=32",)
+    ),
+    "attention-256": Variant("attention width 256 (128 shipped)", ("model.attention_dim=256",)),
+    "transformer": Variant(
+        "the Transformer decoder (README, Two decoders)",
+        config=str(REPO / "configs" / "demo-transformer.toml"),
     ),
     REFERENCE: Variant(
         "our re-implementation of sgrvinod's tutorial recipe: caption batches, "
@@ -211,6 +228,10 @@ def overrides_of(args: argparse.Namespace, name: str, seed: int) -> list[str]:
     return [*args.overrides, *VARIANTS[name].overrides, f"train.seed={seed}"]
 
 
+def config_of(args: argparse.Namespace, name: str) -> str:
+    return VARIANTS[name].config or args.config
+
+
 def planned_runs(args: argparse.Namespace) -> dict[str, list[tuple[str, int]]]:
     """Distinct resolved configs -> the (variant, seed) pairs they serve, seed-major.
 
@@ -222,7 +243,8 @@ def planned_runs(args: argparse.Namespace) -> dict[str, list[tuple[str, int]]]:
     runs: dict[str, list[tuple[str, int]]] = {}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name in args.variants:
-            resolved = config_to_dict(load_config(args.config, overrides_of(args, name, seed)))
+            config = load_config(config_of(args, name), overrides_of(args, name, seed))
+            resolved = config_to_dict(config)
             runs.setdefault(json.dumps(resolved, sort_keys=True), []).append((name, seed))
     return runs
 
@@ -236,7 +258,7 @@ def run_all(args: argparse.Namespace, out: Path) -> list[dict]:
         futures = {
             pool.submit(
                 train_and_score,
-                args.config,
+                config_of(args, name),
                 overrides_of(args, name, seed),
                 str(out / f"{name}-s{seed}"),
                 threads,

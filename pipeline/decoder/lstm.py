@@ -168,7 +168,8 @@ class CaptionDecoder(nn.Module):
     def step(self, words: Tensor, state: State, encoded: Encoded) -> tuple[Tensor, Tensor, State]:
         """One step: words (B,) long, state 2 x (B, H) -> logits (B, V), alpha (B, R), new state."""
         context, alpha = self._attend(encoded, state[0])  # (B, D), (B, R)
-        h, c = self._cell(self._word_gates(self.embedding(words)), context, state)  # (B, H) each
+        word_gates = self._word_gates(self.embedding(words))  # (B, 4H)
+        h, c = self._cell(word_gates, context, state, self._context_weight())  # (B, H) each
         return self.output(self.dropout(h)), alpha, (h, c)
 
     def _attend(self, encoded: Encoded, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,11 +188,17 @@ class CaptionDecoder(nn.Module):
         weight = self.lstm.weight_ih[:, : self.embedding.embedding_dim]  # (4H, E)
         return F.linear(embedded, weight, self.lstm.bias_ih + self.lstm.bias_hh)
 
-    def _cell(self, word_gates: Tensor, context: Tensor, state: State) -> State:
+    def _context_weight(self) -> Tensor:
+        """The context's share of W_ih, (4H, D). Taken once per forward: every slice of a
+        parameter costs a full-size zero-filled gradient in backward."""
+        return self.lstm.weight_ih[:, self.embedding.embedding_dim :]
+
+    def _cell(
+        self, word_gates: Tensor, context: Tensor, state: State, context_weight: Tensor
+    ) -> State:
         """nn.LSTMCell's update (gate order i, f, g, o) with the word share precomputed."""
         h, c = state
-        weight = self.lstm.weight_ih[:, self.embedding.embedding_dim :]  # (4H, D)
-        gates = word_gates + F.linear(context, weight) + F.linear(h, self.lstm.weight_hh)
+        gates = word_gates + F.linear(context, context_weight) + F.linear(h, self.lstm.weight_hh)
         i, f, g, o = gates.chunk(4, dim=1)  # (B, H) each
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
@@ -219,10 +226,11 @@ class CaptionDecoder(nn.Module):
             self._word_gates(self.embedding(inputs)).transpose(0, 1).unbind(0)
         )  # T-1 x (B, 4H)
         h, c = self.init_state(encoded)  # (B, H) each
+        context_weight = self._context_weight()  # (4H, D)
         hiddens, alphas = [], []
         for t, n in enumerate(active):
             context, alpha = self._attend(encoded.head(n), h[:n])  # (n, D), (n, R)
-            h, c = self._cell(word_gates[t][:n], context, (h[:n], c[:n]))  # (n, H) each
+            h, c = self._cell(word_gates[t][:n], context, (h[:n], c[:n]), context_weight)
             hiddens.append(h)
             alphas.append(alpha)
         mask = target_mask(lengths, width - 1)  # (B, T-1) caller order
