@@ -117,7 +117,9 @@ VARIANTS = {
         "batches of 32 captions, 10 epochs, x0.3 after 7",
         ("train.batch_size=32", "train.epochs=10", "train.step_size=7"),
     ),
-    "dropout-0": Variant("no dropout before the output layer (0.2 shipped)", ("model.dropout=0.0",)),
+    "dropout-0": Variant(
+        "no dropout before the output layer (0.2 shipped)", ("model.dropout=0.0",)
+    ),
     "lr-4e-3": Variant("Adam learning rate 4e-3 (2e-3 shipped)", ("train.lr=4e-3",)),
     "attention-256": Variant("attention width 256 (128 shipped)", ("model.attention_dim=256",)),
     "transformer": Variant(

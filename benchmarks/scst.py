@@ -227,9 +227,13 @@ def step_share(
     }
 
 
-def scst_run(xe_run: Path, common: list[str], epochs: int, penalty: float) -> Path:
-    """configs/demo-scst.toml started from the XE run's best.pt (a fresh run folder)."""
-    run = xe_run.parent / f"scst-from-{xe_run.name}-{epochs}-penalty{penalty}"
+def scst_run(
+    xe_run: Path, common: list[str], epochs: int, penalty: float, overrides: list[str]
+) -> Path:
+    """configs/demo-scst.toml (plus `overrides`) started from the XE run's best.pt, in a fresh
+    run folder."""
+    suffix = "".join(f"-{o}" for o in overrides)
+    run = xe_run.parent / f"scst-from-{xe_run.name}-{epochs}-penalty{penalty}{suffix}"
     shutil.rmtree(run, ignore_errors=True)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
@@ -241,6 +245,7 @@ def scst_run(xe_run: Path, common: list[str], epochs: int, penalty: float) -> Pa
                     f"train.name={run.name}",
                     f"train.epochs={epochs}",
                     f"scst.bad_ending_penalty={penalty}",
+                    *overrides,
                 ],
             ),
             init=xe_run / "best.pt",
@@ -254,6 +259,14 @@ def main() -> None:
     parser.add_argument("--xe-epochs", type=int, default=6)
     parser.add_argument("--scst-epochs", type=int, default=3)
     parser.add_argument("--bad-ending-penalty", type=float, default=0.0)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="an override of configs/demo-scst.toml (e.g. train.lr=5e-5); repeatable",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -264,7 +277,7 @@ def main() -> None:
     before = test_scores(xe_run / "best.pt")
     print(json.dumps({"before": before}), flush=True)
     scst_started = time.perf_counter()
-    run = scst_run(xe_run, common, args.scst_epochs, args.bad_ending_penalty)
+    run = scst_run(xe_run, common, args.scst_epochs, args.bad_ending_penalty, args.overrides)
     scst_seconds = time.perf_counter() - scst_started
     after = test_scores(run / "best.pt")
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -288,6 +301,7 @@ def main() -> None:
         "scst_epochs_run": args.scst_epochs,
         "scst_seconds": scst_seconds,
         "bad_ending_penalty": args.bad_ending_penalty,
+        "overrides": args.overrides,
         "prepare_seconds": prepared,
         "total_seconds": time.perf_counter() - started,
     }
