@@ -177,7 +177,9 @@ def test_quality_harness_trains_identical_recipes_once_and_summarises_over_seeds
     from pipeline.config import config_to_dict, load_config
 
     quality = load_quality_harness()
-    args = quality.parse_args(["--variants", "shipped,tutorial,penalty-sum,images", "--seeds", "2"])
+    args = quality.parse_args(
+        ["--variants", "shipped,tutorial,penalty-sum,images,transformer", "--seeds", "2"]
+    )
     groups = list(quality.planned_runs(args).values())
     assert sorted(pair for group in groups for pair in group) == sorted(
         (name, seed) for name in args.variants for seed in (0, 1)
@@ -187,6 +189,8 @@ def test_quality_harness_trains_identical_recipes_once_and_summarises_over_seeds
     ) == config_to_dict(load_config(args.config, quality.VARIANTS["tutorial"].overrides))
     assert ([("shipped", 0), ("tutorial", 0)] in groups) == same
     assert [("images", 1)] in groups and [("penalty-sum", 0)] in groups
+    assert [("transformer", 0)] in groups  # its own config file
+    assert quality.config_of(args, "transformer").endswith("demo-transformer.toml")
     runs = [
         {
             "variant": name,
