@@ -47,6 +47,16 @@ def load_word_vectors(path: str | Path, vocab_itos: list[str], dim: int) -> tupl
     return matrix, float(found.float().mean()) if len(vocab_itos) else 0.0
 
 
+def copy_pretrained(weight: Tensor, pretrained: Tensor) -> None:
+    """Copy (V, E) `pretrained` rows into an embedding weight of the same shape (else ValueError)."""
+    if tuple(pretrained.shape) != tuple(weight.shape):
+        raise ValueError(
+            f"pretrained embeddings have shape {tuple(pretrained.shape)}, "
+            f"expected {tuple(weight.shape)} (vocab_size, embed_dim)"
+        )
+    weight.copy_(pretrained)
+
+
 def _is_header(line: str, path: Path, dim: int) -> bool:
     """True for a word2vec `count dim` header line (checking its dimension)."""
     parts = line.split()

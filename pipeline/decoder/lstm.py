@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.config import ModelConfig
+from pipeline.decoder.embeddings import copy_pretrained
 from pipeline.decoder.loss import target_mask
 
 State = tuple[Tensor, Tensor]  # h, c: each (B, H)
@@ -138,17 +139,12 @@ class CaptionDecoder(nn.Module):
             if init == "uniform":
                 nn.init.uniform_(self.output.weight, -UNIFORM_INIT, UNIFORM_INIT)
                 nn.init.zeros_(self.output.bias)
-            if pretrained is None and init == "uniform":
+            if pretrained is not None:
+                copy_pretrained(weight, pretrained)
+            elif init == "uniform":
                 nn.init.uniform_(weight, -UNIFORM_INIT, UNIFORM_INIT)
-            elif pretrained is None:
-                nn.init.xavier_uniform_(weight)
-            elif tuple(pretrained.shape) != tuple(weight.shape):
-                raise ValueError(
-                    f"pretrained embeddings have shape {tuple(pretrained.shape)}, "
-                    f"expected {tuple(weight.shape)} (vocab_size, embed_dim)"
-                )
             else:
-                weight.copy_(pretrained)
+                nn.init.xavier_uniform_(weight)
             weight[self.pad_index].zero_()
 
     def encode(self, features: Tensor) -> Encoded:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from pipeline.config import ModelConfig
 from pipeline.contract import GRID, REGIONS
+from pipeline.decoder.embeddings import copy_pretrained
 from pipeline.decoder.loss import target_mask
 
 State = tuple[Tensor, ...]  # keys_0, values_0, keys_1, ..: each (B, heads, t, d / heads)
@@ -179,15 +180,10 @@ class TransformerDecoder(nn.Module):
     def _init_embedding(self, pretrained: Tensor | None, pad_index: int) -> None:
         weight = self.embedding.weight  # (V, d)
         with torch.no_grad():
-            if pretrained is None:
-                nn.init.normal_(weight, std=weight.shape[1] ** -0.5)
-            elif tuple(pretrained.shape) != tuple(weight.shape):
-                raise ValueError(
-                    f"pretrained embeddings have shape {tuple(pretrained.shape)}, "
-                    f"expected {tuple(weight.shape)} (vocab_size, embed_dim)"
-                )
+            if pretrained is not None:
+                copy_pretrained(weight, pretrained)
             else:
-                weight.copy_(pretrained)
+                nn.init.normal_(weight, std=weight.shape[1] ** -0.5)
             weight[pad_index].zero_()
 
     def encode(self, features: Tensor) -> TransformerEncoded:
