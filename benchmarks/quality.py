@@ -17,11 +17,10 @@ are made once if missing (`demo-data`, then `extract`, which skips a complete fi
 to demo/quality/<timestamp>/<variant>-s<seed>/run (or under --out), logs and scores beside;
 an --out holding finished runs of the same recipes reuses them instead of retraining.
 
-Time: one run is 12 demo epochs plus two evaluations. The default variants are three recipes
-(`shipped`, `penalty-mean` and `tutorial` resolve to one config and share their runs), so
-9 runs; on a quiet 2-core CPU (~20 s an epoch) that is an estimated 25-35 minutes with
---jobs 2 (two runs side by side, one torch thread each), not yet measured there. Other load
-on the machine slows everything: epoch seconds compare variants within one run only.
+Time: one run is 12 demo epochs plus two evaluations. The default is two recipes (`shipped`,
+`tutorial`) x 3 seeds = 6 runs; on the project's 2-core CPU (no native bf16) two runs side by
+side (--jobs 2, one torch thread each) took 11.7 minutes, so the default takes about 35.
+Other load on the machine slows everything: epoch seconds compare variants within one run only.
 """
 
 from __future__ import annotations
