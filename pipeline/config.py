@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
+
 from pipeline.errors import UserError
 
 CAPTION_FORMATS = ("auto", "flickr30k-csv", "flickr8k-csv", "flickr8k-token", "karpathy", "coco")
@@ -174,6 +176,31 @@ SECTIONS = ("data", "features", "vocab", "model", "train", "eval", "scst")
 RENAMED_KEYS = {
     ("train", "captions_per_image"): ("batching", {"all": "images", "random": "random"})
 }
+
+
+def config_options(config_help: str, default: str | None = None):
+    """Click decorator for a command that reads a config: `--config PATH` (-> `config_path`)
+    and `--set SECTION.KEY=VALUE`, repeatable (-> `overrides`), the two arguments of
+    `load_config`."""
+
+    def decorate(command):
+        command = click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="SECTION.KEY=VALUE",
+            help="Override a config key; repeatable.",
+        )(command)
+        return click.option(
+            "--config",
+            "config_path",
+            default=default,
+            show_default=default is not None,
+            type=click.Path(dir_okay=False),
+            help=config_help,
+        )(command)
+
+    return decorate
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:

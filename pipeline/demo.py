@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config, config_options, load_config
 from pipeline.errors import UserError
 
 CAPTIONED_IMAGES = 3
@@ -31,13 +31,7 @@ def step(title: str) -> None:
 
 
 @click.command("demo")
-@click.option(
-    "--config",
-    "config_path",
-    default="configs/demo.toml",
-    show_default=True,
-    type=click.Path(dir_okay=False),
-)
+@config_options("The demo's TOML config.", default="configs/demo.toml")
 @click.option(
     "--images",
     "n_images",
@@ -45,13 +39,6 @@ def step(title: str) -> None:
     show_default=True,
     type=click.IntRange(min=20),
     help="Demo images to generate.",
-)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="SECTION.KEY=VALUE",
-    help="Override a key of the demo config; repeatable.",
 )
 def demo_command(config_path, n_images, overrides):
     """Generate demo data, extract, train, evaluate, caption; print where everything went."""

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import CAPTION_FORMATS, DEVICES, FEATURE_DTYPES, PRECISIONS, load_config
+from pipeline.config import (
+    CAPTION_FORMATS,
+    DEVICES,
+    FEATURE_DTYPES,
+    PRECISIONS,
+    config_options,
+    load_config,
+)
 
 EXIT_INTERRUPTED = 130
 
@@ -51,19 +58,7 @@ def _echo(message: str) -> None:
     is_flag=True,
     help="Turn a sharded (torchrun) feature file into one self-contained file.",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="TOML config ([data], [features]).",
-)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="SECTION.KEY=VALUE",
-    help="Override a config key (repeatable).",
-)
+@config_options("TOML config ([data], [features]).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def extract_command(

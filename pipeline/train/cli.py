@@ -4,24 +4,12 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import load_config
+from pipeline.config import config_options, load_config
 from pipeline.errors import UserError
 
 
 @click.command("train")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="TOML experiment file (configs/*.toml).",
-)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="SECTION.KEY=VALUE",
-    help="Override a config key; repeatable.",
-)
+@config_options("TOML experiment file (configs/*.toml).")
 @click.option(
     "--resume",
     "resume",
