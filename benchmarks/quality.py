@@ -195,6 +195,7 @@ def train_and_score(config_path: str, overrides: list[str], run_dir: str, thread
     import torch
 
     from pipeline.config import load_config
+    from pipeline.decoder.metrics import CaptionScorer
     from pipeline.infer.evaluate import evaluate_checkpoint
     from pipeline.train.trainer import train
 
@@ -214,12 +215,18 @@ def train_and_score(config_path: str, overrides: list[str], run_dir: str, thread
     started = time.perf_counter()
     with open(folder / "log.txt", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
         train(config)
-        scores = {
-            beam: evaluate_checkpoint(
-                run / "best.pt", "test", beam, folder / f"eval-beam{beam}", examples=0
-            )["scores"]
-            for beam in (1, BEAM)
-        }
+        with CaptionScorer() as scorer:  # one METEOR start for both evaluations
+            scores = {
+                beam: evaluate_checkpoint(
+                    run / "best.pt",
+                    "test",
+                    beam,
+                    folder / f"eval-beam{beam}",
+                    examples=0,
+                    scorer=scorer,
+                )["scores"]
+                for beam in (1, BEAM)
+            }
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     result = {
         "greedy": scores[1],

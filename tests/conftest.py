@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,22 @@ def workspace(tmp_path, demo_cache) -> dict[str, Path]:
         "runs": tmp_path / "runs",
         "images": demo_cache["images"],
     }
+
+
+def install_logging_java(folder: Path, monkeypatch, meteor_exit: str = "") -> Path:
+    """Put a `java` first on PATH that appends its arguments to the returned log, then runs
+    the real java (or, with `meteor_exit`, fails METEOR's jar with that message)."""
+    log = folder / "java.log"
+    crash = (
+        f'case "$*" in *meteor*) echo "{meteor_exit}" >&2; exit 3;; esac\n' if meteor_exit else ""
+    )
+    wrapper = folder / "java"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\n{crash}exec {shutil.which("java")} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def meteor_starts(log: Path) -> int:
+    """How many METEOR java processes a logging java (`install_logging_java`) has started."""
+    return sum("meteor" in line for line in log.read_text().splitlines())

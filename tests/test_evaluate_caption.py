@@ -15,9 +15,10 @@ from PIL import Image
 from pipeline import contract
 from pipeline.cli import main
 from pipeline.decoder.checkpoint import load_checkpoint
-from pipeline.decoder.metrics import score_captions
+from pipeline.decoder.metrics import java_available, score_captions
 from pipeline.extract.extractor import FeatureEncoder
 from pipeline.extract.images import preprocess_image
+from tests.conftest import install_logging_java, meteor_starts
 
 
 def cli(*args) -> object:
@@ -95,6 +96,19 @@ def test_evaluate_writes_predictions_metrics_and_a_ranked_table(trained, tmp_pat
     ciders = [float(line.split(",")[-2]) for line in table[1:]]
     assert ciders == sorted(ciders, reverse=True)
     assert (out / "table.md").read_text().count("\n") == 4
+
+
+@pytest.mark.skipif(not java_available(), reason="java is not installed")
+def test_evaluating_two_runs_starts_meteor_once(trained, tmp_path, monkeypatch):
+    log = install_logging_java(tmp_path, monkeypatch)
+
+    result = cli("evaluate", trained["one"], trained["two"], "--out", tmp_path / "ev")
+
+    assert result.exit_code == 0, result.output
+    for label in ("one", "two"):  # model and baseline of each run: 4 scores, 1 METEOR start
+        report = json.loads((tmp_path / "ev" / label / "metrics.json").read_text())
+        assert report["scores"]["METEOR"] > 0 and report["baseline"]["scores"]["METEOR"] > 0
+    assert meteor_starts(log) == 1
 
 
 def test_evaluate_scores_equal_direct_metric_call(trained, tmp_path):

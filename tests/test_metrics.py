@@ -1,7 +1,6 @@
 """Caption metrics: parity with pycocoevalcap, key checks, and the no-java / broken-java paths."""
 
 import os
-import shutil
 import stat
 
 import pytest
@@ -13,11 +12,13 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from pipeline.decoder.metrics import (
     METRIC_NAMES,
+    CaptionScorer,
     format_scores,
     java_available,
     score_captions,
     simple_tokenize,
 )
+from tests.conftest import install_logging_java, meteor_starts
 
 needs_java = pytest.mark.skipif(not java_available(), reason="java is not installed")
 
@@ -148,22 +149,31 @@ def test_a_broken_java_becomes_notes_not_a_crash(tmp_path, monkeypatch, use_java
 
 
 @needs_java
-def test_meteor_dying_mid_run_becomes_a_note(tmp_path, monkeypatch):
-    wrapper = tmp_path / "java"  # real java for the tokenizer, a crash for METEOR's jar
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        'case "$*" in *meteor*) echo "Error: could not reserve heap" >&2; exit 3;; esac\n'
-        f'exec {shutil.which("java")} "$@"\n'
-    )
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+def test_one_scorer_starts_meteor_once_and_scores_like_separate_calls(tmp_path, monkeypatch):
+    other = {**PREDICTIONS, "img1": "a cat sleeps on a sofa"}
+    alone = score_captions(REFERENCES, other).scores  # a fresh METEOR process
+    log = install_logging_java(tmp_path, monkeypatch)
 
-    report = score_captions(REFERENCES, PREDICTIONS, use_java=True)
+    with CaptionScorer() as scorer:
+        shared = [scorer.score(REFERENCES, p).scores for p in (PREDICTIONS, other)]
 
-    assert report.tokenizer == "ptb"
-    assert report.scores["METEOR"] is None
-    assert len(report.notes) == 1 and "could not reserve heap" in report.notes[0]
-    assert isinstance(report.scores["CIDEr"], float)
+    assert shared[1] == alone  # exactly: METEOR's EVAL uses only the lines it is given
+    assert shared[0]["METEOR"] != shared[1]["METEOR"]
+    assert meteor_starts(log) == 1
+    assert _child_processes() == []
+
+
+@needs_java
+def test_meteor_dying_becomes_a_note_on_this_and_later_calls(tmp_path, monkeypatch):
+    install_logging_java(tmp_path, monkeypatch, meteor_exit="Error: could not reserve heap")
+
+    with CaptionScorer(use_java=True) as scorer:
+        reports = [scorer.score(REFERENCES, PREDICTIONS) for _ in range(2)]
+
+    for report in reports:
+        assert report.scores["METEOR"] is None and report.tokenizer == "ptb"
+        assert len(report.notes) == 1 and "could not reserve heap" in report.notes[0]
+        assert isinstance(report.scores["CIDEr"], float)
     assert _child_processes() == []
 
 
@@ -203,6 +213,8 @@ def test_bad_inputs_raise_value_error():
         score_captions({"a": []}, {"a": "a cat"}, use_java=False)
     with pytest.raises(ValueError, match="unknown metrics"):
         score_captions(REFERENCES, PREDICTIONS, metrics=("SPICE",), use_java=False)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        CaptionScorer(metrics=(), use_java=False)
     with pytest.raises(ValueError, match="strings"):
         score_captions({"a": "a cat"}, {"a": "a cat"}, use_java=False)
 

@@ -3,7 +3,8 @@
 `score_captions` tokenises references and predictions with pycocoevalcap's PTBTokenizer, then runs
 Bleu(4), Meteor(), Rouge() and Cider() on every predicted image against ALL of its references, exactly
 like `COCOEvalCap.evaluate` (SPICE is left out: it downloads models). Scores are on pycocoevalcap's
-0-1 scale (CIDEr may exceed 1); `format_scores` shows them x100.
+0-1 scale (CIDEr may exceed 1); `format_scores` shows them x100. `CaptionScorer` does the same for
+several prediction sets with one METEOR process (its start costs about 10 s).
 
 Java matters twice: the PTB tokenizer and METEOR are both Java programs. Without a working `java`
 (none on PATH, or one that fails to start), or with `use_java=False`:
@@ -124,34 +125,96 @@ def score_captions(
 
     `references` and `predictions` must have exactly the same keys (else ValueError). `use_java`:
     None = use Java when `java_available()`, False = never (simple tokenizer, no METEOR), True = try
-    Java even if the probe fails (failures still become notes).
+    Java even if the probe fails (failures still become notes). To score several prediction sets
+    (a model and its baseline, several runs), a `CaptionScorer` starts METEOR only once.
     """
-    _check_inputs(references, predictions, metrics)
-    notes: list[str] = []
-    java_problem = _java_problem() if use_java is None else None
-    if use_java is False:
-        java_problem = "Java disabled by the caller (use_java=False)"
-    refs_tok, preds_tok, tokenizer = _tokenize(references, predictions, java_problem, notes)
-    if tokenizer == "simple" and java_problem is None:
-        java_problem = "the PTB tokenizer (java) failed"
-    gts = refs_tok  # {id: [tokenized reference, ...]}
-    res = {key: [preds_tok[key][0]] for key in gts}  # {id: [tokenized prediction]}
-    scores: dict[str, float | None] = {}
-    per_image: dict[str, float] = {}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints progress and BLEU stats
-        if any(name in metrics for name in BLEU_NAMES):
-            bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-            scores.update(zip(BLEU_NAMES, (float(value) for value in bleu), strict=True))
-        if "METEOR" in metrics:
-            scores["METEOR"] = _meteor(gts, res, java_problem, notes)
-        if "ROUGE_L" in metrics:
-            scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
-        if "CIDEr" in metrics:
-            corpus, each = Cider().compute_score(gts, res)  # each: one score per key of gts
-            scores["CIDEr"] = float(corpus)
-            per_image = dict(zip(gts, (float(value) for value in each), strict=True))
-    ordered = {name: scores[name] for name in METRIC_NAMES if name in metrics}
-    return MetricReport(scores=ordered, notes=notes, tokenizer=tokenizer, per_image_cider=per_image)
+    with CaptionScorer(metrics, use_java) as scorer:
+        return scorer.score(references, predictions)
+
+
+class CaptionScorer:
+    """`score_captions` for many prediction sets, with one METEOR java process for all of them.
+
+    METEOR's start (the JVM and its paraphrase table) takes about 10 s, far more than scoring a
+    split; the process starts here, so it loads while the caller decodes, and serves every
+    `score` call until `close()` (or the end of a `with` block). A METEOR failure becomes a note
+    and is repeated for later calls, as `score_captions` reports it.
+    """
+
+    def __init__(self, metrics: Sequence[str] = METRIC_NAMES, use_java: bool | None = None):
+        _check_metrics(metrics)
+        self.metrics = tuple(metrics)
+        self.java_problem = _java_problem() if use_java is None else None
+        if use_java is False:
+            self.java_problem = "Java disabled by the caller (use_java=False)"
+        self._meteor: _ClosableMeteor | None = None
+        self._meteor_problem: str | None = None  # why METEOR failed, once it has
+        if "METEOR" in self.metrics and self.java_problem is None:
+            try:
+                self._meteor = _ClosableMeteor()
+            except OSError as exc:
+                self._meteor_problem = (
+                    f"java failed ({type(exc).__name__}: {exc}; java did not start)"
+                )
+
+    def __enter__(self) -> "CaptionScorer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the METEOR process (safe to call twice)."""
+        if self._meteor is not None:
+            self._meteor.close()
+            self._meteor = None
+
+    def score(self, references: dict[str, list[str]], predictions: dict[str, str]) -> MetricReport:
+        """This scorer's metrics of `predictions` against `references` (same keys)."""
+        _check_inputs(references, predictions)
+        notes: list[str] = []
+        gts, preds_tok, tokenizer = _tokenize(references, predictions, self.java_problem, notes)
+        res = {key: [preds_tok[key][0]] for key in gts}  # {id: [tokenized prediction]}
+        scores: dict[str, float | None] = {}
+        per_image: dict[str, float] = {}
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints BLEU stats
+            if any(name in self.metrics for name in BLEU_NAMES):
+                bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+                scores.update(zip(BLEU_NAMES, (float(value) for value in bleu), strict=True))
+            if "METEOR" in self.metrics:
+                ptb_failed = tokenizer == "simple" and self.java_problem is None
+                scores["METEOR"] = self._meteor_score(gts, res, ptb_failed, notes)
+            if "ROUGE_L" in self.metrics:
+                scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+            if "CIDEr" in self.metrics:
+                corpus, each = Cider().compute_score(gts, res)  # each: one score per key of gts
+                scores["CIDEr"] = float(corpus)
+                per_image = dict(zip(gts, (float(value) for value in each), strict=True))
+        ordered = {name: scores[name] for name in METRIC_NAMES if name in self.metrics}
+        return MetricReport(
+            scores=ordered, notes=notes, tokenizer=tokenizer, per_image_cider=per_image
+        )
+
+    def _meteor_score(
+        self, gts: dict[str, list[str]], res: dict[str, list[str]], ptb_failed: bool, notes: list
+    ) -> float | None:
+        """METEOR from the running java scorer, or None with a note saying why not."""
+        problem = self.java_problem or self._meteor_problem
+        if problem is None and ptb_failed:
+            problem = "the PTB tokenizer (java) failed"
+        if problem is None and self._meteor is None:
+            problem = "the scorer was closed"
+        if problem is None:
+            try:
+                score, _ = self._meteor.compute_score(gts, res)
+                return float(score)
+            except (OSError, ValueError) as exc:  # broken pipe / unparsable output of a dead java
+                detail = _tail(self._meteor.close())
+                self._meteor = None
+                problem = f"java failed ({type(exc).__name__}: {exc}; {detail})"
+                self._meteor_problem = problem
+        notes.append(f"METEOR unavailable: {problem}")
+        return None
 
 
 def format_scores(scores: dict[str, float | None]) -> str:
@@ -163,13 +226,15 @@ def format_scores(scores: dict[str, float | None]) -> str:
     return "  ".join(parts) + " (scores ×100)"
 
 
-def _check_inputs(
-    references: dict[str, list[str]], predictions: dict[str, str], metrics: Sequence[str]
-) -> None:
-    """Raise ValueError unless both dicts cover exactly the same images and all inputs are usable."""
+def _check_metrics(metrics: Sequence[str]) -> None:
+    """Raise ValueError unless `metrics` is a non-empty list of METRIC_NAMES."""
     unknown = [name for name in metrics if name not in METRIC_NAMES]
     if unknown or not metrics:
         raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(METRIC_NAMES)}")
+
+
+def _check_inputs(references: dict[str, list[str]], predictions: dict[str, str]) -> None:
+    """Raise ValueError unless both dicts cover exactly the same images and all inputs are usable."""
     if not predictions:
         raise ValueError("no predictions to score")
     missing_refs = [key for key in predictions if key not in references]
@@ -291,27 +356,3 @@ class _ClosableMeteor(Meteor):
 
     def __del__(self) -> None:
         self.close()
-
-
-def _meteor(
-    gts: dict[str, list[str]],
-    res: dict[str, list[str]],
-    java_problem: str | None,
-    notes: list[str],
-) -> float | None:
-    """METEOR via pycocoevalcap's java scorer, or None (with a note) when Java is unusable."""
-    if java_problem is not None:
-        notes.append(f"METEOR unavailable: {java_problem}")
-        return None
-    meteor = None
-    try:
-        meteor = _ClosableMeteor()
-        score, _ = meteor.compute_score(gts, res)
-        return float(score)
-    except (OSError, ValueError) as exc:  # no java / broken pipe / unparsable output of a dead java
-        detail = _tail(meteor.close()) if meteor is not None else "java did not start"
-        notes.append(f"METEOR unavailable: java failed ({type(exc).__name__}: {exc}; {detail})")
-        return None
-    finally:
-        if meteor is not None:
-            meteor.close()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pipeline.decoder.metrics import MetricReport, score_captions
+from pipeline.decoder.metrics import CaptionScorer, MetricReport
 from pipeline.decoder.vocab import Vocabulary
 
 
@@ -35,14 +35,16 @@ def blind_caption(frame: pd.DataFrame, vocab: Vocabulary, max_len: int) -> str |
 
 
 def baseline_scores(
-    frame: pd.DataFrame, references: list[list[str]], vocab: Vocabulary, max_len: int
+    frame: pd.DataFrame,
+    references: list[list[str]],
+    vocab: Vocabulary,
+    max_len: int,
+    scorer: CaptionScorer,
 ) -> Baseline | None:
     """Score `blind_caption` for every image of a split (`references`: per image)."""
     caption = blind_caption(frame, vocab, max_len)
     if caption is None or not references:
         return None
     keys = [str(i) for i in range(len(references))]
-    report = score_captions(
-        dict(zip(keys, references, strict=True)), {key: caption for key in keys}
-    )
+    report = scorer.score(dict(zip(keys, references, strict=True)), {key: caption for key in keys})
     return Baseline(caption, report)

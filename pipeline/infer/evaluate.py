@@ -23,7 +23,7 @@ from pipeline.dataset.teacher_forced import split_loss
 from pipeline.decoder.checkpoint import LoadedModel, load_model, resolve_checkpoint
 from pipeline.decoder.decode import Decoded
 from pipeline.decoder.generate import decode_rows, effective_beam_size
-from pipeline.decoder.metrics import METRIC_NAMES, format_scores, score_captions
+from pipeline.decoder.metrics import METRIC_NAMES, CaptionScorer, format_scores
 from pipeline.decoder.vocab import SPECIALS
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
@@ -56,12 +56,23 @@ def evaluate_checkpoint(
     examples: int = 5,
     device_name: str = "auto",
     gallery: int = GALLERY_SIZE,
+    scorer: CaptionScorer | None = None,
 ) -> dict:
     """Caption every image of `split` with one checkpoint; write predictions, metrics and
-    report.html into `out_dir` (only those files; a foreign file of that name is refused)."""
+    report.html into `out_dir` (only those files; a foreign file of that name is refused).
+
+    `scorer` scores the model and the baseline; pass one to share its METEOR process between
+    evaluations. Without one, the evaluation starts its own before decoding (so METEOR loads
+    while the model decodes) and stops it at the end.
+    """
     folder = OutputFolder(out_dir)
     for name in RUN_OUTPUTS:
         folder.check(name)  # before the work: a refusal costs nothing
+    if scorer is None:
+        with CaptionScorer() as own:
+            return evaluate_checkpoint(
+                path, split, beam_size, out_dir, features_path, examples, device_name, gallery, own
+            )
     device = resolve_device(device_name)
     loaded = load_model(path, device)
     config = loaded.config
@@ -84,11 +95,11 @@ def evaluate_checkpoint(
     )
     captions = [loaded.vocab.decode(d.tokens) for d in decoded]
     keys = [str(i) for i in range(len(captions))]
-    report = score_captions(
+    report = scorer.score(
         dict(zip(keys, split_data.references, strict=True)), dict(zip(keys, captions, strict=True))
     )
     baseline = baseline_scores(
-        data.frame, split_data.references, loaded.vocab, config.vocab.max_len
+        data.frame, split_data.references, loaded.vocab, config.vocab.max_len, scorer
     )
     health = decode_health(
         captions,
@@ -270,7 +281,8 @@ def evaluate_many(
     device_name: str = "auto",
     gallery: int = GALLERY_SIZE,
 ) -> list[dict]:
-    """Evaluate each checkpoint into out/<run label>/; a comparison when several."""
+    """Evaluate each checkpoint into out/<run label>/ (one METEOR process for all); a
+    comparison when several."""
     labels: list[str] = []
     for path in paths:
         label = run_label(resolve_checkpoint(path)).replace("/", "-")
@@ -285,12 +297,21 @@ def evaluate_many(
     if len(paths) > 1:
         for name in COMPARISON_OUTPUTS:
             folder.check(name)
-    results = [
-        evaluate_checkpoint(
-            path, split, beam_size, out / label, features_path, examples, device_name, gallery
-        )
-        for path, label in zip(paths, labels, strict=True)
-    ]
+    with CaptionScorer() as scorer:
+        results = [
+            evaluate_checkpoint(
+                path,
+                split,
+                beam_size,
+                out / label,
+                features_path,
+                examples,
+                device_name,
+                gallery,
+                scorer,
+            )
+            for path, label in zip(paths, labels, strict=True)
+        ]
     if len(results) > 1:
         table = write_comparison(results, folder)
         click.echo(
