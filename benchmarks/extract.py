@@ -3,8 +3,8 @@
 Run standalone: `.venv/bin/python benchmarks/extract.py` (about 2-4 minutes on 2 cores).
 
 - Writes photo-like 500x375 JPEGs (gradients + blurred and fine noise, quality 90) to a temp dir.
-- For fp32 and bf16: model-only forward images/s on pre-made uint8 batches (normalisation +
-  backbone, the exact work the extractor's main loop does per batch; one warm-up batch), then
+- For fp32 and bf16 (`--precisions`): model-only forward images/s on pre-made uint8 batches
+  (normalisation + backbone, the exact work the extractor's main loop does per batch; one warm-up batch), then
   end-to-end extraction images/s (decode workers + forward + HDF5 writer; model build and file
   creation excluded) with the same batch size, precision and threads, in the same process.
   Each is run `--repeat` times, alternating, and the best run of each is kept (a shared
@@ -15,8 +15,10 @@ Run standalone: `.venv/bin/python benchmarks/extract.py` (about 2-4 minutes on 2
   uint8 tensor resize, the device-decode path run on the CPU); forward CPU-s per image is the
   process CPU time of the model-only runs. `ratio_extract_vs_bound_<precision>` = extract
   images/s / that bound (target >= 0.9).
-- Peak RSS of an extraction of N and of 4N images, each in its own subprocess (VmHWM of the
-  main process and the largest decode worker).
+- fp32 also times the forward of the backbone as torchvision builds it, batch norms not folded:
+  `ratio_forward_folded_vs_unfolded_fp32` is what `build_backbone`'s folding gains.
+- Peak RSS (in the last of `--precisions`) of an extraction of N and of 4N images, each in its
+  own subprocess (VmHWM of the main process and the largest decode worker).
 
 Prints a table, then one line of JSON.
 """
@@ -36,11 +38,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.extract.backbone import build_backbone, resolve_weights  # noqa: E402
+from pipeline.extract.backbone import GridEncoder, build_backbone, resolve_weights  # noqa: E402
 from pipeline.extract.extractor import (  # noqa: E402
     ExtractJob,
     FeatureEncoder,
@@ -90,16 +93,23 @@ def link_copies(source: Path, target: Path, copies: int) -> None:
             os.link(path, sub / path.name)
 
 
+def unfolded_backbone() -> GridEncoder:
+    """The grid encoder as torchvision builds it, batch norms not folded (the comparison)."""
+    resnet = torchvision.models.resnet50(weights=None)
+    model = GridEncoder(resnet).eval().requires_grad_(False)
+    return model.to(memory_format=torch.channels_last)
+
+
 def forward_rate(
-    folder: Path, names: list[str], precision: str, batch_size: int
+    folder: Path, names: list[str], precision: str, batch_size: int, folded: bool = True
 ) -> tuple[float, float]:
     """Model-only (images/s, CPU-seconds per image): normalise + backbone on a pre-made uint8
-    batch, len(names) images. CPU time is the whole process's (every intra-op thread)."""
+    batch, len(names) images. CPU time is the whole process's (every intra-op thread).
+    `folded=False`: the backbone without its batch norms folded into the convolutions."""
     device = torch.device("cpu")
     with torch_threads(device):
-        encoder = FeatureEncoder(
-            build_backbone(resolve_weights("none"), device), device, precision, "float16"
-        )
+        model = build_backbone(resolve_weights("none"), device) if folded else unfolded_backbone()
+        encoder = FeatureEncoder(model, device, precision, "float16")
         batch = torch.stack([preprocess_image(folder / n) for n in names[:batch_size]])
         encoder.encode(batch)  # warm-up: oneDNN primitive creation
         steps = math.ceil(len(names) / batch_size)
@@ -193,6 +203,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each; the best is kept")
+    parser.add_argument(
+        "--precisions",
+        default="fp32,bf16",
+        help="comma-separated (bf16 is slow without native bf16)",
+    )
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -222,12 +237,22 @@ def main() -> None:
         report["decode_cpu_ms_per_image"] = round(decode["pillow"] * 1e3, 3)
         report["decode_cpu_ms_per_image_torchvision"] = round(decode["torchvision"] * 1e3, 3)
         report["cores"] = cores
-        for precision, n in (("fp32", args.n_fp32), ("bf16", args.n_bf16)):
-            fwds, exts, cpus = [], [], []
+        sizes = {"fp32": args.n_fp32, "bf16": args.n_bf16}
+        precisions = args.precisions.split(",")
+        for precision in precisions:
+            n = sizes[precision]
+            fwds, exts, cpus, unfolded = [], [], [], []
             for _ in range(args.repeat):  # alternate, keep the best: the machine may be shared
                 rate, cpu = forward_rate(tmp / "images", names[:n], precision, args.batch_size)
                 fwds.append(rate)
                 cpus.append(cpu)
+                if precision == "fp32":  # what folding the batch norms gains
+                    unfolded.append(
+                        forward_rate(
+                            tmp / "images", names[:n], precision, args.batch_size, folded=False
+                        )[0]
+                    )
+                    print(f"fp32: forward without folded batch norms {unfolded[-1]:.1f} img/s")
                 exts.append(
                     extract_rate(
                         tmp / "images",
@@ -256,15 +281,19 @@ def main() -> None:
                 "forward": [round(v, 2) for v in fwds],
                 "extract": [round(v, 2) for v in exts],
             }
+            if unfolded:
+                report["ratio_forward_folded_vs_unfolded_fp32"] = round(fwd / max(unfolded), 3)
+                report["runs_fp32"]["forward_unfolded"] = [round(v, 2) for v in unfolded]
         (tmp / "rss").mkdir()
         link_copies(tmp / "images", tmp / "rss" / "n", 1)
         small = tmp / "rss" / "n"
         for path in sorted((small / "c0").iterdir())[args.n_rss :]:
             path.unlink()
         link_copies(small / "c0", tmp / "rss" / "4n", 4)
-        rss_n = peak_rss_mb(small, tmp / "rss_n.h5", "bf16", args.batch_size, args.workers)
+        rss_precision = precisions[-1]
+        rss_n = peak_rss_mb(small, tmp / "rss_n.h5", rss_precision, args.batch_size, args.workers)
         rss_4n = peak_rss_mb(
-            tmp / "rss" / "4n", tmp / "rss_4n.h5", "bf16", args.batch_size, args.workers
+            tmp / "rss" / "4n", tmp / "rss_4n.h5", rss_precision, args.batch_size, args.workers
         )
         print(
             f"\n{'precision':>9} {'images':>6} {'forward/s':>10} {'extract/s':>10} {'ratio':>6} "
@@ -276,7 +305,7 @@ def main() -> None:
                 f"{vs_bound:>8.3f}"
             )
         print(
-            f"peak RSS bf16 (main / largest worker): N={rss_n['images']}: "
+            f"peak RSS {rss_precision} (main / largest worker): N={rss_n['images']}: "
             f"{rss_n['main_mb']:.0f} / {rss_n['worker_mb']:.0f} MB; 4N={rss_4n['images']}: "
             f"{rss_4n['main_mb']:.0f} / {rss_4n['worker_mb']:.0f} MB"
         )
@@ -287,6 +316,7 @@ def main() -> None:
                 "rss_worker_mb_n": round(rss_n["worker_mb"], 1),
                 "rss_worker_mb_4n": round(rss_4n["worker_mb"], 1),
                 "n_rss": rss_n["images"],
+                "rss_precision": rss_precision,
                 "batch_size": args.batch_size,
                 "workers": args.workers,
                 "threads": torch.get_num_threads(),

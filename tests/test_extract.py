@@ -6,6 +6,7 @@ HDF5 files; the command runs through click's CliRunner or in a subprocess.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -24,7 +25,12 @@ from torchvision import transforms
 
 from pipeline import contract
 from pipeline.errors import UserError
-from pipeline.extract.backbone import build_backbone, resolve_weights
+from pipeline.extract.backbone import (
+    GridEncoder,
+    build_backbone,
+    fold_batch_norms,
+    resolve_weights,
+)
 from pipeline.extract.cli import extract_command
 from pipeline.extract.extractor import FeatureEncoder, check_policy, contiguous_runs
 
@@ -578,6 +584,25 @@ def test_random_weights_are_seeded_and_leave_the_global_rng_alone():
     second = build_backbone(resolve_weights("none"), "cpu")
     for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_folding_batch_norms_keeps_the_function():
+    resnet = torchvision.models.resnet50(weights=None).eval()
+    generator = torch.Generator().manual_seed(0)
+    for norm in resnet.modules():  # non-trivial statistics, as trained weights have
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            for tensor in (norm.weight.data, norm.bias.data, norm.running_mean):
+                tensor.normal_(0.0, 0.3, generator=generator)
+            norm.running_var.uniform_(0.5, 2.0, generator=generator)
+    images = torch.randn(2, 3, 224, 224, generator=generator)
+    with torch.no_grad():
+        plain = GridEncoder(resnet)(images)  # (2, 49, 2048)
+        folded = GridEncoder(fold_batch_norms(copy.deepcopy(resnet)))(images)
+
+    shipped = build_backbone(resolve_weights("none"), "cpu")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in shipped.modules())
+    assert plain.abs().max() > 0.1
+    torch.testing.assert_close(folded, plain, rtol=1e-4, atol=1e-4 * float(plain.abs().max()))
 
 
 def test_contiguous_runs():
