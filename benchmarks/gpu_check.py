@@ -23,7 +23,6 @@ Every number is also written to `--out` (default gpu_check.json) as JSON.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -40,6 +39,8 @@ import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from benchmarks.train import end_to_end as end_to_end_epoch  # noqa: E402
+from benchmarks.train import make_trainer  # noqa: E402
 from pipeline import contract  # noqa: E402
 from pipeline.cli import main as captioner  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
@@ -223,18 +224,15 @@ def training(work: Path, device: torch.device, size: dict) -> dict:
 
 def end_to_end(work: Path, device: torch.device, size: dict) -> dict:
     """The cached epoch vs the seed's end-to-end epoch (benchmarks/train.py's measurement)."""
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks/train.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     config = load_config(
         DEMO_CONFIG, settings(work, device, size, "e2e") + ['features.in_memory="true"']
     )
-    trainer = bench.make_trainer(config)
+    trainer = make_trainer(config)
     encoder = FeatureEncoder(
         build_backbone(resolve_weights("none"), device), device, "fp32", "float16"
     )
     count = min(len(trainer.train_split.image_names), 4 * size["batch"])
-    result = bench.end_to_end(
+    result = end_to_end_epoch(
         trainer, work / "data" / "images", encoder, count, trainer.config.train.batching, repeats=1
     )
     return {"speedup_cached_vs_end_to_end": result["speedup"]}
