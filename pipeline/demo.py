@@ -26,8 +26,33 @@ def echo_err(message: str) -> None:
     click.echo(message, err=True)
 
 
-def step(title: str) -> None:
-    click.secho(f"\n== {title}", bold=True)
+class StepClock:
+    """Prints each demo step's title and keeps how long each step took."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+
+    def step(self, name: str, title: str) -> None:
+        """End the running step (if any), print `title` and start timing `name`."""
+        self.stop()
+        click.secho(f"\n== {title}", bold=True)
+        self._current = (name, time.perf_counter())
+
+    def stop(self) -> None:
+        """End the running step."""
+        if self._current is not None:
+            name, start = self._current
+            self.seconds[name] = time.perf_counter() - start
+            self._current = None
+
+    def summary(self) -> str:
+        """e.g. '9.6 min in all: data 10 s, extract 128 s, train 421 s, ...'."""
+        self.stop()
+        minutes = (time.perf_counter() - self.started) / 60
+        parts = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.seconds.items())
+        return f"{minutes:.1f} min in all: {parts}"
 
 
 @click.command("demo")
@@ -58,24 +83,24 @@ def run_demo(config: Config, n_images: int) -> None:
     from pipeline.infer.evaluate import evaluate_checkpoint
     from pipeline.train.trainer import train
 
-    started = time.perf_counter()
+    clock = StepClock()
     data_dir = Path(config.data.captions).parent
     images_dir = Path(config.data.images)
 
-    step(f"1/5 demo data -> {data_dir}")
+    clock.step("data", f"1/5 demo data -> {data_dir}")
     if Path(config.data.captions).is_file() and images_dir.is_dir():
         click.echo(f"reusing {config.data.captions}")
     else:
         stats = generate_demo_data(data_dir, n_images=n_images, seed=0)
         click.echo(f"wrote {stats['images']} images and {stats['captions']} captions")
 
-    step(f"2/5 extract -> {config.features.path}")
+    clock.step("extract", f"2/5 extract -> {config.features.path}")
     run_job(job_from_config(config, log=echo_err), log=echo_err)
 
-    step(f"3/5 train -> {config.train.out_dir}/{config.train.name}")
+    clock.step("train", f"3/5 train -> {config.train.out_dir}/{config.train.name}")
     run_dir = train(config)
 
-    step("4/5 evaluate on the test split")
+    clock.step("evaluate", "4/5 evaluate on the test split")
     result = evaluate_checkpoint(
         run_dir, "test", config.eval.beam_size, run_dir / "eval-test", examples=3
     )  # scores the image-blind baseline too
@@ -84,7 +109,7 @@ def run_demo(config: Config, n_images: int) -> None:
         raise UserError("the demo data has no training captions for the baseline")
     data = load_experiment_data(config, echo=False)
 
-    step("5/5 caption three test images with attention maps")
+    clock.step("captions", "5/5 caption three test images with attention maps")
     test_names = data.frame.loc[data.frame["split"] == "test", "image"].drop_duplicates()
     test_images = [images_dir / name for name in list(test_names)[:CAPTIONED_IMAGES]]
     failed = caption_images(
@@ -93,8 +118,7 @@ def run_demo(config: Config, n_images: int) -> None:
     if failed:
         raise UserError(f"captioning failed for {len(failed)} demo images")
 
-    minutes = (time.perf_counter() - started) / 60
-    click.echo(f"\noutputs ({minutes:.1f} min in all):")
+    click.echo(f"\noutputs ({clock.summary()}):")
     click.echo(f"  data          {data_dir}")
     click.echo(f"  features      {config.features.path}")
     click.echo(f"  run           {run_dir} (best.pt, last.pt, config.toml, metrics.jsonl)")

@@ -1,5 +1,6 @@
 """`captioner demo` end to end at a tiny size: data, extract, train, evaluate, caption."""
 
+import re
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -27,3 +28,7 @@ def test_demo_runs_every_step_and_ends_with_report_then_scores(tmp_path):
     assert report.is_file() and "<html" in report.read_text("utf-8")[:500].lower()
     run = report.parents[1]
     assert (run / "best.pt").is_file() and list((run / "attention").glob("*.png"))
+    timing = re.search(r"outputs \((\d+\.\d) min in all: (.*)\):", result.output)
+    steps = dict(part.rsplit(" ", 2)[:2] for part in timing.group(2).split(", "))
+    assert list(steps) == ["data", "extract", "train", "evaluate", "captions"]
+    assert abs(sum(float(s) for s in steps.values()) / 60 - float(timing.group(1))) < 0.1
