@@ -11,8 +11,8 @@ so the exact same network can be rebuilt later (`build_backbone_from_attrs`):
   read with `torch.load(weights_only=True)`; the path itself is kept in `weights_path`.
 
 The frozen network's batch norms are folded into the convolutions before them: the same function
-(outputs differ only by float rounding, far below the float16 storage step) with one pass over
-each activation fewer, 1.16x the images/s on the project's CPU (docs/benchmarks.md).
+(outputs differ only by float rounding, below the float16 storage step) with one pass over each
+activation fewer; 1.05-1.19x the fp32 images/s on the project's CPU (docs/benchmarks.md).
 """
 
 from __future__ import annotations
