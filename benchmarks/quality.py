@@ -44,6 +44,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.options import add_set_option  # noqa: E402
+
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
 REFERENCE = "tutorial"  # the variant every ratio is taken against
 BEAM = 3
@@ -152,14 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="runs side by side (each gets cores / jobs torch threads)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="applied to every variant, first",
-    )
+    add_set_option(parser, "applied to every variant, first")
     parser.add_argument("--out", default="", help="default demo/quality/<timestamp>")
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]

@@ -42,6 +42,7 @@ import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from pycocoevalcap.cider.cider import Cider  # noqa: E402
 
+from benchmarks.options import add_set_option  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.demo_data import generate_demo_data  # noqa: E402
 from pipeline.dataset.batches import build_split  # noqa: E402
@@ -259,14 +260,7 @@ def main() -> None:
     parser.add_argument("--xe-epochs", type=int, default=6)
     parser.add_argument("--scst-epochs", type=int, default=3)
     parser.add_argument("--bad-ending-penalty", type=float, default=0.0)
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="an override of configs/demo-scst.toml (e.g. train.lr=5e-5); repeatable",
-    )
+    add_set_option(parser, "an override of configs/demo-scst.toml (e.g. train.lr=5e-5); repeatable")
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
