@@ -10,7 +10,7 @@ ResNet50, the auto precision, float16 grids); a 4N cache is built from it with
 `contract.create_feature_file` (rows repeated, each copy scaled slightly) plus a matching
 Karpathy dataset.json. Decoder: configs/demo.toml (additive attention, embed 128, hidden 256,
 attention 128), train.batch_size 64 captions of whole images, Adam, CPU fp32. Every timed
-epoch is the trainer's own `train_one_epoch` on a `build_trainer` Trainer.
+epoch is the training loop's own `train_epoch` on a `build_trainer` Trainer.
 
 1. Epochs: in memory (features.in_memory = true) vs streamed from HDF5 (false) with
    train.workers 0 and 2; one Trainer per mode, the same epoch index (so the same batches and
@@ -63,7 +63,8 @@ from pipeline.extract.extractor import (  # noqa: E402
     run_extraction,
 )
 from pipeline.extract.images import preprocess_image  # noqa: E402
-from pipeline.train.trainer import Trainer, build_trainer, train_one_epoch  # noqa: E402
+from pipeline.train.loop import train_epoch  # noqa: E402
+from pipeline.train.trainer import Trainer, build_trainer  # noqa: E402
 
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
 CPU = torch.device("cpu")
@@ -195,9 +196,9 @@ def cpu_seconds() -> tuple[float, float]:
 
 
 def timed_epoch(trainer: Trainer, epoch: int) -> dict:
-    """train_one_epoch's record plus `others`: cores other processes used meanwhile."""
+    """train_epoch's record plus `others`: cores other processes used meanwhile."""
     busy0, ours0 = cpu_seconds()
-    record = train_one_epoch(trainer, epoch)
+    record = train_epoch(trainer, trainer.objective, epoch)
     busy1, ours1 = cpu_seconds()
     others = ((busy1 - busy0) - (ours1 - ours0)) / record["epoch_seconds"]
     return {**record, "others": max(others, 0.0)}
@@ -376,7 +377,7 @@ def child_rss(args: dict) -> None:
     before = status_mb("VmRSS")
     sampler = WorkerMemory()
     sampler.start()
-    record = train_one_epoch(trainer, 0)
+    record = train_epoch(trainer, trainer.objective, 0)
     sampler.done.set()
     sampler.join()
     print(

@@ -5,10 +5,11 @@ Each subcommand lives next to the code it drives; this module only assembles the
 
 import click
 
-from pipeline.data.cli import demo_data_command
+from pipeline.data.cli import demo_data_command, testbed_command
 from pipeline.demo import demo_command
 from pipeline.extract.cli import extract_command
 from pipeline.infer.cli import caption_command, evaluate_command
+from pipeline.sweep.cli import sweep_command
 from pipeline.train.cli import train_command
 
 
@@ -24,3 +25,5 @@ main.add_command(train_command)
 main.add_command(evaluate_command)
 main.add_command(caption_command)
 main.add_command(demo_command)
+main.add_command(testbed_command)
+main.add_command(sweep_command)

@@ -132,6 +132,7 @@ class TrainConfig:
     val_images: int = 0
     samples: int = 3
     objective: str = "xe"
+    warmup_steps: int = 0  # linear learning-rate warmup over the first N optimizer steps
 
 
 @dataclass
@@ -142,6 +143,9 @@ class ScstConfig:
     baseline: str = "mean"
     max_len: int = 16
     bad_ending_penalty: float = 0.0
+    eos_token: bool = False  # score <eos> as a CIDEr-D word (self-critical.pytorch does)
+    keep_optimizer: bool = False  # --init: continue the checkpoint's Adam moments
+    val_images: int = 100  # val images whose sampled and greedy reward each epoch logs
 
 
 @dataclass
@@ -203,25 +207,61 @@ def config_options(config_help: str, default: str | None = None):
     return decorate
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read a TOML file (or start from defaults), apply `section.key=value` overrides, validate."""
+def load_config(
+    path: str | Path | typing.Sequence[str | Path] | None = None,
+    overrides: typing.Sequence[str] = (),
+) -> Config:
+    """Read a TOML file (or start from defaults), apply `section.key=value` overrides, validate.
+
+    A file may start from others: `base = "demo.toml"` (or a list, merged in order), paths
+    relative to the file, chained; its own keys override its bases', `--set` overrides all.
+    A list of files is read the same way, as if it were a file's `base`.
+    """
     raw: dict = {}
     name = "default"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"config file {path} is not valid TOML: {exc}") from None
-        name = path.stem
+    paths = [path] if isinstance(path, (str, Path)) else list(path or [])
+    for layer in paths:
+        merge_tables(raw, read_layers(Path(layer), ()))
+    if paths:
+        name = "+".join(Path(p).stem for p in paths)
     for item in overrides:
         section, key, value = parse_override(item)
         raw.setdefault(section, {})[key] = value
     config = config_from_dict(raw)
     config.name = name
     return config
+
+
+def read_layers(path: Path, chain: tuple[Path, ...]) -> dict:
+    """A config file's tables merged over those of its `base` files (recursively)."""
+    if not path.is_file():
+        where = f" (a base of {chain[-1]})" if chain else ""
+        raise UserError(f"config file not found: {path}{where}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+    bases = raw.pop("base", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise UserError(f"config file {path}: base must be a file name or a list of them")
+    merged: dict = {}
+    for base in bases:
+        base_path = path.parent / base
+        if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
+            raise UserError(f"config file {path}: its bases go round in a circle ({base})")
+        merge_tables(merged, read_layers(base_path, (*chain, path)))
+    merge_tables(merged, raw)
+    return merged
+
+
+def merge_tables(into: dict, layer: dict) -> None:
+    """Copy `layer`'s keys into `into`, table by table (a layer's key wins)."""
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            into[key].update(value)
+        else:
+            into[key] = dict(value) if isinstance(value, dict) else value
 
 
 def parse_override(item: str) -> tuple[str, str, object]:
@@ -385,6 +425,8 @@ def validate(config: Config) -> None:
         f"scst.max_len ({config.scst.max_len}) must be <= max(vocab.max_len, eval.max_len)",
     )
     _check(config.scst.bad_ending_penalty >= 0, "scst.bad_ending_penalty must be >= 0")
+    _check(config.scst.val_images >= 0, "scst.val_images must be >= 0 (0 disables)")
+    _check(t.warmup_steps >= 0, "train.warmup_steps must be >= 0 (0 disables)")
     _choice("eval.split", e.split, SPLITS)
     _check(e.beam_size >= 1, "eval.beam_size must be >= 1")
     _check(e.max_len >= 2, "eval.max_len must be >= 2")

@@ -14,7 +14,8 @@ Layout (documented for users in features/README.md):
 - Sharded (torchrun) files may hold `features`, `image_ids`, `status` and the stamps as HDF5
   virtual datasets over shard files next to them; they read exactly like plain ones.
 - attrs        backbone, weights, image_size, resize, mean, std, grid, dtype, precision,
-               versions, created, num_images, complete.
+               versions, created, num_images, complete; a testbed's file (written from
+               captions, not images: pipeline/data/testbed_*.py) adds `testbed`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from pipeline.errors import UserError
 
 BACKBONE = "resnet50"
+TESTBED_PREFIX = "testbed:"  # the backbone of a testbed's file (written without images)
 GRID = 7
 REGIONS = GRID * GRID
 CHANNELS = 2048
@@ -55,6 +57,7 @@ MATCH_KEYS = (
     "grid",
     "dtype",
     "precision",
+    "testbed",  # only in a testbed's file: its kind, generator version and knobs
 )
 STRING_DTYPE = h5py.string_dtype("utf-8")
 

@@ -1,10 +1,12 @@
-"""torchrun support for both stages: process group, ranks, DDP helpers.
+"""torchrun support for both stages: process group, ranks, collectives.
 
 Plain `captioner train` / `extract` never touch torch.distributed. Under torchrun (RANK,
 WORLD_SIZE and LOCAL_RANK set):
 - training: each rank takes every world_size-th batch of the epoch's seeded plan (the same
-  plan on every rank: a distributed sampler reseeded each epoch), gradients are all-reduced
-  by DDP, and only rank 0 prints, logs and writes checkpoints;
+  plan on every rank: a distributed sampler reseeded each epoch), every rank starts from the
+  same seeded weights, the training loop all-reduces the gradients after each backward
+  (`pipeline.train.loop.average_gradients`), and only rank 0 prints, logs and writes
+  checkpoints;
 - extraction: each rank extracts a contiguous shard of the image list into its own file and
   rank 0 finishes the file as virtual datasets over the shards (pipeline.extract.sharded).
 """
@@ -83,17 +85,13 @@ def device_for(dist: DistInfo, device: torch.device) -> torch.device:
     return device
 
 
-def wrap_model(model: torch.nn.Module, dist: DistInfo, device: torch.device) -> torch.nn.Module:
-    """DistributedDataParallel around the model when distributed."""
+def broadcast_parameters(model: torch.nn.Module, dist: DistInfo) -> None:
+    """Rank 0's parameters and buffers on every rank (no-op without torchrun)."""
     if not dist.enabled:
-        return model
-    device_ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model inside a DDP wrapper (for decoding and checkpoints)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        return
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            torch_dist.broadcast(tensor, src=0)
 
 
 def shard_plan(plan: list, dist: DistInfo) -> list:

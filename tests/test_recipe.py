@@ -160,55 +160,23 @@ def test_attention_activation_and_tanh_on_the_initial_state_change_the_model():
     assert tanh.init_state(encoded)[0].abs().max() <= 1
 
 
-def load_quality_harness():
-    import importlib.util
-    import sys
+def test_the_demo_sweep_trains_identical_recipes_once():
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
-    spec = importlib.util.spec_from_file_location("quality_harness", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    from pipeline.sweep.runner import plan_runs
+    from pipeline.sweep.spec import load_sweep, select
 
-
-def test_quality_harness_trains_identical_recipes_once_and_summarises_over_seeds():
-    from pipeline.config import config_to_dict, load_config
-
-    quality = load_quality_harness()
-    args = quality.parse_args(
-        ["--variants", "shipped,tutorial,penalty-sum,images,transformer", "--seeds", "2"]
+    sweep = load_sweep(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "demo.toml")
+    sweep.seeds = 2
+    names = select(sweep, ["shipped", "penalty-mean", "images", "transformer", "scst"])
+    runs = plan_runs(sweep, names, Path("out"))
+    users = sorted(run.users for run in runs.values())
+    assert [("shipped", 0), ("penalty-mean", 0)] in users  # one recipe: one run per seed
+    assert [("images", 1)] in users and [("transformer", 0)] in users
+    assert "tutorial" in names  # it comes along: every variant is compared with it
+    assert sorted(pair for group in users for pair in group) == sorted(
+        (name, seed) for name in names for seed in (0, 1)
     )
-    groups = list(quality.planned_runs(args).values())
-    assert sorted(pair for group in groups for pair in group) == sorted(
-        (name, seed) for name in args.variants for seed in (0, 1)
-    )
-    same = config_to_dict(
-        load_config(args.config, quality.VARIANTS["shipped"].overrides)
-    ) == config_to_dict(load_config(args.config, quality.VARIANTS["tutorial"].overrides))
-    assert ([("shipped", 0), ("tutorial", 0)] in groups) == same
-    assert [("images", 1)] in groups and [("penalty-sum", 0)] in groups
-    assert [("transformer", 0)] in groups  # its own config file
-    assert quality.config_of(args, "transformer").endswith("demo-transformer.toml")
-    runs = [
-        {
-            "variant": name,
-            "seed": seed,
-            "epoch_seconds": 10.0 + seed,
-            "greedy": {"CIDEr": cider, "Bleu_4": 0.5, "METEOR": None},
-            "beam3": {"CIDEr": cider + 0.1, "Bleu_4": 0.6, "METEOR": 0.3},
-        }
-        for name, seed, cider in [
-            ("tutorial", 0, 2.0),
-            ("tutorial", 1, 2.2),
-            ("images", 0, 1.5),
-            ("images", 1, 1.7),
-        ]
-    ]
-    summary = quality.summarise(runs, ["images", "tutorial"])
-    mean, std = summary["images"]["CIDEr_greedy"]
-    assert mean == pytest.approx(160.0) and std == pytest.approx(np.std([150, 170], ddof=1))
-    assert summary["images"]["cider_vs_tutorial"] == pytest.approx(160 / 210)
-    assert summary["tutorial"]["METEOR_greedy"] is None
-    assert summary["tutorial"]["epoch_seconds"] == pytest.approx(10.5)
+    scst = [run for run in runs.values() if run.users == [("scst", 1)]][0]
+    assert runs[scst.start].users == [("shipped", 1), ("penalty-mean", 1)]
+    assert scst.config["train"]["objective"] == "scst" and scst.config["train"]["seed"] == 1

@@ -244,3 +244,22 @@ def test_scst_from_init_logs_rewards_and_resumes_like_a_straight_run(xe_run):
     # the run started from the XE weights: its first val loss is near the XE run's
     xe = metrics(xe_run["runs"] / "xe")[-1]
     assert abs(a[0]["val_loss"] - xe["val_loss"]) < 0.5
+
+
+def test_eos_token_scores_the_end_like_a_word_on_every_caption(demo):
+    """With scst.eos_token, the reward equals plain CIDEr-D with one extra word closing every
+    reference and every finished caption (and none on a caption cut at the length limit)."""
+    vocab, references = demo["vocab"], demo["references"]
+    texts = [references[0][0], references[1][2] + " of", "a a"]
+    tokens = np.zeros((3, 20), dtype=np.int64)
+    for row, text in enumerate(texts):
+        ids = [vocab.stoi[w] for w in text.split()] + ([vocab.eos] if row < 2 else [])
+        tokens[row, : len(ids)] = ids
+    with_end, _ = CaptionReward(references, vocab, eos_token=True)(np.array([0, 1, 2]), tokens)
+    closed = [[f"{r} zzend" for r in refs] for refs in references]
+    expected = CiderD(closed).score_texts(
+        [0, 1, 2], [texts[0] + " zzend", texts[1] + " zzend", texts[2]]
+    )
+    np.testing.assert_allclose(with_end, expected, atol=1e-12)
+    plain, _ = CaptionReward(references, vocab)(np.array([0, 1, 2]), tokens)
+    assert not np.allclose(with_end, plain)

@@ -403,3 +403,27 @@ def read_captions(path: str | Path, format: str = "auto") -> CaptionTable:
         }
         rows = text_readers[format](path)
     return rows.table(format, path)
+
+
+# Flickr8k's official split lists, as its authors distribute them beside Flickr8k.token.txt
+FLICKR8K_SPLIT_FILES = {
+    "train": "Flickr_8k.trainImages.txt",
+    "val": "Flickr_8k.devImages.txt",
+    "test": "Flickr_8k.testImages.txt",
+}
+
+
+def read_split_lists(folder: str | Path) -> dict[str, str]:
+    """image name -> split from the official split lists in `folder` (one name per line);
+    UserError when a list is missing or names an image twice."""
+    folder = Path(folder)
+    splits: dict[str, str] = {}
+    for split, file_name in FLICKR8K_SPLIT_FILES.items():
+        path = folder / file_name
+        if not path.is_file():
+            raise UserError(f"split list not found: {path}")
+        for name in path.read_text(encoding="utf-8", errors="replace").split():
+            name = normalize_image_name(name)
+            if splits.setdefault(name, split) != split:
+                raise UserError(f"{name} is in the {splits[name]} and the {split} split lists")
+    return splits

@@ -299,16 +299,20 @@ def _write_results_csv(path: Path, names: list[str], captions: list[list[str]]) 
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _write_karpathy_json(
-    path: Path, names: list[str], captions: list[list[str]], splits: list[str]
-) -> None:
-    """Karpathy dataset_*.json layout (Flickr style: no filepath, no cocoid)."""
-    images = []
+def karpathy_json_text(
+    names: list[str],
+    captions: list[list[str]],
+    splits: list[str],
+    dataset: str = "demo",
+) -> str:
+    """The Karpathy dataset_*.json layout (Flickr style: no filepath, no cocoid) as text."""
+    images, sentid = [], 0
     for imgid, (name, texts, split) in enumerate(zip(names, captions, splits, strict=True)):
-        sentids = [imgid * CAPTIONS_PER_IMAGE + k for k in range(len(texts))]
+        sentids = list(range(sentid, sentid + len(texts)))
+        sentid += len(texts)
         sentences = [
-            {"tokens": tokenize(text), "raw": text, "imgid": imgid, "sentid": sentid}
-            for text, sentid in zip(texts, sentids, strict=True)
+            {"tokens": tokenize(text), "raw": text, "imgid": imgid, "sentid": number}
+            for text, number in zip(texts, sentids, strict=True)
         ]
         images.append(
             {
@@ -319,7 +323,17 @@ def _write_karpathy_json(
                 "filename": name,
             }
         )
-    path.write_text(json.dumps({"images": images, "dataset": "demo"}) + "\n", encoding="utf-8")
+    return json.dumps({"images": images, "dataset": dataset}, ensure_ascii=False) + "\n"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all (a temporary file renamed into place)."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def generate_demo_data(
@@ -360,17 +374,39 @@ def _write_files(
     root: Path, n_images: int, seed: int, size: int
 ) -> tuple[list[str], list[list[str]], list[str]]:
     """Images, results.csv and dataset.json under `root`; returns names, captions, splits."""
+    demo = demo_scenes(n_images, seed, size, images_dir=root / "images")
+    _write_results_csv(root / "results.csv", demo.names, demo.captions)
+    write_text_atomic(
+        root / "dataset.json", karpathy_json_text(demo.names, demo.captions, demo.splits)
+    )
+    return demo.names, demo.captions, demo.splits
+
+
+@dataclass
+class DemoScenes:
+    """The demo data set without its pixels: what every image shows and says."""
+
+    names: list[str]  # demo_00000.jpg, ...
+    scenes: list[list[Shape]]  # per image: its shapes, the largest first
+    captions: list[list[str]]  # per image: its five captions
+    splits: list[str]  # per image: train, val or test
+
+
+def demo_scenes(
+    n_images: int, seed: int = 0, size: int = 224, images_dir: Path | None = None
+) -> DemoScenes:
+    """The scenes, captions and splits `generate_demo_data(n_images, seed, size)` writes
+    (the same random stream); the JPEGs too when `images_dir` is given."""
     rng = np.random.default_rng(seed)
     width = max(5, len(str(n_images - 1)))
-    names, captions = [], []
+    names, scenes, captions = [], [], []
     for index in range(n_images):
         scene = _sample_scene(rng, size)
-        image = _draw(scene, _background(rng, size))  # (size, size) RGB
+        background = _background(rng, size)  # (size, size, 3): drawn either way (same stream)
         name = f"demo_{index:0{width}d}.jpg"
-        image.save(root / "images" / name, format="JPEG", quality=90)
+        if images_dir is not None:
+            _draw(scene, background).save(images_dir / name, format="JPEG", quality=90)
         names.append(name)
+        scenes.append(scene)
         captions.append(make_captions(scene, rng))
-    splits = _split_names(n_images, rng)
-    _write_results_csv(root / "results.csv", names, captions)
-    _write_karpathy_json(root / "dataset.json", names, captions, splits)
-    return names, captions, splits
+    return DemoScenes(names, scenes, captions, _split_names(n_images, rng))

@@ -23,7 +23,7 @@ from pipeline.dataset.splits import apply_saved_splits, assign_splits, split_cou
 from pipeline.dataset.store import FeatureStore, cache_fits_in_memory
 from pipeline.errors import UserError
 
-EXPECTED = {"backbone": contract.BACKBONE, "grid": contract.GRID}
+EXPECTED = {"grid": contract.GRID}  # and a backbone of ours: the extractor's or a testbed's
 
 
 @dataclass
@@ -47,6 +47,9 @@ def open_cache(path: str, expected: dict | None = None) -> tuple[dict, dict[str,
         image_ids = contract.read_image_ids(f)
         failed = contract.read_failed(f)
     problems = contract.fingerprint_mismatch(EXPECTED, fingerprint, tuple(EXPECTED))
+    backbone = str(fingerprint.get("backbone"))
+    if backbone != contract.BACKBONE and not backbone.startswith(contract.TESTBED_PREFIX):
+        problems.append(f"backbone: {backbone!r}")
     if fingerprint.get("dtype") not in ("float16", "float32"):
         problems.append(f"dtype: {fingerprint.get('dtype')!r}")
     if problems:

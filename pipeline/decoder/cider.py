@@ -17,7 +17,9 @@ the two agree to float rounding (tests/test_cider.py).
 Captions are compared as ids of evaluation tokens: `simple_tokenize` (pipeline.decoder.metrics,
 the pure-Python stand-in for evaluation's PTB tokenizer, the same on ordinary captions) splits
 references and vocabulary words alike; `CiderD.vocab_table` maps model vocabulary ids to those
-tokens once.
+tokens once. With `end_token`, an end-of-caption token closes every reference and every
+finished candidate (self-critical.pytorch's reward scores `<eos>` this way); off by default,
+which is coco-caption's CIDEr-D.
 Every n-gram becomes an integer id built level by level (id of the (n-1)-gram prefix x BASE +
 last token), looked up with `np.searchsorted` in sorted tables: no Python loop over captions.
 """
@@ -34,6 +36,7 @@ from pipeline.decoder.vocab import Vocabulary
 NGRAMS = 4
 SIGMA = 6.0
 BASE = 1 << 20  # token ids stay below this: an n-gram key is prefix_id * BASE + token
+END = "\x00end"  # the end token's key (no tokenized text holds a NUL): `end_token` scores it
 
 
 class CiderD:
@@ -43,36 +46,44 @@ class CiderD:
     position i here.
     """
 
-    def __init__(self, references: Sequence[Sequence[str]], sigma: float = SIGMA):
+    def __init__(
+        self, references: Sequence[Sequence[str]], sigma: float = SIGMA, end_token: bool = False
+    ):
         if not references or any(len(refs) == 0 for refs in references):
             raise ValueError("CIDEr-D needs at least one image, each with references")
         self.sigma = sigma
-        self.token_ids: dict[str, int] = {}  # evaluation token -> id >= 1 (0 = padding)
-        ref_tokens = [self.encode(text) for refs in references for text in refs]
+        self.token_ids: dict[str, int] = {END: 1}  # evaluation token -> id >= 1 (0 = padding)
+        self.end_token = end_token
+        ref_tokens = [self.encode(text, finished=True) for refs in references for text in refs]
         ref_image = np.repeat(np.arange(len(references)), [len(refs) for refs in references])
         self.num_images = len(references)
         self.log_images = np.log(float(self.num_images))  # pycocoevalcap's "ref_len"
         self._build(_flatten(ref_tokens), ref_image, [len(refs) for refs in references])
 
-    def encode(self, text: str) -> np.ndarray:
-        """A caption string -> its evaluation-token ids (new tokens get new ids), (L,) int64."""
+    def encode(self, text: str, finished: bool = False) -> np.ndarray:
+        """A caption string -> its evaluation-token ids (new tokens get new ids), (L,) int64;
+        with `end_token`, a `finished` caption ends in the end token's id."""
         ids = [
             self.token_ids.setdefault(t, len(self.token_ids) + 1)
             for t in simple_tokenize(text).split()
         ]
         if len(self.token_ids) >= BASE:
             raise ValueError(f"more than {BASE - 1} distinct tokens")
+        if finished and self.end_token:
+            ids.append(self.token_ids[END])
         return np.asarray(ids, dtype=np.int64)
 
     def vocab_table(self, vocab: Vocabulary) -> np.ndarray:
         """(V, k) int64: the evaluation-token ids of each vocabulary word, 0-padded.
 
-        `<pad>`, `<sos>` and `<eos>` map to nothing; other words (`<unk>` included) to what
-        evaluation makes of `vocab.decode`'s output (e.g. "dog's" -> "dog", "'s").
+        `<pad>` and `<sos>` map to nothing, `<eos>` to the end token with `end_token` (else
+        to nothing); other words (`<unk>` included) to what evaluation makes of
+        `vocab.decode`'s output (e.g. "dog's" -> "dog", "'s").
         """
-        specials = (vocab.pad, vocab.sos, vocab.eos)
         rows = [
-            self.encode("") if i in specials else self.encode(word)
+            self.encode("", finished=i == vocab.eos)
+            if i in (vocab.pad, vocab.sos, vocab.eos)
+            else self.encode(word)
             for i, word in enumerate(vocab.itos)
         ]
         table = np.zeros((len(rows), max(1, max(len(r) for r in rows))), dtype=np.int64)
@@ -110,8 +121,8 @@ class CiderD:
         return per_ref.sum(axis=1) / NGRAMS / self.ref_count[images] * 10.0
 
     def score_texts(self, images: Sequence[int], captions: Sequence[str]) -> np.ndarray:
-        """`scores` for caption strings (tokenized as evaluation does)."""
-        encoded = [self.encode(text) for text in captions]
+        """`scores` for caption strings (tokenized as evaluation does; finished captions)."""
+        encoded = [self.encode(text, finished=True) for text in captions]
         width = max([1, *(len(e) for e in encoded)])
         tokens = np.zeros((len(encoded), width), dtype=np.int64)
         for i, ids in enumerate(encoded):

@@ -150,6 +150,12 @@ class FeatureEncoder:
 
 def check_policy(attrs: dict) -> None:
     """UserError unless a file's preprocessing attrs are the ones this code implements."""
+    if str(attrs.get("backbone", "")).startswith(contract.TESTBED_PREFIX):
+        raise UserError(
+            f"these features are a testbed's ({attrs['backbone']}), written without images: "
+            "no image encoder makes them; caption images with a model trained on extracted "
+            "features"
+        )
     ours = {
         "image_size": IMAGE_SIZE,
         "resize": POLICY,

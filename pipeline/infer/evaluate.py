@@ -2,7 +2,8 @@
 
 Scores are pycocoevalcap's (PTB tokenizer; Bleu_1..4, METEOR, ROUGE_L, CIDEr) against all
 references of every image of the split, on pycocoevalcap's 0-1 scale in metrics.json
-(printouts and reports show ×100, as papers do). Each checkpoint gets OUT/<run label>/ with
+(printouts and reports show ×100, as papers do), with each image's CIDEr
+(`per_image_cider`: what paired comparisons such as `captioner sweep` resample). Each checkpoint gets OUT/<run label>/ with
 predictions.json, metrics.json and report.html (scores next to the image-blind baseline,
 decode health, a gallery, training curves); several checkpoints also get table.md,
 table.csv and comparison.html at the top of OUT.
@@ -144,6 +145,10 @@ def evaluate_checkpoint(
         },
         "pycocoevalcap": version("pycocoevalcap"),
         "feature_fingerprint": data.fingerprint,
+        "per_image_cider": {
+            name: report.per_image_cider[key]
+            for name, key in zip(split_data.image_names, keys, strict=True)
+        },
     }
     folder.write_text(
         "predictions.json", json.dumps(predictions_json(split_data.image_ids, captions), indent=1)

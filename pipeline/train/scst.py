@@ -1,49 +1,48 @@
 """Self-critical sequence training (SCST): fine-tune a decoder on the CIDEr-D of its own samples.
 
-`train.objective = "scst"` replaces the cross-entropy epoch with this one (Rennie et al. 2017;
-the "new self-critical" baseline of Luo 2020). Per train image, `scst.samples` = K captions are
-drawn from the model (`pipeline.decoder.sample`, at most `scst.max_len` words, stopping at
-`<eos>`); each gets the reward r = CIDEr-D against all references of its image, with document
-frequencies from the train split's references (`pipeline.decoder.cider`, fixed once per run),
-minus `scst.bad_ending_penalty` when it ends in a function word (`BAD_ENDINGS`). The baseline b
-(`scst.baseline`) is "mean": the mean reward of the image's other K-1 samples, or "greedy": the
-reward of the model's greedy caption (eval mode, no gradient). The loss of a batch of B images is
+`train.objective = "scst"` (`pipeline.train.objectives.SelfCritical`) trains with this loss
+(Rennie et al. 2017; the "new self-critical" baseline of Luo 2020). Per train image,
+`scst.samples` = K captions are drawn from the model (`pipeline.decoder.sample`, at most
+`scst.max_len` words, stopping at `<eos>`); each gets the reward r = CIDEr-D against all
+references of its image, with document frequencies from the train split's references
+(`pipeline.decoder.cider`, fixed once per run), minus `scst.bad_ending_penalty` when it ends in
+a function word (`BAD_ENDINGS`). With `scst.eos_token`, `<eos>` is scored as a word of the
+candidate and of every reference (as self-critical.pytorch does), so how a caption ends counts.
+The baseline b (`scst.baseline`) is "mean": the mean reward of the image's other K-1 samples,
+or "greedy": the reward of the model's greedy caption (eval mode, no gradient). The loss of a
+batch of B images is
 
     loss = -1/(B*K) * sum over samples of (r - b) * sum_t log p(w_t)
 
 where the inner sum runs over the sample's tokens up to and including `<eos>` (not divided by
 the length): a mean over samples, a sum over tokens. `train.batch_size` counts images here.
 
-Each epoch visits every train image once in a seeded order; sampling draws from a generator
-seeded with (train.seed, epoch, rank), so a resumed run repeats a straight one. Under torchrun
-each rank samples its own images, rewards need no communication, and the gradients are averaged
-across ranks by one all-reduce (the decoder is not wrapped in DDP for SCST).
+Sampling draws from a generator seeded with (train.seed, epoch, rank), so a resumed run
+repeats a straight one. Under torchrun each rank samples its own images and rewards need no
+communication; the training loop averages the gradients.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
-from tqdm import tqdm
 
-from pipeline import distributed
 from pipeline.config import Config, ScstConfig, config_from_dict
-from pipeline.dataset.batches import SplitData, plan_epoch
-from pipeline.dataset.teacher_forced import make_loader, training_autocast
+from pipeline.dataset.batches import SplitData
+from pipeline.dataset.store import FeatureStore
 from pipeline.decoder.cider import CiderD
-from pipeline.decoder.decode import greedy_decode
+from pipeline.decoder.decode import Decoded, greedy_decode
 from pipeline.decoder.generate import suppressed_tokens
 from pipeline.decoder.sample import sample_captions
 from pipeline.decoder.vocab import Vocabulary
 from pipeline.errors import UserError
 
 BAD_ENDINGS = ("a", "of", "with", "the")  # a caption ending in one of these is cut short
+MONITOR_SEED = 20_170_711  # the val-reward samples are the same draws every epoch
 
 
 def ends_badly(caption: str) -> bool:
@@ -53,16 +52,25 @@ def ends_badly(caption: str) -> bool:
 
 
 class CaptionReward:
-    """CIDEr-D of sampled captions (vocabulary ids) against their image's references."""
+    """CIDEr-D of sampled captions (vocabulary ids) against their image's references.
+
+    `eos_token`: `<eos>` counts as a word at the end of every reference and of every caption
+    that ended (a caption cut at the length limit has none).
+    """
 
     def __init__(
-        self, references: list[list[str]], vocab: Vocabulary, bad_ending_penalty: float = 0.0
+        self,
+        references: list[list[str]],
+        vocab: Vocabulary,
+        bad_ending_penalty: float = 0.0,
+        eos_token: bool = False,
     ):
-        self.cider = CiderD(references)  # image i's reference captions: references[i]
+        self.cider = CiderD(references, end_token=eos_token)  # image i: references[i]
         self.words = self.cider.vocab_table(vocab)  # (V, k) vocabulary id -> evaluation tokens
         self.bad = np.isin(np.asarray(vocab.itos), BAD_ENDINGS)  # (V,)
         self.penalty = bad_ending_penalty
         self.eos = vocab.eos
+        self.eos_token = eos_token
 
     def __call__(self, images: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """images (N,) positions in `references`; tokens (N, T) vocabulary ids, then `<eos>`
@@ -72,12 +80,24 @@ class CaptionReward:
         the caption ends in a function word.
         """
         ended = tokens == self.eos  # (N, T)
-        words = np.where(ended.any(axis=1), ended.argmax(axis=1), tokens.shape[1])  # (N,)
-        kept = np.where(np.arange(tokens.shape[1]) < words[:, None], tokens, 0)  # (N, T)
+        finished = ended.any(axis=1)  # (N,)
+        words = np.where(finished, ended.argmax(axis=1), tokens.shape[1])  # (N,)
+        scored = words + (finished if self.eos_token else 0)  # (N,) tokens the reward reads
+        kept = np.where(np.arange(tokens.shape[1]) < scored[:, None], tokens, 0)  # (N, T)
         evaluation = self.words[kept].reshape(len(tokens), -1)  # (N, T*k)
         last = kept[np.arange(len(tokens)), np.maximum(words - 1, 0)]  # (N,)
         bad = (words > 0) & self.bad[last]
         return self.cider.scores(images, evaluation) - self.penalty * bad, bad
+
+    def of_decoded(self, images: np.ndarray, decoded: list[Decoded]) -> np.ndarray:
+        """(B,) rewards of decoded captions (words only, `<eos>` implied where finished)."""
+        width = max([1, *(len(d.tokens) + 1 for d in decoded)])
+        tokens = np.zeros((len(decoded), width), dtype=np.int64)  # 0 = <pad>: scores nothing
+        for i, caption in enumerate(decoded):
+            tokens[i, : len(caption.tokens)] = caption.tokens
+            if caption.finished:
+                tokens[i, len(caption.tokens)] = self.eos
+        return self(images, tokens)[0]
 
 
 @dataclass
@@ -91,7 +111,9 @@ class Scst:
 
 def build_scst(config: Config, train_split: SplitData, vocab: Vocabulary) -> Scst:
     """The reward over the train split's references (document frequencies computed once)."""
-    reward = CaptionReward(train_split.references, vocab, config.scst.bad_ending_penalty)
+    reward = CaptionReward(
+        train_split.references, vocab, config.scst.bad_ending_penalty, config.scst.eos_token
+    )
     return Scst(reward, config.scst, suppressed_tokens(vocab, config.eval))
 
 
@@ -116,13 +138,9 @@ class StepStats:
     bad_endings: int
     samples: int
 
-    def __add__(self, other: StepStats) -> StepStats:
-        return StepStats(
-            *(
-                a + b
-                for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
-            )
-        )
+    def as_sums(self) -> dict[str, float]:
+        """The fields as a name -> value dict (what the training loop adds up)."""
+        return {k: float(v) for k, v in dataclasses.asdict(self).items()}
 
 
 def scst_loss(
@@ -191,108 +209,55 @@ def _greedy_rewards(
         model, features, vocab.sos, vocab.eos, scst.config.max_len + 1, suppress=scst.suppress
     )
     model.train(was_training)
-    tokens = np.full((len(decoded), scst.config.max_len + 1), vocab.pad, dtype=np.int64)
-    for i, caption in enumerate(decoded):
-        tokens[i, : len(caption.tokens)] = caption.tokens  # words only: no <eos> in Decoded
-    return scst.reward(images, tokens)[0]
+    return scst.reward.of_decoded(images, decoded)
 
 
-def train_epoch(trainer, epoch: int, rng: np.random.Generator) -> dict:
-    """One SCST pass over the train images (`trainer`: pipeline.train.trainer.Trainer).
+@dataclass
+class RewardMonitor:
+    """The SCST reward on a fixed subset of val images, logged after every epoch."""
 
-    `rng` is the epoch's seeded planner generator. Returns the epoch's metrics: train_loss
-    (mean SCST loss per sample), reward, baseline, sample_length (words), bad_endings (share
-    of samples ending in a function word), tokens_per_s (sampled tokens), epoch_seconds.
-    """
-    config = trainer.config
-    plan = distributed.shard_plan(
-        plan_epoch(trainer.train_split, config.train.batch_size, "random", rng), trainer.dist
-    )
-    generator = torch.Generator(device=trainer.device)
-    generator.manual_seed(config.train.seed * 1_000_003 + epoch * 1_009 + trainer.dist.rank)
-    loader = make_loader(
-        trainer.data.store,
-        trainer.train_split,
-        plan,
-        trainer.vocab.pad,
-        config.train.workers,
-        trainer.device,
-    )
-    trainer.model.train()
-    totals = StepStats(0.0, 0.0, 0.0, 0, 0, 0, 0)
-    started = time.perf_counter()
-    bar = tqdm(
-        zip(plan, loader, strict=True),
-        total=len(plan),
-        desc=f"scst epoch {epoch + 1}/{config.train.epochs}",
-        disable=None if trainer.dist.is_main else True,
-        mininterval=1.0,
-        leave=False,
-    )
-    for (images, _), batch in bar:
-        features = batch["features"].to(trainer.device, non_blocking=True)  # (B, 49, 2048)
-        loss, stats = scst_loss(
-            trainer.model,
-            features,
-            images,
-            trainer.self_critical,
-            trainer.vocab,
-            generator,
-            training_autocast(config, trainer.device),
-        )
-        _apply(trainer, loss)
-        totals = totals + stats
-        bar.set_postfix(reward=f"{totals.reward / totals.samples:.3f}")
-    return _epoch_record(trainer, totals, time.perf_counter() - started)
+    scst: Scst  # its reward is over the subset's references
+    vocab: Vocabulary
+    rows: np.ndarray  # (n,) feature rows of the subset
+
+    def rewards(self, model: torch.nn.Module, store: FeatureStore, device) -> dict[str, float]:
+        """`val_reward_sample` (mean over K samples per image, the same draws every epoch,
+        eval mode) and `val_reward_greedy` (the greedy captions')."""
+        features = torch.from_numpy(store.read(self.rows)).to(device)  # (n, R, D)
+        images = np.arange(len(self.rows))
+        k, vocab = self.scst.config.samples, self.vocab
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            samples = sample_captions(
+                model,
+                features,
+                vocab.sos,
+                vocab.eos,
+                vocab.pad,
+                k,
+                self.scst.config.max_len + 1,
+                self.scst.suppress,
+                torch.Generator(device=device).manual_seed(MONITOR_SEED),
+            )
+        sampled, _ = self.scst.reward(np.repeat(images, k), samples.tokens.cpu().numpy())
+        greedy = _greedy_rewards(model, features, images, self.scst, vocab)
+        model.train(was_training)
+        return {
+            "val_reward_sample": float(sampled.mean()),
+            "val_reward_greedy": float(greedy.mean()),
+        }
 
 
-def _apply(trainer, loss: torch.Tensor) -> None:
-    """Backward, average gradients across ranks, clip, optimizer step (AMP-scaled on CUDA)."""
-    trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.scaler.scale(loss).backward()
-    _average_gradients(trainer.model, trainer.dist)
-    if trainer.config.train.grad_clip > 0:
-        trainer.scaler.unscale_(trainer.optimizer)
-        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.config.train.grad_clip)
-    trainer.scaler.step(trainer.optimizer)
-    trainer.scaler.update()
-    trainer.state.step += 1
-
-
-def _average_gradients(model: torch.nn.Module, dist: distributed.DistInfo) -> None:
-    """Mean of every trainable parameter's gradient over the ranks (one flat all-reduce)."""
-    if not dist.enabled or dist.world_size == 1:
-        return
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    torch_dist.all_reduce(flat)
-    flat /= dist.world_size
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
-        offset += p.numel()
-
-
-def _epoch_record(trainer, totals: StepStats, seconds: float) -> dict:
-    """Means over every rank's samples."""
-    sums = {}
-    for key in ("loss", "reward", "baseline", "words", "tokens", "bad_endings"):
-        sums[key], count = distributed.sum_pair(
-            float(getattr(totals, key)), totals.samples, trainer.dist, trainer.device
-        )
-    count = max(count, 1)
-    return {
-        "train_loss": sums["loss"] / count,
-        "reward": sums["reward"] / count,
-        "baseline": sums["baseline"] / count,
-        "sample_length": sums["words"] / count,
-        "bad_endings": sums["bad_endings"] / count,
-        "tokens_per_s": sums["tokens"] / seconds,
-        "epoch_seconds": seconds,
-    }
+def build_monitor(config: Config, val_split: SplitData, vocab: Vocabulary) -> RewardMonitor | None:
+    """A monitor over the first `scst.val_images` val images (None when 0)."""
+    count = min(config.scst.val_images, len(val_split.image_names))
+    if count == 0:
+        return None
+    references = val_split.references[:count]
+    reward = CaptionReward(references, vocab, config.scst.bad_ending_penalty, config.scst.eos_token)
+    monitor_scst = Scst(reward, config.scst, suppressed_tokens(vocab, config.eval))
+    return RewardMonitor(monitor_scst, vocab, val_split.image_rows[:count])
 
 
 # model.* keys a run started with --init may change: training-only settings, not the function

@@ -7,25 +7,17 @@ run resumed at an epoch boundary logs exactly what a straight run logs (on CPU).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.config import Config, config_from_dict, config_to_dict, parse_override
-from pipeline.dataset.batches import SplitData, build_split, plan_epoch
+from pipeline.dataset.batches import SplitData, build_split
 from pipeline.dataset.experiment import ExperimentData, load_experiment_data
-from pipeline.dataset.teacher_forced import (
-    batch_loss,
-    grad_scaler_enabled,
-    make_loader,
-    split_loss,
-)
+from pipeline.dataset.teacher_forced import grad_scaler_enabled, split_loss
 from pipeline.decoder.build import build_decoder
 from pipeline.decoder.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from pipeline.decoder.embeddings import load_word_vectors
@@ -35,6 +27,8 @@ from pipeline.decoder.vocab import Vocabulary, build_vocabulary
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
 from pipeline.train import scst
+from pipeline.train.loop import train_epoch
+from pipeline.train.objectives import build_objective
 from pipeline.train.run_folder import (
     RunLock,
     append_metrics,
@@ -77,8 +71,8 @@ class Trainer:
     scaler: torch.amp.GradScaler
     state: RunState
     dist: distributed.DistInfo
+    objective: object  # pipeline.train.objectives: what turns a batch into a loss
     lock: RunLock | None = None  # held by rank 0 while it trains in run_dir
-    self_critical: scst.Scst | None = None  # train.objective = "scst": reward and settings
 
 
 def train(
@@ -138,11 +132,13 @@ def build_trainer(
     val_split = build_split(data.frame, "val", vocab, config.vocab.max_len, data.row_of)
     if not train_split.tokens or not val_split.tokens:
         raise UserError("the train and val splits both need images: check data.split_ratios")
-    torch.manual_seed(config.train.seed)  # the initial weights
+    torch.manual_seed(config.train.seed)  # the initial weights, the same on every rank
     model = build_model(config, vocab, echo).to(device)
     if init is not None and not checkpoint:
         scst.load_init_weights(model, config, source, str(init))
     optimizer = build_optimizer(config, model, device)
+    if init is not None and not checkpoint and config.scst.keep_optimizer:
+        keep_optimizer_state(optimizer, source, config, str(init))
     scheduler = build_scheduler(config, optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=grad_scaler_enabled(config, device))
     state = RunState()
@@ -163,11 +159,7 @@ def build_trainer(
             )
     elif dist.is_main:
         run_dir, lock = start_run(config, vocab, data.splits)
-    self_critical = None
-    if config.train.objective == "scst":  # samples through the bare decoder (see scst.py)
-        self_critical = scst.build_scst(config, train_split, vocab)
-    else:
-        model = distributed.wrap_model(model, dist, device)
+    distributed.broadcast_parameters(model, dist)
     return Trainer(
         config,
         run_dir,
@@ -182,8 +174,8 @@ def build_trainer(
         scaler,
         state,
         dist,
+        build_objective(config, train_split, val_split, vocab),
         lock,
-        self_critical,
     )
 
 
@@ -226,8 +218,8 @@ def build_model(config: Config, vocab: Vocabulary, echo: bool) -> torch.nn.Modul
         total, trainable = model.parameter_counts()
         click.echo(
             f"decoder ({describe_decoder(config)}): {total / 1e6:.2f} M parameters, "
-            f"{trainable / 1e6:.2f} M trainable. No CNN here: ResNet50 ran once in "
-            "`extract` and its grids come from the feature file."
+            f"{trainable / 1e6:.2f} M trainable. No CNN here: the grids come from the "
+            "feature file."
         )
     return model
 
@@ -250,6 +242,20 @@ def build_optimizer(config: Config, model: torch.nn.Module, device: torch.device
     )
 
 
+def keep_optimizer_state(
+    optimizer: torch.optim.Optimizer, payload: dict, config: Config, path: str
+) -> None:
+    """`scst.keep_optimizer`: continue the --init checkpoint's Adam moments (as
+    self-critical.pytorch does) at this run's learning rate."""
+    saved = payload.get("optimizer")
+    if not saved:
+        raise UserError(f"--init {path} holds no optimizer state (scst.keep_optimizer = true)")
+    optimizer.load_state_dict(saved)
+    for group in optimizer.param_groups:
+        group["lr"] = config.train.lr
+        group.pop("initial_lr", None)
+
+
 def build_scheduler(config: Config, optimizer: torch.optim.Optimizer):
     """StepLR, ReduceLROnPlateau (on the selection metric) or a constant rate."""
     t = config.train
@@ -263,84 +269,6 @@ def build_scheduler(config: Config, optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def seed_epoch(seed: int, epoch: int) -> np.random.Generator:
-    """Reseed torch for `epoch` and return the batch planner's generator."""
-    torch.manual_seed(seed * 100_003 + epoch)
-    return np.random.default_rng([seed, epoch])
-
-
-def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
-    """One pass over the train split; returns mean loss and tokens/s."""
-    config = trainer.config.train
-    rng = seed_epoch(config.seed, epoch)
-    plan = distributed.shard_plan(
-        plan_epoch(trainer.train_split, config.batch_size, config.batching, rng), trainer.dist
-    )
-    trainer.model.train()
-    loss_sum, tokens, started = 0.0, 0, time.perf_counter()
-    loader = make_loader(
-        trainer.data.store,
-        trainer.train_split,
-        plan,
-        trainer.vocab.pad,
-        config.workers,
-        trainer.device,
-    )
-    bar = tqdm(
-        loader,
-        total=len(plan),
-        desc=f"epoch {epoch + 1}/{config.epochs}",
-        disable=None if trainer.dist.is_main else True,
-        mininterval=1.0,
-        leave=False,
-    )
-    for batch in bar:
-        total, cross_entropy, n_tokens = batch_loss(
-            trainer.model, batch, trainer.config, trainer.device
-        )
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.scaler.scale(total).backward()
-        trainer.scaler.unscale_(trainer.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(
-            trainer.model.parameters(), config.grad_clip or float("inf")
-        )
-        stop_if_non_finite(trainer, total, norm, epoch)
-        trainer.scaler.step(trainer.optimizer)
-        trainer.scaler.update()
-        trainer.state.step += 1
-        loss_sum += float(cross_entropy.detach()) * n_tokens
-        tokens += n_tokens
-        bar.set_postfix(
-            loss=f"{loss_sum / tokens:.3f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}"
-        )
-    loss_sum, tokens = distributed.sum_pair(loss_sum, tokens, trainer.dist, trainer.device)
-    seconds = time.perf_counter() - started
-    return {
-        "train_loss": loss_sum / max(tokens, 1),
-        "tokens_per_s": tokens / seconds,
-        "epoch_seconds": seconds,
-    }
-
-
-def stop_if_non_finite(
-    trainer: Trainer, loss: torch.Tensor, grad_norm: torch.Tensor, epoch: int
-) -> None:
-    """Stop (before the optimizer step) on a nan/inf loss or gradient, naming epoch and step.
-
-    The gradient norm is checked after DDP's all-reduce, so every rank stops together. Under
-    fp16 AMP the GradScaler skips steps with inf gradients by design: nothing to stop there.
-    """
-    if trainer.scaler.is_enabled() or bool(torch.isfinite(grad_norm)):
-        return
-    what = "loss" if not bool(torch.isfinite(loss)) else "gradient"
-    raise UserError(
-        f"training stopped: non-finite {what} at epoch {epoch + 1}, step "
-        f"{trainer.state.step + 1}; nothing of it was saved (last saved epoch: "
-        f"{trainer.state.epoch}): lower train.lr or check the features and word "
-        "vectors, then resume"
-    )
-
-
 def validation_scores(trainer: Trainer) -> tuple[dict, list[tuple[str, str, list[str]]]]:
     """Greedy-decoded BLEU-4 and CIDEr on val (train.val_images caps it); a few samples."""
     split = trainer.val_split
@@ -348,9 +276,8 @@ def validation_scores(trainer: Trainer) -> tuple[dict, list[tuple[str, str, list
     if trainer.config.train.val_images:
         count = min(count, trainer.config.train.val_images)
     positions = distributed.shard_indices(count, trainer.dist)
-    model = distributed.unwrap(trainer.model)
     decoded = decode_rows(
-        model,
+        trainer.model,
         trainer.data.store,
         split.image_rows[positions],
         trainer.vocab,
@@ -396,12 +323,9 @@ def run_epochs(trainer: Trainer) -> None:
     while state.epoch < config.train.epochs:
         epoch = state.epoch
         record = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"]}
-        if trainer.self_critical is None:
-            record.update(train_one_epoch(trainer, epoch))
-        else:
-            record.update(scst.train_epoch(trainer, epoch, seed_epoch(config.train.seed, epoch)))
+        record.update(train_epoch(trainer, trainer.objective, epoch))
         record["val_loss"] = split_loss(
-            distributed.unwrap(trainer.model),
+            trainer.model,
             trainer.data.store,
             trainer.val_split,
             config,
@@ -411,6 +335,7 @@ def run_epochs(trainer: Trainer) -> None:
         )
         scores, samples = validation_scores(trainer)
         record.update(scores)
+        record.update(trainer.objective.validation(trainer))
         value = distributed.broadcast_float(
             record["val_loss"]
             if config.train.selection_metric == "loss"
@@ -499,7 +424,7 @@ def checkpoint_payload(trainer: Trainer) -> dict:
     """Everything a resume or an evaluation needs, as tensors and plain Python types."""
     state = trainer.state
     return {
-        "model": distributed.unwrap(trainer.model).state_dict(),
+        "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict(),

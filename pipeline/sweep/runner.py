@@ -1,0 +1,223 @@
+"""Running a sweep: every (variant, seed) trained through the real trainer, scored on the split.
+
+Each distinct recipe (resolved config, and the run it starts from) is one run in
+`OUT/<variant>-s<seed>/`: `recipe.json` (what it is), `run/` (the training run), `eval-greedy/`
+and `eval-beamK/` (evaluate's outputs), `log.txt` (everything the run printed), and
+`result.json` when it is done. Rerunning the same sweep reuses finished runs, resumes a
+training that was interrupted (from its last.pt) and redoes only what is missing; a folder
+that holds another recipe is refused, never replaced. Runs go `jobs` at a time, each in its
+own process with cores / jobs torch threads; a run that starts from another waits for it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import config_to_dict, load_config
+from pipeline.errors import UserError
+from pipeline.sweep.spec import Sweep
+
+RECIPE_FILE = "recipe.json"
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class PlannedRun:
+    """One training run and the (variant, seed) pairs it serves."""
+
+    key: str  # hash of the recipe
+    folder: Path
+    config: dict  # resolved config (train.out_dir and train.name set by the runner)
+    start: str | None  # key of the run whose best.pt it starts from
+    users: list[tuple[str, int]] = field(default_factory=list)
+
+
+def recipe_of(sweep: Sweep, name: str, seed: int) -> dict:
+    """The resolved config of variant `name` at `seed` (validated), as plain data."""
+    chain = sweep.chain(name)
+    configs = [v.config for v in chain if v.config]
+    overrides = [*sweep.extra, *(o for v in chain for o in v.overrides), f"train.seed={seed}"]
+    config = config_to_dict(load_config(configs[-1] if configs else sweep.config, overrides))
+    config["train"].update(out_dir="", name="")  # the runner's to set
+    return config
+
+
+def plan_runs(sweep: Sweep, names: list[str], out: Path) -> dict[str, PlannedRun]:
+    """key -> run for every (variant, seed) of `names`; variants with one recipe share a run."""
+    runs: dict[str, PlannedRun] = {}
+    keys: dict[tuple[str, int], str] = {}
+    ordered = sorted(names, key=lambda n: len(sweep.chain(n)))  # starts before their users
+    for seed in sweep.seed_list():
+        for name in ordered:
+            start = sweep.variants[name].start
+            config = recipe_of(sweep, name, seed)
+            start_key = keys[(start, seed)] if start else None
+            text = json.dumps({"config": config, "start": start_key}, sort_keys=True)
+            key = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+            keys[(name, seed)] = key
+            if key not in runs:
+                runs[key] = PlannedRun(key, out / f"{name}-s{seed}", config, start_key)
+            runs[key].users.append((name, seed))
+    return runs
+
+
+def check_folders(runs: dict[str, PlannedRun]) -> None:
+    """Refuse before any work when a run folder holds another recipe's run."""
+    for run in runs.values():
+        recipe = run.folder / RECIPE_FILE
+        if run.folder.exists() and not recipe.is_file() and any(run.folder.iterdir()):
+            raise UserError(f"{run.folder} holds files that are not a sweep run: use another --out")
+        if recipe.is_file() and json.loads(recipe.read_text("utf-8")).get("key") != run.key:
+            raise UserError(
+                f"{run.folder} holds a run of another recipe (the sweep file or --set "
+                "changed): use another --out, or delete that folder to redo it"
+            )
+
+
+def execute(
+    runs: dict[str, PlannedRun], sweep: Sweep, jobs: int, echo
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """Train and score every run, `jobs` at a time, starts before the runs that need them.
+
+    Returns key -> result, and key -> why it failed (a failed run's dependants fail too)."""
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+    results: dict[str, dict] = {}
+    failures: dict[str, str] = {}
+    pending = dict(runs)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        active: dict[concurrent.futures.Future, PlannedRun] = {}
+        while pending or active:
+            for key, run in list(pending.items()):
+                if run.start in failures:
+                    failures[key] = f"its start run {runs[run.start].folder.name} failed"
+                    del pending[key]
+                elif run.start is None or run.start in results:
+                    init = runs[run.start].folder / "run" / "best.pt" if run.start else None
+                    job = (run.folder, run.key, run.config, init, sweep.split, sweep.beam_size)
+                    active[pool.submit(train_and_score, *job, threads)] = run
+                    del pending[key]
+            done, _ = concurrent.futures.wait(active, return_when="FIRST_COMPLETED")
+            for future in done:
+                run = active.pop(future)
+                try:
+                    results[run.key] = future.result()
+                except Exception as error:  # noqa: BLE001 - one run's failure is reported
+                    failures[run.key] = f"{type(error).__name__}: {error}".splitlines()[0]
+                    echo(f"  {run.folder.name}: FAILED ({failures[run.key]}; see log.txt)")
+                    continue
+                echo(progress_line(run, results[run.key], sweep.beam_size))
+    return results, failures
+
+
+def progress_line(run: PlannedRun, result: dict, beam: int) -> str:
+    """One line per finished run: its test CIDEr greedy and at the beam, and its cost."""
+    names = ", ".join(f"{name} seed {seed}" for name, seed in run.users)
+    greedy, beamed = result["scores"]["greedy"], result["scores"][f"beam{beam}"]
+    return (
+        f"  {names}: CIDEr greedy {100 * greedy['CIDEr']:.1f}, beam {beam} "
+        f"{100 * beamed['CIDEr']:.1f} (best epoch {result['best_epoch']}, "
+        f"{result['epoch_seconds']:.1f} s/epoch, {result['seconds']:.0f} s)"
+    )
+
+
+def train_and_score(
+    folder: Path,
+    key: str,
+    config: dict,
+    init: Path | None,
+    split: str,
+    beam: int,
+    threads: int,
+) -> dict:
+    """One run, in a worker process: train (or resume, or reuse), then evaluate best.pt on
+    `split` greedy and with `beam`; everything printed goes to folder/log.txt."""
+    import torch
+
+    result_path = folder / RESULT_FILE
+    if result_path.is_file():
+        return json.loads(result_path.read_text("utf-8"))
+    torch.set_num_threads(threads)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / RECIPE_FILE, {"key": key, "config": config, "init": str(init or "")})
+    started = time.perf_counter()
+    with (
+        open(folder / "log.txt", "a", encoding="utf-8") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
+        train_run(folder, config, init)
+        scores, per_image = score_run(folder / "run" / "best.pt", folder, split, beam)
+    result = summary_of_run(folder / "run", scores, per_image, time.perf_counter() - started)
+    write_json(result_path, result)
+    return result
+
+
+def train_run(folder: Path, config: dict, init: Path | None) -> None:
+    """Train folder/run from `config` (starting from `init`), or resume it where it stopped."""
+    from pipeline.config import config_from_dict
+    from pipeline.train.trainer import train
+
+    run = folder / "run"
+    if (run / "last.pt").is_file():
+        train(None, resume=run)
+        return
+    if run.exists():  # died before its first checkpoint: this sweep's own folder
+        shutil.rmtree(run)
+    resolved = config_from_dict(json.loads(json.dumps(config)))
+    resolved.train.out_dir, resolved.train.name = str(folder), "run"
+    train(resolved, init=init)
+
+
+def score_run(
+    checkpoint: Path, folder: Path, split: str, beam: int
+) -> tuple[dict[str, dict], dict[str, dict[str, float]]]:
+    """Scores and per-image CIDEr of `checkpoint` on `split`, greedy and at `beam`."""
+    from pipeline.decoder.metrics import CaptionScorer
+    from pipeline.infer.evaluate import evaluate_checkpoint
+
+    scores, per_image = {}, {}
+    with CaptionScorer() as scorer:  # one METEOR start for both decodings
+        for decoding, size in (("greedy", 1), (f"beam{beam}", beam)):
+            out = folder / f"eval-{decoding}"
+            if out.exists():  # a scoring that was interrupted: the sweep's own outputs
+                shutil.rmtree(out)
+            result = evaluate_checkpoint(checkpoint, split, size, out, examples=0, scorer=scorer)
+            scores[decoding] = result["scores"]
+            per_image[decoding] = result["per_image_cider"]
+    return scores, per_image
+
+
+def summary_of_run(run: Path, scores: dict, per_image: dict, seconds: float) -> dict:
+    """What the sweep keeps of a finished run."""
+    from pipeline.decoder.checkpoint import load_checkpoint
+
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    payload = load_checkpoint(run / "best.pt")
+    parameters = sum(t.numel() for t in payload["model"].values() if t.is_floating_point())
+    return {
+        "scores": scores,
+        "per_image_cider": per_image,
+        "epoch_seconds": statistics.mean(h["epoch_seconds"] for h in history),
+        "best_epoch": payload["state"]["best_epoch"],
+        "parameters": parameters,
+        "seconds": seconds,
+        "history": history,
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write `data` as JSON to `path` whole or not at all."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(temporary, path)
