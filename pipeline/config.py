@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +35,12 @@ SPLITS = ("train", "val", "test")
 SELECTION_METRICS = ("CIDEr", "Bleu_4", "loss")
 OBJECTIVES = ("xe", "scst")
 SCST_BASELINES = ("mean", "greedy")
+# How captions become tokens (pipeline.data.text); "ascii" is the regex of checkpoints saved
+# before vocab.tokenizer existed (see LEGACY_KEYS), kept so they load and score as before.
+TOKENIZERS = ("words", "characters", "ascii")
+DEFAULT_TOKENIZER = "words"
+DEFAULT_LANGUAGE = "en"
+LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")  # BCP-47, simplified
 
 
 @dataclass
@@ -46,6 +53,7 @@ class DataConfig:
     split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     split_seed: int = 0
     subset: float = 1.0
+    language: str = DEFAULT_LANGUAGE  # BCP-47 tag of the captions: "en", "es", "zh-Hans", ...
 
 
 @dataclass
@@ -65,10 +73,12 @@ class FeaturesConfig:
 
 @dataclass
 class VocabConfig:
-    """Vocabulary built from train-split captions only."""
+    """Vocabulary built from train-split captions only, split into tokens by `tokenizer`:
+    "words" (spaced scripts) or "characters" (Chinese, Japanese, Thai)."""
 
     min_freq: int = 5
     max_len: int = 30
+    tokenizer: str = DEFAULT_TOKENIZER
 
 
 @dataclass
@@ -180,6 +190,8 @@ SECTIONS = ("data", "features", "vocab", "model", "train", "eval", "scst")
 RENAMED_KEYS = {
     ("train", "captions_per_image"): ("batching", {"all": "images", "random": "random"})
 }
+# Keys a checkpoint saved before they existed lacks -> what that checkpoint was trained with.
+LEGACY_KEYS = {("vocab", "tokenizer"): "ascii", ("data", "language"): "en"}
 
 
 def config_options(config_help: str, default: str | None = None):
@@ -302,6 +314,18 @@ def config_from_dict(raw: dict) -> Config:
     return config
 
 
+def checkpoint_config(saved: dict, overrides: typing.Sequence[str] = ()) -> Config:
+    """A checkpoint's saved config, with `LEGACY_KEYS` filled in where it lacks them (an older
+    checkpoint), then `section.key=value` overrides applied. `saved` is not changed."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    for (section, key), value in LEGACY_KEYS.items():
+        raw.setdefault(section, {}).setdefault(key, value)
+    for item in overrides:
+        section, key, value = parse_override(item)
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw)
+
+
 def coerce(where: str, value: object, kind: object) -> object:
     """Check `value` against a field type (int, float, bool, str, list[float])."""
     if kind is bool:
@@ -364,6 +388,10 @@ def validate(config: Config) -> None:
         f"data.split_ratios must be three non-negative numbers summing to 1; got {d.split_ratios}",
     )
     _check(0.0 < d.subset <= 1.0, f"data.subset must be in (0, 1]; got {d.subset}")
+    _check(
+        LANGUAGE_TAG.fullmatch(d.language) is not None,
+        f"data.language must be a BCP-47 language tag such as en, es, zh-Hans; got {d.language!r}",
+    )
     _choice("features.device", f.device, DEVICES)
     _choice("features.precision", f.precision, PRECISIONS)
     _choice("features.dtype", f.dtype, FEATURE_DTYPES)
@@ -373,6 +401,7 @@ def validate(config: Config) -> None:
     _check(f.ram_budget_gb >= 0, "features.ram_budget_gb must be >= 0")
     _check(v.min_freq >= 1, "vocab.min_freq must be >= 1")
     _check(v.max_len >= 2, "vocab.max_len must be >= 2")
+    _choice("vocab.tokenizer", v.tokenizer, TOKENIZERS)
     _choice("model.attention", m.attention, ATTENTIONS)
     for key in ("embed_dim", "hidden_dim", "attention_dim"):
         _check(getattr(m, key) >= 1, f"model.{key} must be >= 1")

@@ -128,6 +128,9 @@ def test_a_rerun_reuses_finished_runs_and_rescores_an_interrupted_one(swept):
     logs = {p.parent.name: p.stat().st_size for p in out.glob("*/log.txt")}
     before = last_json(swept["output"])
     (out / "scst-s1" / "result.json").unlink()  # killed after training, before its scores
+    recipe = json.loads((out / "xe-s0" / "recipe.json").read_text())
+    del recipe["config"]["train"]["warmup_steps"]  # as written before the key existed
+    (out / "xe-s0" / "recipe.json").write_text(json.dumps(recipe))
     shutil.rmtree(out / "scst-s1" / "eval-beam2")
     again = in_root(swept, "sweep", "sweep.toml")
     assert again.exit_code == 0, again.output

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import Config, config_from_dict
+from pipeline.config import Config, checkpoint_config
 from pipeline.decoder.build import build_decoder
 from pipeline.decoder.vocab import Vocabulary
 from pipeline.errors import UserError
@@ -126,8 +126,8 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     missing = [key for key in REQUIRED_KEYS if key not in payload]
     if missing:
         raise UserError(f"{path} is not a complete captioner checkpoint (no {', '.join(missing)})")
-    config = config_from_dict(payload["config"])
-    vocab = Vocabulary(payload["vocab"])
+    config = checkpoint_config(payload["config"])
+    vocab = Vocabulary(payload["vocab"], config.vocab.tokenizer)
     model = build_decoder(config.model, vocab)
     load_weights(model, payload["model"], path)
     model.to(device).eval()

@@ -14,10 +14,11 @@ the images it is given, `CiderD` fixes them once from a reference corpus (for SC
 split) and scores any batch against it. With the corpus equal to the scored images' references
 the two agree to float rounding (tests/test_cider.py).
 
-Captions are compared as ids of evaluation tokens: `simple_tokenize` (pipeline.decoder.metrics,
-the pure-Python stand-in for evaluation's PTB tokenizer, the same on ordinary captions) splits
-references and vocabulary words alike; `CiderD.vocab_table` maps model vocabulary ids to those
-tokens once. With `end_token`, an end-of-caption token closes every reference and every
+Captions are compared as ids of evaluation tokens: `evaluation_tokens` (pipeline.decoder.metrics:
+for English `simple_tokenize`, the pure-Python stand-in for evaluation's PTB tokenizer, the same
+on ordinary captions; for other languages the run's tokenizer, what evaluation scores them on)
+splits references and vocabulary words alike; `CiderD.vocab_table` maps model vocabulary ids to
+those tokens once. With `end_token`, an end-of-caption token closes every reference and every
 finished candidate (self-critical.pytorch's reward scores `<eos>` this way); off by default,
 which is coco-caption's CIDEr-D.
 Every n-gram becomes an integer id built level by level (id of the (n-1)-gram prefix x BASE +
@@ -30,7 +31,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.decoder.metrics import simple_tokenize
+from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER
+from pipeline.decoder.metrics import evaluation_tokens
 from pipeline.decoder.vocab import Vocabulary
 
 NGRAMS = 4
@@ -43,15 +45,22 @@ class CiderD:
     """CIDEr-D against a fixed reference corpus (document frequencies and ref vectors precomputed).
 
     `references`: per image, its reference captions as strings. Image i of `scores` is
-    position i here.
+    position i here. `language` and `tokenizer` (the run's `data.language`, `vocab.tokenizer`)
+    choose the evaluation tokens (`evaluation_tokens`).
     """
 
     def __init__(
-        self, references: Sequence[Sequence[str]], sigma: float = SIGMA, end_token: bool = False
+        self,
+        references: Sequence[Sequence[str]],
+        sigma: float = SIGMA,
+        end_token: bool = False,
+        language: str = DEFAULT_LANGUAGE,
+        tokenizer: str = DEFAULT_TOKENIZER,
     ):
         if not references or any(len(refs) == 0 for refs in references):
             raise ValueError("CIDEr-D needs at least one image, each with references")
         self.sigma = sigma
+        self.language, self.tokenizer = language, tokenizer
         self.token_ids: dict[str, int] = {END: 1}  # evaluation token -> id >= 1 (0 = padding)
         self.end_token = end_token
         ref_tokens = [self.encode(text, finished=True) for refs in references for text in refs]
@@ -65,7 +74,7 @@ class CiderD:
         with `end_token`, a `finished` caption ends in the end token's id."""
         ids = [
             self.token_ids.setdefault(t, len(self.token_ids) + 1)
-            for t in simple_tokenize(text).split()
+            for t in evaluation_tokens(text, self.language, self.tokenizer)
         ]
         if len(self.token_ids) >= BASE:
             raise ValueError(f"more than {BASE - 1} distinct tokens")

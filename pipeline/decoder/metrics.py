@@ -8,13 +8,20 @@ several prediction sets with one METEOR process (its start costs about 10 s).
 
 Java matters twice: the PTB tokenizer and METEOR are both Java programs. Without a working `java`
 (none on PATH, or one that fails to start), or with `use_java=False`:
-- the tokenizer falls back to `simple_tokenize`, a pure-Python imitation of PTBTokenizer followed by
-  coco-caption's punctuation removal (lowercase, split clitics such as "'s" and "n't", drop the
-  punctuation tokens). It matches PTB on ordinary captions, but not on every rare construction, so
+- the tokenizer falls back to `simple_tokenize`: nltk's Treebank-style tokenizer (what the Java PTB
+  tokenizer is) followed by coco-caption's post-processing (lowercase, brackets as "-lrb-" ...,
+  drop the punctuation tokens). It matches PTB on ordinary captions (99.99% of Flickr8k's 40,460
+  captions), but not on every rare construction ("AT&T", "5:30pm", "!!!", "a=b"), so
   BLEU/ROUGE-L/CIDEr may shift slightly compared with a Java run; `MetricReport.tokenizer` says which
   tokenizer was used ("ptb" or "simple");
 - METEOR is reported as None, with the reason in `MetricReport.notes`.
 A Java failure in the middle of a run never crashes scoring: it becomes a note.
+
+All of this is for English (`data.language` "en" or "en-*") split into words. Captions in other
+languages (or split into characters) are scored on the run's own tokens (`vocab.tokenizer`, see
+pipeline.data.text; no Java): BLEU, ROUGE-L and CIDEr as above, METEOR unavailable with a note
+(pycocoevalcap's METEOR 1.5 ships English paraphrase data only); `MetricReport.tokenizer` is then
+"words" or "characters".
 """
 
 import contextlib
@@ -27,11 +34,15 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from nltk.tokenize import NLTKWordTokenizer
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
+
+from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER
+from pipeline.data.text import tokenize
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 BLEU_NAMES = METRIC_NAMES[:4]
@@ -46,24 +57,10 @@ DISPLAY_NAMES = {
     "ROUGE_L": "ROUGE-L",
     "CIDEr": "CIDEr",
 }
-# PTB splits these clitics off the word before them ("dog's" -> "dog 's", "don't" -> "do n't").
-_CLITIC_NT = re.compile(r"(?<=[^\W_])n't\b")
-_CLITIC_APOSTROPHE = re.compile(r"(?<=[^\W_])'(s|re|m|ll|ve|d)\b")
-# PTB also splits "cannot" -> "can not", "gonna" -> "gon na", "wanna", "gotta".
-_SPLIT_WORDS = re.compile(r"\b(can)(not)\b|\b(gon|wan)(na)\b|\b(got)(ta)\b")
-_TOKEN = re.compile(
-    r"n't|'(?:s|re|m|ll|ve|d)\b"  # clitics, already split off above
-    r"|(?:[^\W\d_]\.){2,}"  # letter-dot abbreviations: "u.s.", "p.m."
-    r"|\b(?:mr|mrs|ms|dr|st|jr|sr|vs)\."  # common abbreviations keep their period
-    r"|\d+(?:[.,:/]\d+)+"  # numbers with separators: "3.5", "10,000", "5:30"
-    r"|[^\W_]+(?:[-/&.][^\W_]+)*"  # words, incl. "black-and-white", "and/or"
-    r"|[.?!]+|-+"  # punctuation runs: "...", "?!", "--"
-    r"|\S"  # any other single symbol: quotes, commas, "$", "%", brackets
-)
-_PTB_SYMBOLS = {
-    "(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-",
-    '"': "''", "`": "``",
-}  # fmt: skip
+_TREEBANK = NLTKWordTokenizer()  # nltk's Treebank-style tokenizer: needs no downloaded data
+# A word's final period is split off, as PTB does, unless it is an abbreviation ("u.s.", "j.").
+_ABBREVIATION = re.compile(r"(?:[^\W\d_]\.)+|(?:mr|mrs|ms|dr|st|jr|sr|vs)\.", re.IGNORECASE)
+_ACRONYM_STEM = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")  # "U.S" + "." where nltk cut "U.S."
 
 
 class JavaFailure(RuntimeError):
@@ -78,7 +75,8 @@ class MetricReport:
     scores: dict[str, float | None]
     # why something is missing, e.g. "METEOR unavailable: java not found on PATH ..."
     notes: list[str] = field(default_factory=list)
-    # "ptb" (pycocoevalcap PTBTokenizer, needs java) or "simple" (pure-Python fallback)
+    # the tokens scored: "ptb" (pycocoevalcap PTBTokenizer, needs java), "simple" (its
+    # pure-Python stand-in), or the run's tokenizer ("words", "characters") for other languages
     tokenizer: str = "ptb"
     # image key -> that image's CIDEr (its mean is `scores["CIDEr"]`); empty without CIDEr
     per_image_cider: dict[str, float] = field(default_factory=dict)
@@ -107,12 +105,46 @@ def _java_problem() -> str | None:
 
 
 def simple_tokenize(caption: str) -> str:
-    """Pure-Python stand-in for PTBTokenizer + coco-caption punctuation removal (space-joined tokens)."""
-    text = caption.replace("\n", " ").lower()
-    text = _CLITIC_APOSTROPHE.sub(r" '\1", _CLITIC_NT.sub(" n't", text))
-    text = _SPLIT_WORDS.sub(lambda match: " ".join(part for part in match.groups() if part), text)
-    tokens = (_PTB_SYMBOLS.get(token, token) for token in _TOKEN.findall(text))
-    return " ".join(token for token in tokens if token not in PUNCTUATIONS)
+    """Pure-Python stand-in for PTBTokenizer + coco-caption punctuation removal (space-joined
+    tokens): nltk's Treebank-style tokens, periods and "'n'" as PTB has them, lowercased,
+    brackets as "-lrb-" ..., pycocoevalcap's PUNCTUATIONS dropped."""
+    tokens = _TREEBANK.tokenize(caption.replace("\n", " "), convert_parentheses=True)
+    lowered = (token.lower() for token in _as_ptb(tokens))
+    return " ".join(token for token in lowered if token not in PUNCTUATIONS)
+
+
+def _as_ptb(tokens: list[str]) -> list[str]:
+    """nltk's tokens where PTB's differ on captions: a word's final period is its own token
+    unless the word is an abbreviation ("dog." -> "dog", "."; "u.s." stays, also at the end of
+    a caption, where nltk cuts it), and "'n'" ("rock 'n' roll") is one token."""
+    out: list[str] = []
+    for token in tokens:
+        previous = out[-1] if out else ""
+        if (token == "." and _ACRONYM_STEM.fullmatch(previous)) or (
+            token == "'" and previous.lower() == "'n"
+        ):
+            out[-1] += token
+        elif token.endswith(".") and not token.endswith("..") and len(token) > 1:
+            out += [token] if _ABBREVIATION.fullmatch(token) else [token[:-1], "."]
+        else:
+            out.append(token)
+    return out
+
+
+def uses_ptb(language: str, tokenizer: str) -> bool:
+    """Whether captions are scored as coco-caption scores them: English (`language` "en" or
+    "en-*") in words, on PTB tokens (`simple_tokenize`'s without Java), with METEOR."""
+    return language.lower().split("-")[0] == "en" and tokenizer != "characters"
+
+
+def evaluation_tokens(
+    caption: str, language: str = DEFAULT_LANGUAGE, tokenizer: str = DEFAULT_TOKENIZER
+) -> list[str]:
+    """The tokens a caption is scored on without Java (the SCST reward's): `simple_tokenize`'s
+    when `uses_ptb`, else the run's own tokenizer's."""
+    if uses_ptb(language, tokenizer):
+        return simple_tokenize(caption).split()
+    return tokenize(caption, tokenizer)
 
 
 def score_captions(
@@ -120,16 +152,20 @@ def score_captions(
     predictions: dict[str, str],
     metrics: Sequence[str] = METRIC_NAMES,
     use_java: bool | None = None,
+    language: str = DEFAULT_LANGUAGE,
+    tokenizer: str = DEFAULT_TOKENIZER,
 ) -> MetricReport:
     """Score each prediction against all references of its image, as coco-caption does.
 
     `references` and `predictions` must have exactly the same keys (else ValueError). `use_java`:
     None = use Java when `java_available()`, False = never (simple tokenizer, no METEOR), True = try
-    Java even if the probe fails (failures still become notes). To score several prediction sets
+    Java even if the probe fails (failures still become notes). `language` (`data.language`) and
+    `tokenizer` (`vocab.tokenizer`): captions other than English words are scored on the run's
+    own tokens, without METEOR (see `CaptionScorer.score`). To score several prediction sets
     (a model and its baseline, several runs), a `CaptionScorer` starts METEOR only once.
     """
     with CaptionScorer(metrics, use_java) as scorer:
-        return scorer.score(references, predictions)
+        return scorer.score(references, predictions, language, tokenizer)
 
 
 class CaptionScorer:
@@ -169,11 +205,26 @@ class CaptionScorer:
             self._meteor.close()
             self._meteor = None
 
-    def score(self, references: dict[str, list[str]], predictions: dict[str, str]) -> MetricReport:
-        """This scorer's metrics of `predictions` against `references` (same keys)."""
+    def score(
+        self,
+        references: dict[str, list[str]],
+        predictions: dict[str, str],
+        language: str = DEFAULT_LANGUAGE,
+        tokenizer: str = DEFAULT_TOKENIZER,
+    ) -> MetricReport:
+        """This scorer's metrics of `predictions` against `references` (same keys).
+
+        English captions in words (`uses_ptb(language, tokenizer)`) are scored as coco-caption
+        does; others on the run's `tokenizer`'s tokens (space-joined, no Java) with METEOR
+        unavailable: pycocoevalcap's METEOR 1.5 has English paraphrase data only.
+        """
         _check_inputs(references, predictions)
         notes: list[str] = []
-        gts, preds_tok, tokenizer = _tokenize(references, predictions, self.java_problem, notes)
+        if uses_ptb(language, tokenizer):
+            gts, preds_tok, scoring = _tokenize(references, predictions, self.java_problem, notes)
+        else:
+            gts, preds_tok = _own_tokens(references, predictions, language, tokenizer)
+            scoring = tokenizer
         res = {key: [preds_tok[key][0]] for key in gts}  # {id: [tokenized prediction]}
         scores: dict[str, float | None] = {}
         per_image: dict[str, float] = {}
@@ -182,8 +233,9 @@ class CaptionScorer:
                 bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
                 scores.update(zip(BLEU_NAMES, (float(value) for value in bleu), strict=True))
             if "METEOR" in self.metrics:
-                ptb_failed = tokenizer == "simple" and self.java_problem is None
-                scores["METEOR"] = self._meteor_score(gts, res, ptb_failed, notes)
+                unscorable = _meteor_language_problem(language, tokenizer)
+                ptb_failed = scoring == "simple" and self.java_problem is None
+                scores["METEOR"] = self._meteor_score(gts, res, unscorable, ptb_failed, notes)
             if "ROUGE_L" in self.metrics:
                 scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
             if "CIDEr" in self.metrics:
@@ -192,14 +244,20 @@ class CaptionScorer:
                 per_image = dict(zip(gts, (float(value) for value in each), strict=True))
         ordered = {name: scores[name] for name in METRIC_NAMES if name in self.metrics}
         return MetricReport(
-            scores=ordered, notes=notes, tokenizer=tokenizer, per_image_cider=per_image
+            scores=ordered, notes=notes, tokenizer=scoring, per_image_cider=per_image
         )
 
     def _meteor_score(
-        self, gts: dict[str, list[str]], res: dict[str, list[str]], ptb_failed: bool, notes: list
+        self,
+        gts: dict[str, list[str]],
+        res: dict[str, list[str]],
+        unscorable: str | None,
+        ptb_failed: bool,
+        notes: list,
     ) -> float | None:
-        """METEOR from the running java scorer, or None with a note saying why not."""
-        problem = self.java_problem or self._meteor_problem
+        """METEOR from the running java scorer, or None with a note saying why not
+        (`unscorable`: why METEOR cannot score these captions at all)."""
+        problem = unscorable or self.java_problem or self._meteor_problem
         if problem is None and ptb_failed:
             problem = "the PTB tokenizer (java) failed"
         if problem is None and self._meteor is None:
@@ -279,9 +337,33 @@ def _tokenize(
         except JavaFailure as exc:
             java_problem = str(exc)
     notes.append(f"PTB tokenizer unavailable ({java_problem}): used the simple Python tokenizer")
-    refs = {key: [simple_tokenize(text) for text in texts] for key, texts in references.items()}
-    preds = {key: [simple_tokenize(text)] for key, text in predictions.items()}
-    return refs, preds, "simple"
+    return *_own_tokens(references, predictions), "simple"
+
+
+def _own_tokens(
+    references: dict[str, list[str]],
+    predictions: dict[str, str],
+    language: str = DEFAULT_LANGUAGE,
+    tokenizer: str = DEFAULT_TOKENIZER,
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Both sides as space-joined `evaluation_tokens` (pure Python)."""
+
+    def joined(text: str) -> str:
+        return " ".join(evaluation_tokens(text, language, tokenizer))
+
+    refs = {key: [joined(text) for text in texts] for key, texts in references.items()}
+    preds = {key: [joined(text)] for key, text in predictions.items()}
+    return refs, preds
+
+
+def _meteor_language_problem(language: str, tokenizer: str) -> str | None:
+    """Why METEOR cannot score these captions (None for English words)."""
+    if uses_ptb(language, tokenizer):
+        return None
+    return (
+        f"pycocoevalcap's METEOR 1.5 has English paraphrase data only (data.language = "
+        f"{language!r}, vocab.tokenizer = {tokenizer!r})"
+    )
 
 
 def _ptb_tokenize(

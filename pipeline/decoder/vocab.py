@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.data.text import tokenize
+from pipeline.config import DEFAULT_TOKENIZER, LEGACY_KEYS
+from pipeline.data.text import join_tokens, tokenize
 from pipeline.errors import UserError
 
 PAD, SOS, EOS, UNK = "<pad>", "<sos>", "<eos>", "<unk>"
@@ -17,9 +18,14 @@ SPECIALS = (PAD, SOS, EOS, UNK)
 
 @dataclass
 class Vocabulary:
-    """word <-> index; `<pad>` is 0, then `<sos>`, `<eos>`, `<unk>`, then words by frequency."""
+    """word <-> index; `<pad>` is 0, then `<sos>`, `<eos>`, `<unk>`, then words by frequency.
+
+    `tokenizer` (`vocab.tokenizer`, pipeline.data.text) splits captions into these words and
+    joins decoded words back into a caption.
+    """
 
     itos: list[str]
+    tokenizer: str = DEFAULT_TOKENIZER
 
     def __post_init__(self) -> None:
         if tuple(self.itos[:4]) != SPECIALS:
@@ -47,31 +53,37 @@ class Vocabulary:
 
     def encode(self, caption: str, max_len: int) -> list[int]:
         """`<sos>` + at most `max_len` word ids + `<eos>`."""
-        words = tokenize(caption)[:max_len]
+        words = tokenize(caption, self.tokenizer)[:max_len]
         return [self.sos, *(self.stoi.get(w, self.unk) for w in words), self.eos]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Words of `ids`, stopping at `<eos>` and skipping `<sos>`/`<pad>`."""
+        """The caption of `ids` (words joined as the tokenizer writes them: no spaces between
+        Chinese characters), stopping at `<eos>` and skipping `<sos>`/`<pad>`."""
         words = []
         for index in ids:
             if index == self.eos:
                 break
             if index not in (self.pad, self.sos):
                 words.append(self.itos[index])
-        return " ".join(words)
+        return join_tokens(words, self.tokenizer)
 
     def save(self, path: str | Path) -> None:
-        """Write `{"itos": [...]}` as JSON (RUN/vocab.json)."""
-        Path(path).write_text(json.dumps({"itos": self.itos}, ensure_ascii=False), "utf-8")
+        """Write `{"itos": [...], "tokenizer": ...}` as JSON (RUN/vocab.json)."""
+        saved = {"itos": self.itos, "tokenizer": self.tokenizer}
+        Path(path).write_text(json.dumps(saved, ensure_ascii=False), "utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
-        """Read a vocab.json written by `save`."""
-        return cls(json.loads(Path(path).read_text("utf-8"))["itos"])
+        """Read a vocab.json written by `save` (one without a tokenizer is from before
+        vocab.tokenizer existed: `LEGACY_KEYS`'s)."""
+        saved = json.loads(Path(path).read_text("utf-8"))
+        return cls(saved["itos"], saved.get("tokenizer", LEGACY_KEYS[("vocab", "tokenizer")]))
 
 
-def build_vocabulary(captions: Iterable[str], min_freq: int) -> tuple[Vocabulary, Counter]:
+def build_vocabulary(
+    captions: Iterable[str], min_freq: int, tokenizer: str = DEFAULT_TOKENIZER
+) -> tuple[Vocabulary, Counter]:
     """Words seen at least `min_freq` times, most frequent first (ties alphabetical)."""
-    counts = Counter(word for caption in captions for word in tokenize(caption))
+    counts = Counter(word for caption in captions for word in tokenize(caption, tokenizer))
     words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
-    return Vocabulary([*SPECIALS, *words]), counts
+    return Vocabulary([*SPECIALS, *words], tokenizer), counts

@@ -40,11 +40,18 @@ def baseline_scores(
     vocab: Vocabulary,
     max_len: int,
     scorer: CaptionScorer,
+    language: str,
 ) -> Baseline | None:
-    """Score `blind_caption` for every image of a split (`references`: per image)."""
+    """Score `blind_caption` for every image of a split (`references`: per image), as the
+    model's captions are scored (`language`, the vocabulary's tokenizer)."""
     caption = blind_caption(frame, vocab, max_len)
     if caption is None or not references:
         return None
     keys = [str(i) for i in range(len(references))]
-    report = scorer.score(dict(zip(keys, references, strict=True)), {key: caption for key in keys})
+    report = scorer.score(
+        dict(zip(keys, references, strict=True)),
+        {key: caption for key in keys},
+        language,
+        vocab.tokenizer,
+    )
     return Baseline(caption, report)

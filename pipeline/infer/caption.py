@@ -71,7 +71,8 @@ def caption_images(
         for position, crop, result in zip(ok, crops, decoded, strict=True):
             path, stem = paths[position], stems[position]
             words = [loaded.vocab.itos[t] for t in result.tokens]
-            click.echo(f"{path}: {' '.join(words)}")
+            caption = loaded.vocab.decode(result.tokens)
+            click.echo(f"{path}: {caption}")
             image = TF.to_pil_image(crop)
             if maps:
                 maps.write_bytes(f"{stem}.png", attention_png(image, words, result.attention))
@@ -79,7 +80,7 @@ def caption_images(
             cards.append(
                 Card(
                     name=str(path),
-                    caption=" ".join(words),
+                    caption=caption,
                     words=words,
                     attention=result.attention,
                     image=image,

@@ -96,17 +96,22 @@ def evaluate_checkpoint(
     )
     captions = [loaded.vocab.decode(d.tokens) for d in decoded]
     keys = [str(i) for i in range(len(captions))]
+    language, tokenizer = config.data.language, config.vocab.tokenizer
     report = scorer.score(
-        dict(zip(keys, split_data.references, strict=True)), dict(zip(keys, captions, strict=True))
+        dict(zip(keys, split_data.references, strict=True)),
+        dict(zip(keys, captions, strict=True)),
+        language,
+        tokenizer,
     )
     baseline = baseline_scores(
-        data.frame, split_data.references, loaded.vocab, config.vocab.max_len, scorer
+        data.frame, split_data.references, loaded.vocab, config.vocab.max_len, scorer, language
     )
     health = decode_health(
         captions,
         [d.finished for d in decoded],
         split_data.references,
         len(loaded.vocab) - len(SPECIALS),
+        tokenizer,
     )
     loss = split_loss(loaded.model, data.store, split_data, config, loaded.vocab.pad, device)
     reference_counts = [len(r) for r in split_data.references]
@@ -120,7 +125,9 @@ def evaluate_checkpoint(
         "scores": report.scores,
         "scale": "pycocoevalcap 0-1 (papers print x100)",
         "loss": loss,
-        "tokenizer": report.tokenizer,
+        "tokenizer": report.tokenizer,  # what the scores were computed on
+        "language": language,
+        "vocab_tokenizer": tokenizer,
         "notes": report.notes,
         "features": config.features.path,
         "baseline": None

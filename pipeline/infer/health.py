@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from pipeline.config import DEFAULT_TOKENIZER
 from pipeline.data.text import tokenize
 
 TOP_REPEATED = 5  # most repeated captions listed
@@ -58,17 +59,22 @@ def has_repetition(words: list[str]) -> bool:
 
 
 def decode_health(
-    captions: list[str], finished: list[bool], references: list[list[str]], vocabulary_size: int
+    captions: list[str],
+    finished: list[bool],
+    references: list[list[str]],
+    vocabulary_size: int,
+    tokenizer: str = DEFAULT_TOKENIZER,
 ) -> DecodeHealth:
-    """Measure `captions` (one per image, with whether each ended in <eos>) and flag problems."""
+    """Measure `captions` (one per image, with whether each ended in <eos>) and flag problems;
+    words are the run's `tokenizer`'s tokens (characters for a Chinese run)."""
     n = len(captions)
     if n == 0 or len(finished) != n or len(references) != n:
         raise ValueError(
             "decode_health needs one caption, one finished flag and one "
             "reference list per image, and at least one image"
         )
-    words = [tokenize(c) for c in captions]
-    reference_words = [tokenize(r) for refs in references for r in refs]
+    words = [tokenize(c, tokenizer) for c in captions]
+    reference_words = [tokenize(r, tokenizer) for refs in references for r in refs]
     counts = Counter(captions)
     top_count = counts.most_common(1)[0][1]
     mean_length = sum(map(len, words)) / n

@@ -120,7 +120,8 @@ def run_report(
     title = f"{result['run']} on {result['split']}"
     subtitle = (
         f"epoch {result['epoch']} · {result['num_images']} images · "
-        f"beam {result['beam_size']} · {result['tokenizer'].upper()} tokenizer"
+        f"beam {result['beam_size']} · {result['language']} · "
+        f"{result['tokenizer'].upper()} tokenizer"
     )
     gallery_links = [
         (f"#gallery-{key}", GALLERY_TITLES[key]) for key, cards in sections.items() if cards
@@ -311,6 +312,15 @@ def curves_section(history: list[dict], epoch: int | None) -> str:
     return f'<section id="curves"><h2>Training curves</h2>{body}</section>'
 
 
+# metrics.json "tokenizer" (MetricReport.tokenizer) -> what the provenance table says
+SCORING_TOKENIZERS = {
+    "ptb": "PTBTokenizer (pycocoevalcap, Java)",
+    "simple": "simple Python stand-in for PTBTokenizer: nltk's Treebank tokenizer (no Java)",
+    "words": "the run's own word tokens (not English: no PTB, no METEOR)",
+    "characters": "the run's own character tokens (no PTB, no METEOR)",
+}
+
+
 def provenance_section(result: dict) -> str:
     """How the numbers were computed: split, references, decoding, scorer, checkpoint, cache."""
     refs, decoding = result["references_per_image"], result["decoding"]
@@ -331,12 +341,9 @@ def provenance_section(result: dict) -> str:
             f"{decoding['max_len']} words"
             + (", <unk> never emitted" if decoding["suppress_unk"] else ""),
         ),
-        (
-            "tokenizer",
-            "PTBTokenizer (pycocoevalcap, Java)"
-            if result["tokenizer"] == "ptb"
-            else "simple Python stand-in for PTBTokenizer (no Java)",
-        ),
+        ("language", f"{result['language']} (data.language)"),
+        ("vocabulary tokenizer", f"{result['vocab_tokenizer']} (vocab.tokenizer)"),
+        ("scoring tokenizer", SCORING_TOKENIZERS.get(result["tokenizer"], result["tokenizer"])),
         (
             "scorer",
             f"pycocoevalcap {result['pycocoevalcap']}: Bleu(4), Meteor, Rouge, Cider, "

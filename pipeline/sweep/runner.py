@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import config_to_dict, load_config
+from pipeline.config import Config, config_to_dict, load_config
 from pipeline.errors import UserError
 from pipeline.sweep.spec import Sweep
 
@@ -52,6 +52,19 @@ def recipe_of(sweep: Sweep, name: str, seed: int) -> dict:
     return config
 
 
+def recipe_key(config: dict, start: str | None) -> str:
+    """A run's identity: its config's values that differ from the defaults (so a release
+    that adds a key with its default keeps every finished run), and the run it starts from."""
+    defaults = config_to_dict(Config())
+    changed = {
+        section: {k: v for k, v in values.items() if defaults[section].get(k) != v}
+        for section, values in config.items()
+        if isinstance(values, dict)
+    }
+    text = json.dumps({"config": changed, "start": start}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def plan_runs(sweep: Sweep, names: list[str], out: Path) -> dict[str, PlannedRun]:
     """key -> run for every (variant, seed) of `names`; variants with one recipe share a run."""
     runs: dict[str, PlannedRun] = {}
@@ -62,8 +75,7 @@ def plan_runs(sweep: Sweep, names: list[str], out: Path) -> dict[str, PlannedRun
             start = sweep.variants[name].start
             config = recipe_of(sweep, name, seed)
             start_key = keys[(start, seed)] if start else None
-            text = json.dumps({"config": config, "start": start_key}, sort_keys=True)
-            key = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+            key = recipe_key(config, start_key)
             keys[(name, seed)] = key
             if key not in runs:
                 runs[key] = PlannedRun(key, out / f"{name}-s{seed}", config, start_key)
@@ -77,11 +89,13 @@ def check_folders(runs: dict[str, PlannedRun]) -> None:
         recipe = run.folder / RECIPE_FILE
         if run.folder.exists() and not recipe.is_file() and any(run.folder.iterdir()):
             raise UserError(f"{run.folder} holds files that are not a sweep run: use another --out")
-        if recipe.is_file() and json.loads(recipe.read_text("utf-8")).get("key") != run.key:
-            raise UserError(
-                f"{run.folder} holds a run of another recipe (the sweep file or --set "
-                "changed): use another --out, or delete that folder to redo it"
-            )
+        if recipe.is_file():
+            saved = json.loads(recipe.read_text("utf-8"))
+            if recipe_key(saved.get("config", {}), run.start) != run.key:
+                raise UserError(
+                    f"{run.folder} holds a run of another recipe (the sweep file or --set "
+                    "changed): use another --out, or delete that folder to redo it"
+                )
 
 
 def execute(
@@ -156,8 +170,12 @@ def train_and_score(
         contextlib.redirect_stdout(log),
         contextlib.redirect_stderr(log),
     ):
-        train_run(folder, config, init)
-        scores, per_image = score_run(folder / "run" / "best.pt", folder, split, beam)
+        try:
+            train_run(folder, config, init)
+            scores, per_image = score_run(folder / "run" / "best.pt", folder, split, beam)
+        except Exception as error:
+            print(f"error: {error}", file=log)  # the sweep prints its first line, too
+            raise
     result = summary_of_run(folder / "run", scores, per_image, time.perf_counter() - started)
     write_json(result_path, result)
     return result

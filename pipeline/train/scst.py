@@ -2,8 +2,9 @@
 
 `train.objective = "scst"` (`pipeline.train.objectives.SelfCritical`) trains with this loss
 (Rennie et al. 2017; the "new self-critical" baseline of Luo 2020). Per train image,
-`scst.samples` = K captions are drawn from the model (`pipeline.decoder.sample`, at most
-`scst.max_len` words, stopping at `<eos>`); each gets the reward r = CIDEr-D against all
+`scst.samples` = K captions are drawn from the model (`pipeline.decoder.sample`, stopping at
+`<eos>`; `scst.max_len` + 1 steps at most, as decoding counts them: up to `scst.max_len` words
+then `<eos>`, or a caption cut after `scst.max_len` + 1 words); each gets the reward r = CIDEr-D against all
 references of its image, with document frequencies from the train split's references
 (`pipeline.decoder.cider`, fixed once per run), minus `scst.bad_ending_penalty` when it ends in
 a function word (`BAD_ENDINGS`). With `scst.eos_token`, `<eos>` is scored as a word of the
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.config import Config, ScstConfig, config_from_dict
+from pipeline.config import DEFAULT_LANGUAGE, Config, ScstConfig, checkpoint_config
 from pipeline.dataset.batches import SplitData
 from pipeline.dataset.store import FeatureStore
 from pipeline.decoder.cider import CiderD
@@ -41,7 +42,7 @@ from pipeline.decoder.sample import sample_captions
 from pipeline.decoder.vocab import Vocabulary
 from pipeline.errors import UserError
 
-BAD_ENDINGS = ("a", "of", "with", "the")  # a caption ending in one of these is cut short
+BAD_ENDINGS = ("a", "of", "with", "the")  # a caption ending in one of these is cut short (English)
 MONITOR_SEED = 20_170_711  # the val-reward samples are the same draws every epoch
 
 
@@ -55,7 +56,9 @@ class CaptionReward:
     """CIDEr-D of sampled captions (vocabulary ids) against their image's references.
 
     `eos_token`: `<eos>` counts as a word at the end of every reference and of every caption
-    that ended (a caption cut at the length limit has none).
+    that ended (a caption cut at the length limit has none). Captions are compared on the
+    tokens evaluation scores them on (`evaluation_tokens` of `language`, the `data.language`,
+    and the vocabulary's tokenizer).
     """
 
     def __init__(
@@ -64,8 +67,11 @@ class CaptionReward:
         vocab: Vocabulary,
         bad_ending_penalty: float = 0.0,
         eos_token: bool = False,
+        language: str = DEFAULT_LANGUAGE,
     ):
-        self.cider = CiderD(references, end_token=eos_token)  # image i: references[i]
+        self.cider = CiderD(  # image i: references[i]
+            references, end_token=eos_token, language=language, tokenizer=vocab.tokenizer
+        )
         self.words = self.cider.vocab_table(vocab)  # (V, k) vocabulary id -> evaluation tokens
         self.bad = np.isin(np.asarray(vocab.itos), BAD_ENDINGS)  # (V,)
         self.penalty = bad_ending_penalty
@@ -112,7 +118,11 @@ class Scst:
 def build_scst(config: Config, train_split: SplitData, vocab: Vocabulary) -> Scst:
     """The reward over the train split's references (document frequencies computed once)."""
     reward = CaptionReward(
-        train_split.references, vocab, config.scst.bad_ending_penalty, config.scst.eos_token
+        train_split.references,
+        vocab,
+        config.scst.bad_ending_penalty,
+        config.scst.eos_token,
+        config.data.language,
     )
     return Scst(reward, config.scst, suppressed_tokens(vocab, config.eval))
 
@@ -255,7 +265,13 @@ def build_monitor(config: Config, val_split: SplitData, vocab: Vocabulary) -> Re
     if count == 0:
         return None
     references = val_split.references[:count]
-    reward = CaptionReward(references, vocab, config.scst.bad_ending_penalty, config.scst.eos_token)
+    reward = CaptionReward(
+        references,
+        vocab,
+        config.scst.bad_ending_penalty,
+        config.scst.eos_token,
+        config.data.language,
+    )
     monitor_scst = Scst(reward, config.scst, suppressed_tokens(vocab, config.eval))
     return RewardMonitor(monitor_scst, vocab, val_split.image_rows[:count])
 
@@ -277,7 +293,7 @@ def load_init_weights(model: torch.nn.Module, config: Config, payload: dict, pat
     The config's model.* must equal the checkpoint's (sizes, kind, attention, ...; only
     `INIT_FREE_KEYS` may differ): otherwise one UserError naming the first differences.
     """
-    saved = config_from_dict(payload["config"]).model
+    saved = checkpoint_config(payload["config"]).model
     differ = [
         f"model.{f.name} {getattr(saved, f.name)!r} vs {getattr(config.model, f.name)!r}"
         for f in dataclasses.fields(saved)

@@ -14,7 +14,7 @@ import click
 import torch
 
 from pipeline import distributed
-from pipeline.config import Config, config_from_dict, config_to_dict, parse_override
+from pipeline.config import Config, checkpoint_config, config_to_dict
 from pipeline.dataset.batches import SplitData, build_split
 from pipeline.dataset.experiment import ExperimentData, load_experiment_data
 from pipeline.dataset.teacher_forced import grad_scaler_enabled, split_loss
@@ -112,7 +112,7 @@ def build_trainer(
         if dist.is_main:
             remove_leftovers(run_dir)
         checkpoint = load_checkpoint(run_dir / "last.pt")
-        config = resumed_config(checkpoint["config"], overrides)
+        config = checkpoint_config(checkpoint["config"], overrides)  # `--set` e.g. train.epochs
     else:
         run_dir = Path(config.train.out_dir) / (config.train.name or default_run_name(config))
     device = distributed.device_for(dist, resolve_device(config.train.device))
@@ -124,8 +124,10 @@ def build_trainer(
         echo,
         saved_splits=source.get("splits") if source else None,
     )
-    if source:
-        vocab = Vocabulary(source["vocab"])
+    if checkpoint:
+        vocab = Vocabulary(checkpoint["vocab"], config.vocab.tokenizer)
+    elif source:
+        vocab = init_vocabulary(config, source, echo)
     else:
         vocab = make_vocabulary(data, config, echo)
     train_split = build_split(data.frame, "train", vocab, config.vocab.max_len, data.row_of)
@@ -179,18 +181,24 @@ def build_trainer(
     )
 
 
-def resumed_config(saved: dict, overrides: tuple[str, ...]) -> Config:
-    """The checkpoint's config with `--set` overrides applied (e.g. train.epochs=N)."""
-    for item in overrides:
-        section, key, value = parse_override(item)
-        saved.setdefault(section, {})[key] = value
-    return config_from_dict(saved)
+def init_vocabulary(config: Config, source: dict, echo: bool) -> Vocabulary:
+    """The vocabulary of the --init checkpoint, with the tokenizer it was built with: the new
+    run takes that `vocab.tokenizer` into its config (and says so when it differs)."""
+    tokenizer = checkpoint_config(source["config"]).vocab.tokenizer
+    if tokenizer != config.vocab.tokenizer:
+        if echo:
+            click.echo(
+                f"vocab.tokenizer: {tokenizer!r}, as the --init checkpoint's vocabulary was "
+                f"built (not {config.vocab.tokenizer!r})"
+            )
+        config.vocab.tokenizer = tokenizer
+    return Vocabulary(source["vocab"], tokenizer)
 
 
 def make_vocabulary(data: ExperimentData, config: Config, echo: bool) -> Vocabulary:
     """Vocabulary from the train split's captions; prints size and the 10 most frequent words."""
     train_captions = data.frame.loc[data.frame["split"] == "train", "caption"]
-    vocab, counts = build_vocabulary(train_captions, config.vocab.min_freq)
+    vocab, counts = build_vocabulary(train_captions, config.vocab.min_freq, config.vocab.tokenizer)
     if echo:
         top = ", ".join(f"{w} ({c})" for w, c in counts.most_common(10))
         click.echo(
@@ -293,7 +301,13 @@ def validation_scores(trainer: Trainer) -> tuple[dict, list[tuple[str, str, list
         return {}, []
     predictions = {str(p): captions[p] for p in range(count)}
     references = {str(p): split.references[p] for p in range(count)}
-    report = score_captions(references, predictions, metrics=("Bleu_4", "CIDEr"))
+    report = score_captions(
+        references,
+        predictions,
+        metrics=("Bleu_4", "CIDEr"),
+        language=trainer.config.data.language,
+        tokenizer=trainer.config.vocab.tokenizer,
+    )
     samples = [
         (split.image_names[p], captions[p], split.references[p])
         for p in range(min(trainer.config.train.samples, count))
