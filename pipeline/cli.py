@@ -6,6 +6,7 @@ Each subcommand lives next to the code it drives; this module only assembles the
 import click
 
 from pipeline.data.cli import demo_data_command, testbed_command
+from pipeline.dataset.cli import inspect_command
 from pipeline.demo import demo_command
 from pipeline.extract.cli import extract_command
 from pipeline.infer.cli import caption_command, evaluate_command
@@ -20,6 +21,7 @@ def main() -> None:
 
 
 main.add_command(demo_data_command)
+main.add_command(inspect_command)
 main.add_command(extract_command)
 main.add_command(train_command)
 main.add_command(evaluate_command)

@@ -45,7 +45,8 @@ LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")  # BCP-47, simpl
 
 @dataclass
 class DataConfig:
-    """Where the captions and images are, and how to split them when the file has no split."""
+    """Where the captions and images are, and how to split them when the file has no split:
+    by official split lists (`split_lists`, see pipeline.data.captions), else by `split_ratios`."""
 
     captions: str = ""
     images: str = ""
@@ -53,6 +54,7 @@ class DataConfig:
     split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     split_seed: int = 0
     subset: float = 1.0
+    split_lists: str = ""  # folder of Flickr8k's official split lists; "" = beside the captions
     language: str = DEFAULT_LANGUAGE  # BCP-47 tag of the captions: "en", "es", "zh-Hans", ...
 
 

@@ -1,4 +1,5 @@
-"""torchrun with 2 CPU processes (gloo): DDP training, rank-0 outputs, resume, evaluation."""
+"""torchrun with 2 CPU processes (gloo): training with both objectives, rank-0 outputs, resume,
+evaluation."""
 
 from __future__ import annotations
 
@@ -46,6 +47,16 @@ def test_two_process_training_resume_and_evaluation(workspace):
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     assert log[1]["train_loss"] < log[0]["train_loss"]
+    scst = torchrun(
+        "train", "--config", workspace["config"], "--init", run / "best.pt",
+        "--set", "train.name=ddp-scst", "--set", "train.epochs=1",
+        "--set", "train.objective=scst", "--set", "scst.samples=2", "--set", "scst.max_len=8",
+        cwd=workspace["root"],
+    )  # fmt: skip
+    assert scst.returncode == 0, scst.stderr[-3000:]
+    assert scst.stdout.count("epoch 1  train_loss") == 1  # the same one loop, rank 0 prints
+    record = json.loads((workspace["runs"] / "ddp-scst" / "metrics.jsonl").read_text())
+    assert record["reward"] >= 0 and record["sample_length"] > 0
     evaluated = CliRunner().invoke(
         main,
         [

@@ -160,13 +160,17 @@ def test_attention_activation_and_tanh_on_the_initial_state_change_the_model():
     assert tanh.init_state(encoded)[0].abs().max() <= 1
 
 
-def test_the_demo_sweep_trains_identical_recipes_once():
+def test_the_demo_sweep_trains_identical_recipes_once(demo_cache):
     from pathlib import Path
 
     from pipeline.sweep.runner import plan_runs
     from pipeline.sweep.spec import load_sweep, select
 
-    sweep = load_sweep(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "demo.toml")
+    sweep = load_sweep(
+        Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "demo.toml",
+        (f"features.path={str(demo_cache['features'])!r}",
+         f"data.captions={str(demo_cache['captions'])!r}"),
+    )  # fmt: skip
     sweep.seeds = 2
     names = select(sweep, ["shipped", "penalty-mean", "images", "transformer", "scst"])
     runs = plan_runs(sweep, names, Path("out"))

@@ -77,7 +77,7 @@ def last_json(output: str) -> dict:
 def swept(tmp_path_factory) -> dict:
     """A scene testbed of 40 images, a tiny config, a sweep file, and the sweep's first run."""
     root = tmp_path_factory.mktemp("sweep")
-    made = cli("testbed", "scene", root / "tb", "--images", 40)
+    made = cli("testbed", "scene", root / "tb", "--images", 40, "--extra-test", 0)
     assert made.exit_code == 0, made.output
     (root / "tiny.toml").write_text(TINY)
     (root / "sweep.toml").write_text(SWEEP)
@@ -164,6 +164,30 @@ def test_a_changed_recipe_is_refused_on_the_same_out_and_bad_files_in_one_line(s
         assert fragment in result.output and "Traceback" not in result.output
     wrong_key = in_root(swept, "sweep", "sweep.toml", "--set", "train.nope=1", "--out", root / "x")
     assert wrong_key.exit_code == 2 and "unknown config key train.nope" in wrong_key.output
+    missing = in_root(swept, "sweep", "sweep.toml", "--set", "features.path='gone.h5'")
+    assert missing.exit_code == 2 and "gone.h5 (features.path of variant" in missing.output
+
+
+def test_new_data_under_the_same_paths_is_refused_on_the_same_out(swept, tmp_path):
+    for name in ("tb", "runs"):
+        shutil.copytree(swept["root"] / name, tmp_path / name)
+    for name in ("tiny.toml", "sweep.toml"):
+        shutil.copy(swept["root"] / name, tmp_path / name)
+    made = cli(
+        "testbed",
+        "scene",
+        tmp_path / "tb",
+        "--images",
+        40,
+        "--extra-test",
+        0,
+        "--noise",
+        0.5,
+        "--overwrite",
+    )
+    assert made.exit_code == 0, made.output
+    result = in_root({"root": tmp_path}, "sweep", "sweep.toml")
+    assert result.exit_code == 2 and "the data changed" in result.output
 
 
 def test_a_testbed_checkpoint_refuses_to_caption_images(swept, tmp_path):
@@ -176,7 +200,7 @@ def test_a_testbed_checkpoint_refuses_to_caption_images(swept, tmp_path):
     assert "testbed's (testbed:scene)" in result.output and "Traceback" not in result.output
 
 
-def test_a_killed_sweep_resumes_to_the_straight_runs_result(swept, tmp_path):
+def test_an_interrupted_sweep_resumes_to_the_straight_runs_result(swept, tmp_path):
     root = tmp_path / "killed"
     shutil.copytree(swept["root"] / "tb", root / "tb")
     for name in ("tiny.toml", "sweep.toml"):
@@ -184,14 +208,16 @@ def test_a_killed_sweep_resumes_to_the_straight_runs_result(swept, tmp_path):
     command = [sys.executable, "-m", "pipeline", "sweep", "sweep.toml", "--variants", "xe"]
     command += ["--seeds", "1"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    process = subprocess.Popen(command, cwd=root, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(command, cwd=root, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     run = root / "runs" / "sweep-sweep" / "xe-s0" / "run"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (run / "last.pt").is_file():
         time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)  # after its first epoch's checkpoint, mid-run
-    process.wait()
+    process.send_signal(signal.SIGINT)  # Ctrl-C after the first epoch's checkpoint, mid-run
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert "sweep interrupted: finished runs are kept" in stdout
     assert (run / "last.pt").is_file() and not (run.parent / "result.json").exists()
     resumed = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

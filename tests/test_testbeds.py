@@ -39,7 +39,7 @@ def grids(folder: Path) -> tuple[np.ndarray, list[str], dict]:
 
 
 def scene(tmp_path: Path, name: str, *options) -> Path:
-    result = cli("testbed", "scene", tmp_path / name, "--images", 30, *options)
+    result = cli("testbed", "scene", tmp_path / name, "--images", 30, "--extra-test", 5, *options)
     assert result.exit_code == 0, result.output
     return tmp_path / name
 
@@ -49,16 +49,20 @@ def test_scene_testbed_is_the_demo_data_with_its_knobs_in_the_fingerprint(tmp_pa
     generate_demo_data(tmp_path / "demo", n_images=30, seed=0)
     ours = json.loads((folder / "dataset.json").read_text())["images"]
     demo = json.loads((tmp_path / "demo" / "dataset.json").read_text())["images"]
-    assert [(i["filename"], i["split"], i["sentences"]) for i in ours] == [
+    assert [(i["filename"], i["split"], i["sentences"]) for i in ours[:30]] == [
         (i["filename"], i["split"], i["sentences"]) for i in demo
     ]
+    extra = ours[30:]  # --extra-test 5: more test scenes of the same grammar
+    assert [i["filename"] for i in extra] == [f"test_{n:05d}.jpg" for n in range(5)]
+    assert {i["split"] for i in extra} == {"test"} and all(len(i["sentences"]) == 5 for i in extra)
     features, ids, attrs = grids(folder)
-    assert features.shape == (30, contract.REGIONS, contract.CHANNELS)
-    assert ids == [i["filename"] for i in demo]
+    assert features.shape == (35, contract.REGIONS, contract.CHANNELS)
+    assert ids == [i["filename"] for i in ours]
     with contract.open_h5(folder / "features.h5") as f:
         fingerprint = contract.fingerprint(f)
     assert fingerprint["backbone"] == "testbed:scene"
-    assert fingerprint["testbed"] == {"kind": "scene", "version": 1, "images": 30, "seed": 0,
+    assert fingerprint["testbed"] == {"kind": "scene", "version": 1, "images": 30,
+                                      "extra_test": 5, "seed": 0,
                                       "colour_error": 0.3, "shape_error": 0.67,
                                       "cell_error": 0.2, "noise": 0.0, "code": "blocks"}  # fmt: skip
 
@@ -97,7 +101,7 @@ def test_errors_happen_at_their_rates_and_the_projection_carries_the_same_code(t
         for row, column in covered_cells(largest):  # the largest shape is on top everywhere
             assert wrong[i, row * 7 + column, list(COLOURS).index(largest.colour)] == 0
     default = decoded_cells(grids(scene(tmp_path, "default"))[0])
-    seen = default[:, :, SLOTS["object"]].sum()
+    seen = default[:30, :, SLOTS["object"]].sum()
     assert 0.9 * sum(len(covered_cells(s)) for sh in scenes for s in sh) <= seen  # moved, kept
     projected = grids(scene(tmp_path, "projected", "--code", "projection"))[0]
     channels = code_to_channels(SceneKnobs(images=30, code="projection"))  # (CODE_SIZE, 2048)
@@ -108,21 +112,34 @@ def test_errors_happen_at_their_rates_and_the_projection_carries_the_same_code(t
 def test_rerun_skips_a_complete_testbed_and_refuses_other_knobs_or_foreign_files(tmp_path):
     folder = scene(tmp_path, "tb")
     stamp = (folder / "features.h5").stat().st_mtime_ns
-    again = cli("testbed", "scene", folder, "--images", 30)
+    again = cli("testbed", "scene", folder, "--images", 30, "--extra-test", 5)
     assert again.exit_code == 0 and again.output.startswith("already complete")
     assert (folder / "features.h5").stat().st_mtime_ns == stamp
-    other = cli("testbed", "scene", folder, "--images", 30, "--colour-error", 0.1)
+    other = cli(
+        "testbed", "scene", folder, "--images", 30, "--extra-test", 5, "--colour-error", 0.1
+    )
     assert other.exit_code == 2 and "holds other features" in other.output
     assert "Traceback" not in other.output
-    replaced = cli("testbed", "scene", folder, "--images", 30, "--colour-error", 0.1, "--overwrite")
+    replaced = cli(
+        "testbed",
+        "scene",
+        folder,
+        "--images",
+        30,
+        "--extra-test",
+        5,
+        "--colour-error",
+        0.1,
+        "--overwrite",
+    )
     assert replaced.exit_code == 0 and grids(folder)[2]["testbed"]["colour_error"] == 0.1
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("a user's file")
-    refused = cli("testbed", "scene", tmp_path / "mine", "--images", 30)
+    refused = cli("testbed", "scene", tmp_path / "mine", "--images", 30, "--extra-test", 5)
     assert refused.exit_code == 2 and "not a testbed's" in refused.output
     (tmp_path / "theirs").mkdir()
     (tmp_path / "theirs" / "dataset.json").write_text("{}")
-    refused = cli("testbed", "scene", tmp_path / "theirs", "--images", 30)
+    refused = cli("testbed", "scene", tmp_path / "theirs", "--images", 30, "--extra-test", 5)
     assert refused.exit_code == 2 and "not this testbed's caption file" in refused.output
     bad = cli("testbed", "scene", tmp_path / "bad", "--shape-error", 1.5)
     assert bad.exit_code == 2 and "--shape-error must be in [0, 1]" in bad.output

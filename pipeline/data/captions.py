@@ -4,7 +4,9 @@ Formats: Kaggle Flickr30k `results.csv` (`|`-separated), Kaggle Flickr8k `captio
 (csv), original `Flickr8k.token.txt` (`name#n<TAB>caption`), Karpathy split JSON
 (`dataset_*.json`) and COCO `captions_*.json`. Every reader yields rows of
 (image, caption, split, image_id); image names that would resolve outside the images
-folder are removed and reported, reading goes on.
+folder are removed and reported, reading goes on. Flickr8k's official split lists, beside its
+caption file or in `data.split_lists`, are found and read here too (`split_lists_folder`,
+`read_split_lists`); `pipeline.dataset.splits` applies them.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ class CaptionTable:
     dropped_punctuation: int = 0
     recovered: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    language: str = ""  # the language the file names (a Karpathy "language" key), "" if none
+
+    def language_note(self, language: str) -> str:
+        """ "" or, when the file names a language other than `language` (data.language), a
+        sentence saying so."""
+        if not self.language or self.language == language:
+            return ""
+        return (
+            f"the file says its captions are in {self.language!r}, not data.language "
+            f"{language!r} (set data.language and vocab.tokenizer to match)"
+        )
 
     def images(self) -> list[str]:
         """Unique image names in first-appearance order."""
@@ -394,15 +407,16 @@ def read_captions(path: str | Path, format: str = "auto") -> CaptionTable:
     if format in ("karpathy", "coco"):
         data = _load_json(path, format) if data is None else data
         reader = _read_karpathy if format == "karpathy" else _read_coco
-        rows = reader(path, data)
-    else:
-        text_readers = {
-            "flickr30k-csv": _read_flickr30k_csv,
-            "flickr8k-csv": _read_flickr8k_csv,
-            "flickr8k-token": _read_flickr8k_token,
-        }
-        rows = text_readers[format](path)
-    return rows.table(format, path)
+        table = reader(path, data).table(format, path)
+        language = data.get("language") if isinstance(data, dict) else None
+        table.language = language if isinstance(language, str) else ""
+        return table
+    text_readers = {
+        "flickr30k-csv": _read_flickr30k_csv,
+        "flickr8k-csv": _read_flickr8k_csv,
+        "flickr8k-token": _read_flickr8k_token,
+    }
+    return text_readers[format](path).table(format, path)
 
 
 # Flickr8k's official split lists, as its authors distribute them beside Flickr8k.token.txt
@@ -411,6 +425,36 @@ FLICKR8K_SPLIT_FILES = {
     "val": "Flickr_8k.devImages.txt",
     "test": "Flickr_8k.testImages.txt",
 }
+FLICKR8K_FORMATS = ("flickr8k-token", "flickr8k-csv")  # whose folder may hold the split lists
+
+
+def split_lists_folder(captions: str | Path, fmt: str, configured: str = "") -> Path | None:
+    """The folder of the official split lists that give a caption file its splits.
+
+    `configured` (`data.split_lists`) must be a folder holding all of `FLICKR8K_SPLIT_FILES`;
+    "" looks beside a Flickr8k caption file (`fmt` in `FLICKR8K_FORMATS`) and takes its folder
+    when all three lists are there. None: no lists (the splits come from elsewhere).
+    """
+    if not configured:
+        folder = Path(captions).parent
+        found = fmt in FLICKR8K_FORMATS and _holds_split_lists(folder)
+        return folder if found else None
+    folder = Path(configured)
+    if not _holds_split_lists(folder):
+        raise UserError(
+            f"data.split_lists = {configured!r} must be a folder holding "
+            f"{', '.join(FLICKR8K_SPLIT_FILES.values())}"
+        )
+    if fmt == "karpathy":
+        raise UserError(
+            "data.split_lists is set, but a karpathy caption file brings its own splits: "
+            'leave data.split_lists = ""'
+        )
+    return folder
+
+
+def _holds_split_lists(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in FLICKR8K_SPLIT_FILES.values())
 
 
 def read_split_lists(folder: str | Path) -> dict[str, str]:

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER
+from pipeline.data.demo_grammar import GRAMMARS
 from pipeline.data.testbed_knobs import SCENE_CODES, LanguageKnobs, SceneKnobs
 
 
@@ -30,18 +32,35 @@ from pipeline.data.testbed_knobs import SCENE_CODES, LanguageKnobs, SceneKnobs
     help="Write into OUT_DIR even if it holds files (replacing images/, "
     "results.csv and dataset.json).",
 )
-def demo_data_command(out_dir: Path, n_images: int, seed: int, overwrite: bool) -> None:
+@click.option(
+    "--language",
+    type=click.Choice(tuple(GRAMMARS)),
+    default=DEFAULT_LANGUAGE,
+    show_default=True,
+    help="Language of the captions (the same images in every language); train on them with "
+    "--set data.language=LANG --set vocab.tokenizer=TOKENIZER (printed).",
+)
+def demo_data_command(
+    out_dir: Path, n_images: int, seed: int, overwrite: bool, language: str
+) -> None:
     """Write demo images (coloured shapes) and captions to a new or empty OUT_DIR."""
     from pipeline.data.captions import read_captions  # pandas, Pillow: not for `--help`
     from pipeline.data.demo_data import generate_demo_data
 
-    stats = generate_demo_data(out_dir, n_images=n_images, seed=seed, overwrite=overwrite)
+    stats = generate_demo_data(
+        out_dir, n_images=n_images, seed=seed, overwrite=overwrite, language=language
+    )
     click.echo(f"wrote {stats['images']:,} images to {stats['images_dir']}")
     click.echo(
         f"wrote {stats['captions']:,} captions to {stats['results_csv']} "
         f"(Flickr30k csv) and {stats['dataset_json']} (Karpathy json)"
     )
     click.echo(read_captions(stats["dataset_json"]).summary())
+    if (stats["language"], stats["tokenizer"]) != (DEFAULT_LANGUAGE, DEFAULT_TOKENIZER):
+        click.echo(
+            f"captions in {stats['language']}: train and evaluate with --set "
+            f"data.language={stats['language']} --set vocab.tokenizer={stats['tokenizer']}"
+        )
 
 
 @click.group("testbed")
@@ -72,6 +91,7 @@ NOISE_HELP = "Noise std per channel (noise makes each image memorable: decoders 
 @testbed_command.command("scene")
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @knob("images", SceneKnobs, "Demo scenes (the demo data of this many images).")
+@knob("extra_test", SceneKnobs, "More test scenes, after the demo's (for tighter intervals).")
 @knob("seed", SceneKnobs, "Demo data and perception errors seed.")
 @knob("colour_error", SceneKnobs, "Chance a shape's colour is seen wrong.")
 @knob("shape_error", SceneKnobs, "Chance a shape's kind is seen wrong (0.67: chance).")

@@ -19,6 +19,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER
+from pipeline.data.demo_grammar import (
+    ENGLISH,
+    Grammar,
+    Phrase,
+    clauses,
+    column_where,
+    count,
+    demo_grammar,
+    inventory,
+    noun,
+    relation,
+    row_where,
+    sentence,
+    where,
+)
 from pipeline.data.text import tokenize
 from pipeline.errors import UserError
 
@@ -35,20 +51,7 @@ ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "center", "right")
 CAPTIONS_PER_IMAGE = 5
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train, val, test
-_COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
-_WHERE = {  # (row, column) -> phrases that are true for a shape centred in that cell
-    ("top", "left"): ("in the top left corner", "at the top left"),
-    ("top", "center"): ("at the top", "near the top"),
-    ("top", "right"): ("in the top right corner", "at the top right"),
-    ("middle", "left"): ("on the left", "on the left side"),
-    ("middle", "center"): ("in the center", "in the middle"),
-    ("middle", "right"): ("on the right", "on the right side"),
-    ("bottom", "left"): ("in the bottom left corner", "at the bottom left"),
-    ("bottom", "center"): ("at the bottom", "near the bottom"),
-    ("bottom", "right"): ("in the bottom right corner", "at the bottom right"),
-}
-_ROW_WHERE = {"top": "near the top", "middle": "across the middle", "bottom": "near the bottom"}
-_COLUMN_WHERE = {"left": "on the left", "center": "down the center", "right": "on the right"}
+LOCATIONS = 2  # phrases per 3x3 cell in every grammar (demo_grammar.Grammar.where)
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,18 @@ class Shape:
     cy: float
     half: float
 
-    @property
-    def where(self) -> tuple[str, ...]:
-        return _WHERE[(ROWS[self.row], COLUMNS[self.column])]
+    def noun(self, det: str | int = "a", sized: bool = False) -> Phrase:
+        """ "a red circle"; `sized`: "a large red circle"."""
+        size = ("large" if self.large else "small") if sized else ""
+        return noun(self.colour, self.kind, det, size)
+
+    def shape_noun(self) -> Phrase:
+        """ "a red shape" """
+        return noun(self.colour, "shape")
+
+    def where(self, variant: int) -> Phrase:
+        """One of the `LOCATIONS` phrases true for a shape centred in its cell."""
+        return where(self.row, self.column, variant)
 
 
 def _sample_scene(rng: np.random.Generator, size: int) -> list[Shape]:
@@ -157,88 +169,102 @@ def _draw(scene: list[Shape], background: np.ndarray) -> Image.Image:
     return image
 
 
-def _noun(shape: Shape, sized: bool) -> str:
-    size = ("large " if shape.large else "small ") if sized else ""
-    return f"a {size}{shape.colour} {shape.kind}"
-
-
-def _inventory(scene: list[Shape]) -> str:
+def _inventory(scene: list[Shape]) -> Phrase:
     """'two green triangles and a red circle', left to right."""
     groups: dict[tuple[str, str], int] = {}
     for shape in sorted(scene, key=lambda s: (s.column, s.row)):
         groups[(shape.colour, shape.kind)] = groups.get((shape.colour, shape.kind), 0) + 1
-    parts = [
-        f"a {colour} {kind}" if count == 1 else f"{_COUNT_WORDS[count]} {colour} {kind}s"
-        for (colour, kind), count in groups.items()
-    ]
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return inventory([(colour, kind, n) for (colour, kind), n in groups.items()])
 
 
 def _relations(a: Shape, b: Shape) -> list[str]:
-    """Spatial relations that hold from shape a to shape b."""
+    """Spatial relations that hold from shape a to shape b (demo_grammar.relation names)."""
     found = []
     if a.column != b.column:
-        found.append("to the left of" if a.column < b.column else "to the right of")
+        found.append("left" if a.column < b.column else "right")
     if a.row != b.row:
         found.append("above" if a.row < b.row else "below")
     if abs(a.row - b.row) + abs(a.column - b.column) == 1:
-        found.append("next to")
+        found.append("next")
     return found
 
 
-def _located_captions(scene: list[Shape], rng: np.random.Generator) -> list[str]:
+def _located_captions(scene: list[Shape], rng: np.random.Generator) -> list[Phrase]:
     """Captions that say where things are (the bulk of every image's five)."""
     out = []
     for shape in scene:
-        for where in shape.where:
-            out.append(f"{_noun(shape, bool(rng.random() < 0.4))} {where}")
-            out.append(f"a {shape.colour} shape {where}")
+        for variant in range(LOCATIONS):
+            sized = bool(rng.random() < 0.4)
+            out.append(
+                sentence("located", noun=shape.noun(sized=sized), where=shape.where(variant))
+            )
+            out.append(sentence("located", noun=shape.shape_noun(), where=shape.where(variant)))
     if len(scene) == 1:
         shape = scene[0]
-        out.append(f"a single {shape.colour} {shape.kind} {shape.where[0]}")
-        out.append(f"there is one {shape.colour} {shape.kind} {shape.where[1]}")
+        out.append(sentence("single", noun=shape.noun("single"), where=shape.where(0)))
+        out.append(sentence("there_is", noun=shape.noun("one"), where=shape.where(1)))
         return out
     for a in scene:
         for b in scene:
             if a is b or (a.colour, a.kind) == (b.colour, b.kind):
                 continue
-            for relation in _relations(a, b):
-                out.append(f"{_noun(a, False)} {relation} {_noun(b, False)}")
+            for name in _relations(a, b):
+                out.append(sentence("relation", a=a.noun(), relation=relation(name), b=b.noun()))
     first, second = scene[0], scene[1]
     out.append(
-        f"{_noun(first, False)} {first.where[0]} and {_noun(second, False)} {second.where[0]}"
+        clauses(
+            sentence("located", noun=first.noun(), where=first.where(0)),
+            sentence("located", noun=second.noun(), where=second.where(0)),
+        )
     )
     out.append(
-        f"a {first.colour} shape {first.where[1]} and a {second.colour} shape {second.where[1]}"
+        clauses(
+            sentence("located", noun=first.shape_noun(), where=first.where(1)),
+            sentence("located", noun=second.shape_noun(), where=second.where(1)),
+        )
     )
     if len({shape.row for shape in scene}) == 1:
-        out.append(f"{_inventory(scene)} {_ROW_WHERE[ROWS[first.row]]}")
+        out.append(sentence("line", inventory=_inventory(scene), where=row_where(first.row)))
     if len({shape.column for shape in scene}) == 1:
-        out.append(f"{_inventory(scene)} {_COLUMN_WHERE[COLUMNS[first.column]]}")
+        out.append(sentence("line", inventory=_inventory(scene), where=column_where(first.column)))
     return out
 
 
-def _plain_captions(scene: list[Shape]) -> list[str]:
+def _plain_captions(scene: list[Shape]) -> list[Phrase]:
     """Captions that say what is there, not where."""
     n = len(scene)
-    inventory = _inventory(scene)
     if n == 1:
-        return [inventory, f"one {scene[0].colour} {scene[0].kind} on a plain background"]
-    out = [inventory, f"{_COUNT_WORDS[n]} coloured shapes including {_noun(scene[0], True)}"]
-    if " and " in inventory:  # several kinds: "two shapes: a red circle and a blue square"
-        out.append(f"{_COUNT_WORDS[n]} shapes: {inventory}")
+        return [_inventory(scene), sentence("alone", noun=scene[0].noun("one"))]
+    out = [_inventory(scene), sentence("including", count=count(n), noun=scene[0].noun(sized=True))]
+    if len({(shape.colour, shape.kind) for shape in scene}) > 1:  # "two shapes: a red ..."
+        out.append(sentence("listing", count=count(n), inventory=_inventory(scene)))
     return out
 
 
-def make_captions(scene: list[Shape], rng: np.random.Generator) -> list[str]:
-    """Five distinct captions true for `scene`: one about what is there, four about where."""
-    located = list(dict.fromkeys(_located_captions(scene, rng)))
-    plain = [text for text in dict.fromkeys(_plain_captions(scene)) if text not in located]
+def _distinct(phrases: list[Phrase]) -> dict[str, Phrase]:
+    """English text -> phrase, the first of each text (the choice is made on English text
+    whatever the language, so every language draws the same random numbers)."""
+    found: dict[str, Phrase] = {}
+    for phrase in phrases:
+        found.setdefault(phrase(ENGLISH), phrase)
+    return found
+
+
+def make_captions(
+    scene: list[Shape], rng: np.random.Generator, grammar: Grammar = ENGLISH
+) -> list[str]:
+    """Five distinct captions true for `scene`, in `grammar`'s language: one about what is
+    there, four about where."""
+    located = _distinct(_located_captions(scene, rng))
+    plain = [
+        phrase for text, phrase in _distinct(_plain_captions(scene)).items() if text not in located
+    ]
     chosen = [plain[int(rng.integers(len(plain)))]]
     picks = rng.choice(len(located), size=CAPTIONS_PER_IMAGE - 1, replace=False)
-    chosen += [located[int(i)] for i in picks]
+    located_phrases = list(located.values())
+    chosen += [located_phrases[int(i)] for i in picks]
     order = rng.permutation(CAPTIONS_PER_IMAGE)
-    return [chosen[int(i)] for i in order]
+    return [chosen[int(i)](grammar) for i in order]
 
 
 def _split_names(n_images: int, rng: np.random.Generator) -> list[str]:
@@ -304,14 +330,17 @@ def karpathy_json_text(
     captions: list[list[str]],
     splits: list[str],
     dataset: str = "demo",
+    language: str = "",
+    tokenizer: str = DEFAULT_TOKENIZER,
 ) -> str:
-    """The Karpathy dataset_*.json layout (Flickr style: no filepath, no cocoid) as text."""
+    """The Karpathy dataset_*.json layout (Flickr style: no filepath, no cocoid) as text;
+    sentence tokens by `tokenizer`, and a top-level "language" key when `language` is set."""
     images, sentid = [], 0
     for imgid, (name, texts, split) in enumerate(zip(names, captions, splits, strict=True)):
         sentids = list(range(sentid, sentid + len(texts)))
         sentid += len(texts)
         sentences = [
-            {"tokens": tokenize(text), "raw": text, "imgid": imgid, "sentid": number}
+            {"tokens": tokenize(text, tokenizer), "raw": text, "imgid": imgid, "sentid": number}
             for text, number in zip(texts, sentids, strict=True)
         ]
         images.append(
@@ -323,7 +352,8 @@ def karpathy_json_text(
                 "filename": name,
             }
         )
-    return json.dumps({"images": images, "dataset": dataset}, ensure_ascii=False) + "\n"
+    data = {"images": images, "dataset": dataset, **({"language": language} if language else {})}
+    return json.dumps(data, ensure_ascii=False) + "\n"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -342,19 +372,23 @@ def generate_demo_data(
     seed: int = 0,
     size: int = 224,
     overwrite: bool = False,
+    language: str = DEFAULT_LANGUAGE,
 ) -> dict:
     """Write `n_images` demo JPEGs (size x size) and their captions under `out_dir`.
 
     Files: images/demo_00000.jpg..., results.csv (Kaggle Flickr30k layout) and dataset.json
-    (Karpathy layout with train/val/test). `out_dir` must be new or empty unless `overwrite`.
-    Returns the paths and counts written.
+    (Karpathy layout with train/val/test). Captions are in `language` (`GRAMMARS`: the same
+    images whatever the language); dataset.json names a language other than English in its
+    "language" key (English files stay as they were before languages existed). `out_dir`
+    must be new or empty unless `overwrite`. Returns the paths and counts written.
     """
     out_dir = Path(out_dir)
+    grammar = demo_grammar(language)
     _check_arguments(n_images, size)
     _check_target(out_dir, overwrite)
     staging = _staging_dir(out_dir, overwrite)
     try:
-        names, captions, splits = _write_files(staging, n_images, seed, size)
+        splits = _write_files(staging, n_images, seed, size, grammar)
     except BaseException:
         if staging != out_dir:
             shutil.rmtree(staging, ignore_errors=True)
@@ -367,19 +401,21 @@ def generate_demo_data(
         "images": n_images,
         "captions": n_images * CAPTIONS_PER_IMAGE,
         "splits": {name: splits.count(name) for name in ("train", "val", "test")},
+        "language": grammar.language,
+        "tokenizer": grammar.tokenizer,
     }
 
 
-def _write_files(
-    root: Path, n_images: int, seed: int, size: int
-) -> tuple[list[str], list[list[str]], list[str]]:
-    """Images, results.csv and dataset.json under `root`; returns names, captions, splits."""
-    demo = demo_scenes(n_images, seed, size, images_dir=root / "images")
+def _write_files(root: Path, n_images: int, seed: int, size: int, grammar: Grammar) -> list[str]:
+    """Images, results.csv and dataset.json under `root`; returns the splits."""
+    demo = demo_scenes(n_images, seed, size, images_dir=root / "images", grammar=grammar)
     _write_results_csv(root / "results.csv", demo.names, demo.captions)
-    write_text_atomic(
-        root / "dataset.json", karpathy_json_text(demo.names, demo.captions, demo.splits)
+    language = "" if grammar is ENGLISH else grammar.language
+    text = karpathy_json_text(
+        demo.names, demo.captions, demo.splits, language=language, tokenizer=grammar.tokenizer
     )
-    return demo.names, demo.captions, demo.splits
+    write_text_atomic(root / "dataset.json", text)
+    return demo.splits
 
 
 @dataclass
@@ -393,10 +429,14 @@ class DemoScenes:
 
 
 def demo_scenes(
-    n_images: int, seed: int = 0, size: int = 224, images_dir: Path | None = None
+    n_images: int,
+    seed: int = 0,
+    size: int = 224,
+    images_dir: Path | None = None,
+    grammar: Grammar = ENGLISH,
 ) -> DemoScenes:
-    """The scenes, captions and splits `generate_demo_data(n_images, seed, size)` writes
-    (the same random stream); the JPEGs too when `images_dir` is given."""
+    """The scenes, captions (in `grammar`'s language) and splits `generate_demo_data(n_images,
+    seed, size)` writes (the same random stream); the JPEGs too when `images_dir` is given."""
     rng = np.random.default_rng(seed)
     width = max(5, len(str(n_images - 1)))
     names, scenes, captions = [], [], []
@@ -408,5 +448,5 @@ def demo_scenes(
             _draw(scene, background).save(images_dir / name, format="JPEG", quality=90)
         names.append(name)
         scenes.append(scene)
-        captions.append(make_captions(scene, rng))
+        captions.append(make_captions(scene, rng, grammar))
     return DemoScenes(names, scenes, captions, _split_names(n_images, rng))

@@ -15,6 +15,7 @@ class SceneKnobs:
     """What the scene-code testbed writes (all recorded in the feature file)."""
 
     images: int = 1500
+    extra_test: int = 1000  # more test scenes after the demo's (tighter intervals)
     seed: int = 0
     colour_error: float = 0.3
     shape_error: float = 0.67
@@ -32,6 +33,8 @@ class SceneKnobs:
             raise UserError(f"--noise must be >= 0, got {self.noise}")
         if self.images < 10:
             raise UserError(f"--images must be at least 10, got {self.images}")
+        if self.extra_test < 0:
+            raise UserError(f"--extra-test must be >= 0, got {self.extra_test}")
         if self.code not in SCENE_CODES:
             raise UserError(f"--code must be one of {', '.join(SCENE_CODES)}, got {self.code!r}")
 

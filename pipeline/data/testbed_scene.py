@@ -12,7 +12,9 @@ code of each shape into the 7x7 cells it covers, with controlled perception erro
 - every cell holds its own row and column code (where it is), and every channel gets Gaussian
   noise of standard deviation `noise`.
 
-The defaults imitate what the random-init grids carry. `code = "blocks"` writes every code
+`extra_test` more scenes from another seed of the same generator (test_00000.jpg, ...) join
+the test split, so that comparisons get tight intervals. The defaults imitate what the
+random-init grids carry. `code = "blocks"` writes every code
 value into its own block of channels; `code = "projection"` (the control) maps the same code
 through one fixed random projection onto all 2048 channels, as distributed as a CNN's. The
 scene's 224-px canvas maps onto the grid directly (32 px per cell). It measures decoders and
@@ -116,13 +118,19 @@ def write_scene_testbed(out_dir: str | Path, knobs: SceneKnobs, overwrite: bool 
     was already there, complete."""
     knobs.check()
     demo = demo_scenes(knobs.images, knobs.seed)
+    extra = demo_scenes(knobs.extra_test, [knobs.seed, 1]) if knobs.extra_test else None
+    names, scenes, captions, splits = demo.names, demo.scenes, demo.captions, demo.splits
+    if extra is not None:
+        names = names + [f"test_{i:05d}.jpg" for i in range(knobs.extra_test)]
+        scenes, captions = scenes + extra.scenes, captions + extra.captions
+        splits = splits + ["test"] * knobs.extra_test
     channels = code_to_channels(knobs)  # (CODE_SIZE, 2048)
 
     def grids(start: int, stop: int) -> np.ndarray:
         out = np.empty((stop - start, contract.REGIONS, contract.CHANNELS), dtype=np.float32)
         for i in range(start, stop):
             rng = np.random.default_rng([knobs.seed, i])
-            code = scene_code(demo.scenes[i], knobs, rng)  # (49, CODE_SIZE)
+            code = scene_code(scenes[i], knobs, rng)  # (49, CODE_SIZE)
             noise = rng.standard_normal((contract.REGIONS, contract.CHANNELS), np.float32)
             out[i - start] = code @ channels + knobs.noise * noise
         return out  # (n, 49, 2048)
@@ -131,9 +139,9 @@ def write_scene_testbed(out_dir: str | Path, knobs: SceneKnobs, overwrite: bool 
         Path(out_dir),
         "scene",
         asdict(knobs),
-        demo.names,
-        demo.captions,
-        demo.splits,
+        names,
+        captions,
+        splits,
         grids,
         overwrite,
     )

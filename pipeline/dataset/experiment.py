@@ -17,9 +17,16 @@ import pandas as pd
 from pipeline import contract
 from pipeline.checksum import file_sha256
 from pipeline.config import Config
-from pipeline.data.captions import read_captions
+from pipeline.data.captions import CaptionTable, read_captions
 from pipeline.dataset.batches import filter_to_cache
-from pipeline.dataset.splits import apply_saved_splits, assign_splits, split_counts, split_lists
+from pipeline.dataset.splits import (
+    SplitOrigin,
+    apply_saved_splits,
+    new_splits,
+    split_counts,
+    split_lists,
+    splits_line,
+)
 from pipeline.dataset.store import FeatureStore, cache_fits_in_memory
 from pipeline.errors import UserError
 
@@ -83,27 +90,38 @@ def load_experiment_data(
     if not config.data.captions:
         raise UserError("config data.captions is empty: name the caption file")
     table = read_captions(config.data.captions, config.data.format)
-    captions_sha256 = file_sha256(config.data.captions)
     frame = filter_to_cache(table.frame, row_of, failed)
-    if saved_splits:
-        frame = frozen_splits(frame, saved_splits, captions_sha256, config.data.captions)
-    else:
-        frame = assign_splits(
-            frame, config.data.split_ratios, config.data.split_seed, config.data.subset
-        )
-    splits = {"captions_sha256": captions_sha256, **split_lists(frame)}
+    frame, splits, where, notes = run_splits(frame, table, config, saved_splits)
     store = FeatureStore(path, in_memory=use_in_memory(config, path))
     if echo:
-        counts = split_counts(frame)
         click.echo(f"captions: {table.summary()}")
         click.echo(
-            f"splits (images): train {counts['train']}, val {counts['val']}, "
-            f"test {counts['test']}; features: {path} "
+            f"{splits_line(split_counts(frame), where)}; features: {path} "
             f"({'in memory' if store.in_memory else 'streamed from HDF5'})"
         )
+        for line in notes:
+            click.echo(line)
+        note = table.language_note(config.data.language)
+        if note:
+            click.echo(f"warning: {config.data.captions}: {note}", err=True)
     return ExperimentData(
         frame=frame, fingerprint=fingerprint, row_of=row_of, store=store, splits=splits
     )
+
+
+def run_splits(
+    frame: pd.DataFrame, table: CaptionTable, config: Config, saved: dict | None
+) -> tuple[pd.DataFrame, dict, str, list[str]]:
+    """The frame with the run's splits (its saved ones if `saved`, else new ones), what the
+    run records of them (`ExperimentData.splits`), where they came from, and notes."""
+    captions_sha256 = file_sha256(config.data.captions)
+    if saved:
+        frame = frozen_splits(frame, saved, captions_sha256, config.data.captions)
+        source, where, notes = SplitOrigin.saved_record(saved), "the run's saved splits", []
+    else:
+        frame, origin = new_splits(frame, config.data, table.format)
+        source, where, notes = origin.record(), origin.describe(), origin.notes()
+    return frame, {"captions_sha256": captions_sha256, **source, **split_lists(frame)}, where, notes
 
 
 def frozen_splits(

@@ -13,6 +13,7 @@ from pipeline.data.text import join_tokens, tokenize
 from pipeline.errors import UserError
 
 PAD, SOS, EOS, UNK = "<pad>", "<sos>", "<eos>", "<unk>"
+MOST_FREQUENT = 10  # the words train and inspect show beside a vocabulary's size
 SPECIALS = (PAD, SOS, EOS, UNK)
 
 

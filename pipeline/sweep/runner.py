@@ -1,6 +1,7 @@
 """Running a sweep: every (variant, seed) trained through the real trainer, scored on the split.
 
-Each distinct recipe (resolved config, and the run it starts from) is one run in
+Each distinct recipe (resolved config, the identity of its feature and caption files, and the
+run it starts from) is one run in
 `OUT/<variant>-s<seed>/`: `recipe.json` (what it is), `run/` (the training run), `eval-greedy/`
 and `eval-beamK/` (evaluate's outputs), `log.txt` (everything the run printed), and
 `result.json` when it is done. Rerunning the same sweep reuses finished runs, resumes a
@@ -18,11 +19,14 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import contract
+from pipeline.checksum import file_sha256
 from pipeline.config import Config, config_to_dict, load_config
 from pipeline.errors import UserError
 from pipeline.sweep.spec import Sweep
@@ -38,6 +42,7 @@ class PlannedRun:
     key: str  # hash of the recipe
     folder: Path
     config: dict  # resolved config (train.out_dir and train.name set by the runner)
+    data: dict  # the identity of its feature and caption files (`data_identity`)
     start: str | None  # key of the run whose best.pt it starts from
     users: list[tuple[str, int]] = field(default_factory=list)
 
@@ -52,17 +57,38 @@ def recipe_of(sweep: Sweep, name: str, seed: int) -> dict:
     return config
 
 
-def recipe_key(config: dict, start: str | None) -> str:
+def recipe_key(config: dict, data: dict, start: str | None) -> str:
     """A run's identity: its config's values that differ from the defaults (so a release
-    that adds a key with its default keeps every finished run), and the run it starts from."""
+    that adds a key with its default keeps every finished run), its data's identity, and
+    the run it starts from."""
     defaults = config_to_dict(Config())
     changed = {
         section: {k: v for k, v in values.items() if defaults[section].get(k) != v}
         for section, values in config.items()
         if isinstance(values, dict)
     }
-    text = json.dumps({"config": changed, "start": start}, sort_keys=True)
+    text = json.dumps({"config": changed, "data": data, "start": start}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def data_identity(config: dict, name: str, known: dict) -> dict:
+    """What a recipe's data is, whatever its paths: the feature file's fingerprint and the
+    caption file's sha256 (`known` caches them per pair of paths). UserError when missing."""
+    features, captions = config["features"]["path"], config["data"]["captions"]
+    if (features, captions) not in known:
+        for kind, path in (("features.path", features), ("data.captions", captions)):
+            if not Path(path).is_file():
+                raise UserError(
+                    f"{path} ({kind} of variant {name}) does not exist: make it first "
+                    "(captioner extract, or captioner testbed), or --set the right path"
+                )
+        with contract.open_h5(features) as f:
+            fingerprint = contract.fingerprint(f)
+        known[(features, captions)] = {
+            "features": fingerprint,
+            "captions_sha256": file_sha256(captions),
+        }
+    return known[(features, captions)]
 
 
 def plan_runs(sweep: Sweep, names: list[str], out: Path) -> dict[str, PlannedRun]:
@@ -70,15 +96,17 @@ def plan_runs(sweep: Sweep, names: list[str], out: Path) -> dict[str, PlannedRun
     runs: dict[str, PlannedRun] = {}
     keys: dict[tuple[str, int], str] = {}
     ordered = sorted(names, key=lambda n: len(sweep.chain(n)))  # starts before their users
+    known: dict = {}
     for seed in sweep.seed_list():
         for name in ordered:
             start = sweep.variants[name].start
             config = recipe_of(sweep, name, seed)
+            data = data_identity(config, name, known)
             start_key = keys[(start, seed)] if start else None
-            key = recipe_key(config, start_key)
+            key = recipe_key(config, data, start_key)
             keys[(name, seed)] = key
             if key not in runs:
-                runs[key] = PlannedRun(key, out / f"{name}-s{seed}", config, start_key)
+                runs[key] = PlannedRun(key, out / f"{name}-s{seed}", config, data, start_key)
             runs[key].users.append((name, seed))
     return runs
 
@@ -91,10 +119,10 @@ def check_folders(runs: dict[str, PlannedRun]) -> None:
             raise UserError(f"{run.folder} holds files that are not a sweep run: use another --out")
         if recipe.is_file():
             saved = json.loads(recipe.read_text("utf-8"))
-            if recipe_key(saved.get("config", {}), run.start) != run.key:
+            if recipe_key(saved.get("config", {}), saved.get("data"), run.start) != run.key:
                 raise UserError(
-                    f"{run.folder} holds a run of another recipe (the sweep file or --set "
-                    "changed): use another --out, or delete that folder to redo it"
+                    f"{run.folder} holds a run of another recipe (the sweep file, --set or "
+                    "the data changed): use another --out, or delete that folder to redo it"
                 )
 
 
@@ -103,35 +131,72 @@ def execute(
 ) -> tuple[dict[str, dict], dict[str, str]]:
     """Train and score every run, `jobs` at a time, starts before the runs that need them.
 
-    Returns key -> result, and key -> why it failed (a failed run's dependants fail too)."""
-    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
-    results: dict[str, dict] = {}
-    failures: dict[str, str] = {}
-    pending = dict(runs)
+    Returns key -> result, and key -> why it failed (a failed run's dependants fail too).
+    Ctrl-C stops the runs in flight (each resumes from its last epoch) and exits with 130."""
+    queue = RunQueue(runs, sweep, max(1, len(os.sched_getaffinity(0)) // jobs), echo)
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=ignore_interrupts
+    ) as pool:
+        try:
+            queue.run(pool)
+        except KeyboardInterrupt:
+            for process in list(pool._processes.values()):  # the runs in flight
+                process.kill()
+            echo("sweep interrupted: finished runs are kept; rerun the same command to go on")
+            raise SystemExit(130) from None
+    return queue.results, queue.failures
+
+
+def ignore_interrupts() -> None:
+    """In a worker: Ctrl-C is the sweep's to handle (it stops the workers itself)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@dataclass
+class RunQueue:
+    """The runs still to do, those in flight, and what has finished or failed."""
+
+    runs: dict[str, PlannedRun]
+    sweep: Sweep
+    threads: int  # torch threads per run
+    echo: object
+    results: dict[str, dict] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def run(self, pool: concurrent.futures.Executor) -> None:
+        """Submit every run whose start has finished; collect results until none is left."""
+        pending = dict(self.runs)
         active: dict[concurrent.futures.Future, PlannedRun] = {}
         while pending or active:
             for key, run in list(pending.items()):
-                if run.start in failures:
-                    failures[key] = f"its start run {runs[run.start].folder.name} failed"
+                if run.start in self.failures:
+                    self.failures[key] = f"its start {self.runs[run.start].folder.name} failed"
                     del pending[key]
-                elif run.start is None or run.start in results:
-                    init = runs[run.start].folder / "run" / "best.pt" if run.start else None
-                    job = (run.folder, run.key, run.config, init, sweep.split, sweep.beam_size)
-                    active[pool.submit(train_and_score, *job, threads)] = run
+                elif run.start is None or run.start in self.results:
+                    active[pool.submit(train_and_score, *self.job(run))] = run
                     del pending[key]
+            if not active:
+                continue
             done, _ = concurrent.futures.wait(active, return_when="FIRST_COMPLETED")
             for future in done:
-                run = active.pop(future)
-                try:
-                    results[run.key] = future.result()
-                except Exception as error:  # noqa: BLE001 - one run's failure is reported
-                    failures[run.key] = f"{type(error).__name__}: {error}".splitlines()[0]
-                    echo(f"  {run.folder.name}: FAILED ({failures[run.key]}; see log.txt)")
-                    continue
-                echo(progress_line(run, results[run.key], sweep.beam_size))
-    return results, failures
+                self.collect(active.pop(future), future)
+
+    def job(self, run: PlannedRun) -> tuple:
+        """`train_and_score`'s arguments for `run`."""
+        init = self.runs[run.start].folder / "run" / "best.pt" if run.start else None
+        split, beam = self.sweep.split, self.sweep.beam_size
+        return run.folder, run.key, run.config, run.data, init, split, beam, self.threads
+
+    def collect(self, run: PlannedRun, future: concurrent.futures.Future) -> None:
+        """Keep a finished run's result (or why it failed) and say so."""
+        try:
+            self.results[run.key] = future.result()
+        except Exception as error:  # noqa: BLE001 - one run's failure is reported, not raised
+            self.failures[run.key] = f"{type(error).__name__}: {error}".splitlines()[0]
+            self.echo(f"  {run.folder.name}: FAILED ({self.failures[run.key]}; see log.txt)")
+            return
+        self.echo(progress_line(run, self.results[run.key], self.sweep.beam_size))
 
 
 def progress_line(run: PlannedRun, result: dict, beam: int) -> str:
@@ -149,6 +214,7 @@ def train_and_score(
     folder: Path,
     key: str,
     config: dict,
+    data: dict,
     init: Path | None,
     split: str,
     beam: int,
@@ -163,7 +229,8 @@ def train_and_score(
         return json.loads(result_path.read_text("utf-8"))
     torch.set_num_threads(threads)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / RECIPE_FILE, {"key": key, "config": config, "init": str(init or "")})
+    recipe = {"key": key, "config": config, "data": data, "init": str(init or "")}
+    write_json(folder / RECIPE_FILE, recipe)
     started = time.perf_counter()
     with (
         open(folder / "log.txt", "a", encoding="utf-8") as log,

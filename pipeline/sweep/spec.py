@@ -23,7 +23,8 @@ compare them.
     # compare = "lstm"          # (the default for a `from` variant: the run it starts from)
 
 Every variant resolves to a full `pipeline.config.Config`; variants that resolve to the same
-recipe (config and start) share their runs.
+recipe (config and start) share their runs. Variant names are TOML keys: letters, digits, "-"
+and "_" (a name with a dot needs quotes: [variants."lr-2.5e-4"]).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from pipeline.decoder.checkpoint import load_checkpoint, load_weights, save_chec
 from pipeline.decoder.embeddings import load_word_vectors
 from pipeline.decoder.generate import decode_rows
 from pipeline.decoder.metrics import score_captions
-from pipeline.decoder.vocab import Vocabulary, build_vocabulary
+from pipeline.decoder.vocab import MOST_FREQUENT, Vocabulary, build_vocabulary
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
 from pipeline.train import scst
@@ -133,7 +133,10 @@ def build_trainer(
     train_split = build_split(data.frame, "train", vocab, config.vocab.max_len, data.row_of)
     val_split = build_split(data.frame, "val", vocab, config.vocab.max_len, data.row_of)
     if not train_split.tokens or not val_split.tokens:
-        raise UserError("the train and val splits both need images: check data.split_ratios")
+        raise UserError(
+            "the train and val splits both need images: check data.split_ratios or the "
+            "split lists (captioner inspect CAPTIONS shows the splits)"
+        )
     torch.manual_seed(config.train.seed)  # the initial weights, the same on every rank
     model = build_model(config, vocab, echo).to(device)
     if init is not None and not checkpoint:
@@ -200,7 +203,7 @@ def make_vocabulary(data: ExperimentData, config: Config, echo: bool) -> Vocabul
     train_captions = data.frame.loc[data.frame["split"] == "train", "caption"]
     vocab, counts = build_vocabulary(train_captions, config.vocab.min_freq, config.vocab.tokenizer)
     if echo:
-        top = ", ".join(f"{w} ({c})" for w, c in counts.most_common(10))
+        top = ", ".join(f"{w} ({c})" for w, c in counts.most_common(MOST_FREQUENT))
         click.echo(
             f"vocabulary: {len(vocab)} tokens (min_freq {config.vocab.min_freq}, "
             f"{len(counts)} distinct train words); most frequent: {top}"
