@@ -62,6 +62,7 @@ bench: install
 	$(BIN)/python benchmarks/step.py
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/scst.py
+	$(BIN)/python benchmarks/caption.py
 
 # Every CUDA path in one command (< 8 minutes on one GPU); --device cpu --tiny checks it here.
 bench-gpu: install

@@ -14,8 +14,11 @@ What runs, on `--device` (demo images generated here, random-init ResNet50, noth
    the cached epoch vs the seed's end-to-end epoch (JPEG decode + ResNet50 fp32 per batch) on
    the same batches.
 3. Batched beam search (k = 3) images/s on the test split's grids.
-4. torchrun (1 process, nccl on CUDA, gloo on CPU): one epoch, then `evaluate` of that run.
-5. One SCST epoch from the trained checkpoint (`--init ... train.objective=scst`).
+4. Bulk captioning (`caption --out`) of every demo image with the fp32 run's best.pt: beam 1
+   and beam 3 with JPEGs decoded on the device, beam 3 decoded on the CPU, and beam 3 from
+   the cache (`--features`, no CNN); the share of captions the two decode paths agree on.
+5. torchrun (1 process, nccl on CUDA, gloo on CPU): one epoch, then `evaluate` of that run.
+6. One SCST epoch from the trained checkpoint (`--init ... train.objective=scst`).
 
 Every number is also written to `--out` (default gpu_check.json) as JSON.
 """
@@ -57,6 +60,8 @@ from pipeline.extract.extractor import (  # noqa: E402
     run_extraction,
 )
 from pipeline.extract.images import ImageDataset, collate_images, preprocess_image  # noqa: E402
+from pipeline.infer.caption import CaptionJob, run_caption  # noqa: E402
+from pipeline.infer.caption_sources import Source  # noqa: E402
 
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
 SIZES = {  # full: a real GPU run; tiny: the same paths in seconds on a CPU
@@ -251,6 +256,51 @@ def beam(work: Path, device: torch.device, size: dict) -> dict:
     return {"beam3_images_per_s": len(rows) / seconds}
 
 
+CAPTION_MODES = {  # name: (source, beam, JPEGs decoded on the device)
+    "beam1": ("images", 1, True),
+    "beam3": ("images", 3, True),
+    "beam3_cpu_decode": ("images", 3, False),
+    "beam3_features": ("features", 3, None),
+}
+
+
+def bulk_caption(work: Path, device: torch.device, size: dict) -> dict:
+    """`caption --out` images/s over every demo image in each of CAPTION_MODES, with the fp32
+    run's best.pt; how many captions the device and the CPU decode paths share."""
+    sources = {
+        "images": Source(folder=str(work / "data" / "images")),
+        "features": Source(features=str(work / "cpu_decode.h5")),
+    }
+    out = {}
+    for name, (source, beam, on_device) in CAPTION_MODES.items():
+        job = CaptionJob(
+            sources[source],
+            work / "runs" / "train-fp32" / "best.pt",
+            beam_size=beam,
+            out=work / f"caption_{name}.jsonl",
+            batch_size=size["batch"],
+            workers=len(os.sched_getaffinity(0)),
+            device=device.type,
+            device_decode=on_device,
+            progress=False,
+        )
+        _, result = timed(lambda job=job: run_caption(job, log=lambda _: None), device)
+        out[f"caption_{name}_images_per_s"] = result.images_per_s
+        out[f"caption_{name}_failed"] = result.failed
+    on_device, on_cpu = (
+        captions(work / f"caption_{n}.jsonl") for n in ("beam3", "beam3_cpu_decode")
+    )
+    same = sum(on_device[image] == on_cpu.get(image) for image in on_device)
+    out["caption_device_vs_cpu_decode_same_captions"] = same / max(1, len(on_device))
+    return out
+
+
+def captions(path: Path) -> dict[str, str]:
+    """image -> caption of a `caption --out` file."""
+    lines = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+    return {line["image"]: line.get("caption") for line in lines}
+
+
 def torchrun(work: Path, device: torch.device, size: dict) -> dict:
     """One epoch under torchrun (1 process), then evaluate that run."""
     command = [
@@ -308,7 +358,7 @@ def run_checks(work: Path, device: torch.device, size: dict) -> dict:
     """Every section in order; a failing section is recorded and the others still run."""
     generate_demo_data(work / "data", n_images=size["images"], seed=0)
     results, failures = {}, {}
-    for section in (stage_one, training, end_to_end, beam, torchrun, scst):
+    for section in (stage_one, training, end_to_end, beam, bulk_caption, torchrun, scst):
         try:
             seconds, figures = timed(lambda s=section: s(work, device, size), device)
             results.update(figures)
@@ -332,6 +382,11 @@ def print_table(report: dict) -> None:
     for section, reason in report["failures"].items():
         print(f"  FAILED {section}: {reason}")
     results = report["results"]
+    if "caption_beam3_images_per_s" in results and "forward_images_per_s" in results:
+        print(
+            f"  bulk caption beam 3 / model-only forward: "
+            f"{results['caption_beam3_images_per_s'] / results['forward_images_per_s']:.2f}"
+        )
     if "extract_device_decode_images_per_s" in results:
         print(
             f"  device decode / model-only forward: "

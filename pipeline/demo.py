@@ -79,7 +79,8 @@ def run_demo(config: Config, n_images: int) -> None:
     from pipeline.data.demo_data import generate_demo_data
     from pipeline.dataset.experiment import load_experiment_data
     from pipeline.extract.job import job_from_config, run_job
-    from pipeline.infer.caption import caption_images
+    from pipeline.infer.caption import CaptionJob, run_caption
+    from pipeline.infer.caption_sources import Source
     from pipeline.infer.evaluate import evaluate_checkpoint
     from pipeline.train.trainer import train
 
@@ -112,11 +113,16 @@ def run_demo(config: Config, n_images: int) -> None:
     clock.step("captions", "5/5 caption three test images with attention maps")
     test_names = data.frame.loc[data.frame["split"] == "test", "image"].drop_duplicates()
     test_images = [images_dir / name for name in list(test_names)[:CAPTIONED_IMAGES]]
-    failed = caption_images(
-        test_images, run_dir / "best.pt", config.eval.beam_size, run_dir / "attention"
+    job = CaptionJob(
+        Source(paths=tuple(str(path) for path in test_images)),
+        run_dir / "best.pt",
+        beam_size=config.eval.beam_size,
+        attention_dir=run_dir / "attention",
+        workers=config.features.workers,
     )
-    if failed:
-        raise UserError(f"captioning failed for {len(failed)} demo images")
+    captioned = run_caption(job, log=echo_err)
+    if captioned.failed:
+        raise UserError(f"captioning failed for {captioned.failed} demo images")
 
     click.echo(f"\noutputs ({clock.summary()}):")
     click.echo(f"  data          {data_dir}")

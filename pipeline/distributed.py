@@ -8,7 +8,9 @@ WORLD_SIZE and LOCAL_RANK set):
   (`pipeline.train.loop.average_gradients`), and only rank 0 prints, logs and writes
   checkpoints;
 - extraction: each rank extracts a contiguous shard of the image list into its own file and
-  rank 0 finishes the file as virtual datasets over the shards (pipeline.extract.sharded).
+  rank 0 finishes the file as virtual datasets over the shards (pipeline.extract.sharded);
+- captioning (`caption --out`): each rank captions its share of the images into its own part
+  file and rank 0 joins the parts (pipeline.infer.caption_run).
 """
 
 from __future__ import annotations
@@ -124,6 +126,21 @@ def broadcast_float(value: float, dist: DistInfo, device: torch.device) -> float
     tensor = torch.tensor([value if value is not None else 0.0], dtype=torch.float64, device=device)
     torch_dist.broadcast(tensor, src=0)
     return float(tensor[0])
+
+
+def all_gather(value: object, dist: DistInfo) -> list:
+    """Every rank's `value`, in rank order, on every rank ([value] without torchrun)."""
+    if not dist.enabled:
+        return [value]
+    values: list = [None] * dist.world_size
+    torch_dist.all_gather_object(values, value)
+    return values
+
+
+def first_error(message: str | None, dist: DistInfo) -> str | None:
+    """The first rank's error message (None if no rank has one), on every rank: a collective,
+    so that a mistake one rank finds ends every rank with the same line."""
+    return next((m for m in all_gather(message, dist) if m is not None), None)
 
 
 def gather_captions(part: dict[int, str], dist: DistInfo) -> dict[int, str]:

@@ -98,6 +98,29 @@ def test_beam_finds_the_better_sequence_that_greedy_misses():
         assert b.attention.shape == (1, REGIONS)
 
 
+def test_keep_gives_the_runners_up_best_first_and_leaves_the_best_alone():
+    model, features = ChainModel(CHAIN), random_features(2)
+    kept = beam_search(model, features, SOS, EOS, beam_size=3, max_len=5, keep=3)
+    plain = beam_search(model, features, SOS, EOS, beam_size=3, max_len=5)
+    for best, alone in zip(kept, plain, strict=True):
+        assert_same(best, alone, exact=True) and alone.others == []
+        assert best.tokens == [4]  # b <eos>: 0.405, then a <eos>: 0.1925, a c <eos>: 0.1815
+        assert [h.tokens for h in best.others] == [[3], [3, 5]]
+        scores = [h.score for h in best.others]
+        assert scores == pytest.approx([math.log(0.1925), math.log(0.55 * 0.33)])
+        assert all(h.finished for h in best.others)
+    model, features = random_model(kind="transformer"), random_features(7)
+    options = dict(beam_size=3, max_len=10, length_penalty=0.7, suppress=[PAD, SOS])
+    kept = beam_search(model, features, SOS, EOS, keep=3, **options)
+    for best, alone in zip(kept, beam_search(model, features, SOS, EOS, **options), strict=True):
+        assert_same(best, alone)
+        ranked = [best.score / ((5 + len(best.tokens)) / 6) ** 0.7] + [
+            h.score / ((5 + len(h.tokens)) / 6) ** 0.7 for h in best.others
+        ]
+        assert ranked == sorted(ranked, reverse=True) and len(best.others) <= 2
+    assert sum(len(best.others) == 2 for best in kept) >= 2
+
+
 def test_length_penalty_keeps_the_search_going_while_a_longer_caption_can_win():
     """<sos> -> <eos> 0.6 | w1 0.38 | w8 0.02; w1 -> w2 -> .. -> w7 -> <eos> almost surely;
     w8 loops on itself. The empty caption finishes first; with α = 1 the 7-word caption

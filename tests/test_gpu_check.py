@@ -30,9 +30,15 @@ def test_gpu_check_runs_every_path_on_cpu(tmp_path):
         "tokens_per_s_auto",
         "speedup_cached_vs_end_to_end",
         "beam3_images_per_s",
+        "caption_beam1_images_per_s",
+        "caption_beam3_images_per_s",
+        "caption_beam3_cpu_decode_images_per_s",
+        "caption_beam3_features_images_per_s",
         "scst_epoch_seconds",
     ):
         assert results[key] > 0, key
     assert results["extract_device_decode_failed"] == results["extract_cpu_decode_failed"] == 0
+    assert results["caption_beam3_failed"] == results["caption_beam3_features_failed"] == 0
+    assert results["caption_device_vs_cpu_decode_same_captions"] >= 0.5
     assert results["device_vs_cpu_decode_max_rel_diff"] < 0.05
     assert results["torchrun_backend"] == "gloo" and results["torchrun_test_CIDEr"] >= 0

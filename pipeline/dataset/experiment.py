@@ -31,6 +31,7 @@ from pipeline.dataset.store import FeatureStore, cache_fits_in_memory
 from pipeline.errors import UserError
 
 EXPECTED = {"grid": contract.GRID}  # and a backbone of ours: the extractor's or a testbed's
+EVALUATE_ADVICE = "evaluate with the feature file the model was trained on"
 
 
 @dataclass
@@ -53,6 +54,15 @@ def open_cache(path: str, expected: dict | None = None) -> tuple[dict, dict[str,
         fingerprint = contract.fingerprint(f)
         image_ids = contract.read_image_ids(f)
         failed = contract.read_failed(f)
+    check_cache(path, fingerprint, expected)
+    return fingerprint, {name: row for row, name in enumerate(image_ids)}, failed
+
+
+def check_cache(
+    path: str, fingerprint: dict, expected: dict | None = None, advice: str = EVALUATE_ADVICE
+) -> None:
+    """UserError unless a feature file's fingerprint is one of our extractor's (or a
+    testbed's) and, given `expected` (a checkpoint's), made the same way (MATCH_KEYS)."""
     problems = contract.fingerprint_mismatch(EXPECTED, fingerprint, tuple(EXPECTED))
     backbone = str(fingerprint.get("backbone"))
     if backbone != contract.BACKBONE and not backbone.startswith(contract.TESTBED_PREFIX):
@@ -66,10 +76,8 @@ def open_cache(path: str, expected: dict | None = None) -> tuple[dict, dict[str,
         if problems:
             raise UserError(
                 f"{path} does not match the checkpoint's features "
-                f"(checkpoint vs file: {'; '.join(problems)}); evaluate with the "
-                "feature file the model was trained on"
+                f"(checkpoint vs file: {'; '.join(problems)}); {advice}"
             )
-    return fingerprint, {name: row for row, name in enumerate(image_ids)}, failed
 
 
 def load_experiment_data(

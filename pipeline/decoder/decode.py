@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy
 import torch
@@ -30,6 +30,7 @@ class Decoded:
     score: float  # sum of log-probs (incl. the <eos> step if finished), before length penalty
     attention: numpy.ndarray  # (len(tokens), R) float32: the α for each generated word
     finished: bool  # False when max_len was hit without <eos>
+    others: list[Decoded] = field(default_factory=list)  # runners-up, best first (beam `keep`)
 
 
 def greedy_decode(
@@ -88,6 +89,7 @@ def beam_search(
     max_len: int,
     length_penalty: float = 0.0,
     suppress: Sequence[int] = (),
+    keep: int = 1,
 ) -> list[Decoded]:
     """Beam search batched over images x beams; returns the best caption of each image.
 
@@ -97,7 +99,10 @@ def beam_search(
     or when no live beam can beat its best finished one. Finished hypotheses are compared with
     the GNMT length penalty score / ((5 + len) / 6) ** length_penalty (len = words, 0 = none).
     If nothing finished by max_len, the best unfinished beam is returned (finished=False).
-    beam_size 1 gives exactly `greedy_decode`'s result.
+    beam_size 1 gives exactly `greedy_decode`'s result. `keep` > 1 (at most beam_size): an
+    image also goes on until no live beam can beat its keep-th best finished hypothesis, and
+    each result's `others` holds the next keep - 1 finished ones, best first (fewer when
+    fewer finished by max_len); the best caption is the same whatever `keep`.
     """
     _check_arguments(max_len, beam_size)
     with torch.inference_mode():
@@ -109,10 +114,10 @@ def beam_search(
             top = _candidates(live.scores, _log_probs(logits, suppress))  # 3 x (n, 2k)
             _collect_finished(finished, live, top, eos)
             live = _advance(live, top, alpha, state, eos)
-            done = _done_images(finished, live, t + 1, max_len, length_penalty)
+            done = _done_images(finished, live, t + 1, max_len, length_penalty, keep)
             for i, image in enumerate(live.images):
                 if done[i]:
-                    results[image] = _best(finished[image], live, i, length_penalty)
+                    results[image] = _best(finished[image], live, i, length_penalty, keep)
             live = live.keep([i for i, image_done in enumerate(done) if not image_done])
             if not live.images:
                 break
@@ -224,9 +229,15 @@ def _advance(
 
 
 def _done_images(
-    finished: list[list[Decoded]], live: _Live, length: int, max_len: int, length_penalty: float
+    finished: list[list[Decoded]],
+    live: _Live,
+    length: int,
+    max_len: int,
+    length_penalty: float,
+    keep: int,
 ) -> list[bool]:
-    """Per live image: k finished, no live beam can still beat the best finished, or max_len."""
+    """Per live image: k finished, no live beam can still beat the keep-th best finished
+    (the best, for keep 1), or max_len."""
     if length >= max_len:
         return [True] * len(live.images)
     k = live.scores.shape[1]
@@ -236,12 +247,12 @@ def _done_images(
         hypotheses = finished[image]
         if len(hypotheses) >= k:
             done.append(True)
-        elif not hypotheses:
+        elif len(hypotheses) < keep:
             done.append(False)
         else:
-            best = max(_normalised(h, length_penalty) for h in hypotheses)
+            scores = sorted((_normalised(h, length_penalty) for h in hypotheses), reverse=True)
             reachable = _best_reachable(best_live[i], length, max_len - 1, length_penalty)
-            done.append(reachable <= best)
+            done.append(reachable <= scores[keep - 1])
     return done
 
 
@@ -256,10 +267,15 @@ def _best_reachable(score: float, shortest: int, longest: int, length_penalty: f
     )
 
 
-def _best(hypotheses: list[Decoded], live: _Live, row: int, length_penalty: float) -> Decoded:
-    """Best finished hypothesis by normalised score, else the best live beam (unfinished)."""
+def _best(
+    hypotheses: list[Decoded], live: _Live, row: int, length_penalty: float, keep: int
+) -> Decoded:
+    """Best finished hypothesis by normalised score (with the next keep - 1 as its `others`),
+    else the best live beam (unfinished)."""
     if hypotheses:
-        return max(hypotheses, key=lambda h: _normalised(h, length_penalty))
+        ranked = sorted(hypotheses, key=lambda h: -_normalised(h, length_penalty))  # stable
+        ranked[0].others = ranked[1:keep]
+        return ranked[0]
     return Decoded(
         live.tokens[row, 0].tolist(),
         float(live.scores[row, 0]),

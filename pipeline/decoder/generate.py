@@ -55,11 +55,13 @@ def decode_features(
     decoding: EvalConfig,
     beam_size: int,
     memory_bytes: int = BEAM_MEMORY_BYTES,
+    keep: int = 1,
 ) -> list[Decoded]:
     """Decode a batch of grids (B, 49, 2048): greedy for beam 1, else batched beam search.
 
     `decoding.max_len` counts words; the decoders count steps, <eos> included. The beam is
     capped at the emittable vocabulary and run on chunks of images within `memory_bytes`.
+    `keep` > 1 (beam search only): each result's `others` holds up to keep - 1 runners-up.
     """
     suppress = suppressed_tokens(vocab, decoding)
     steps = decoding.max_len + 1
@@ -80,6 +82,7 @@ def decode_features(
                     steps,
                     length_penalty=decoding.length_penalty,
                     suppress=suppress,
+                    keep=keep,
                 )
             )  # (chunk, 49, 2048) in
         return results

@@ -1,106 +1,334 @@
-"""Caption new images: extract grids exactly as the checkpoint's feature file was made.
+"""Caption images with a checkpoint, a few or millions: `captioner caption`.
 
-The checkpoint records the feature file's fingerprint (weights, preprocessing policy,
-precision, storage dtype); `FeatureEncoder.from_attrs` rebuilds that extractor, so an image
-captioned here gets the very features `extract` would have written for it. (Preprocessing
-that differs between training and inference is the classic cause of "the same caption for
-every image".)
+Images are encoded exactly as the checkpoint's feature file was made: the checkpoint records
+that file's fingerprint (weights, preprocessing policy, precision, storage dtype) and
+`FeatureEncoder.from_attrs` rebuilds that extractor, so an image captioned here gets the very
+features `extract` would have written for it. (Preprocessing that differs between training and
+inference is the classic cause of "the same caption for every image".) `--features F.h5`
+captions a feature file's rows instead, with no CNN; the file must be made like the
+checkpoint's (its image list may differ).
 
-Outputs go through `OutputFolder`: `--attention-dir` gets STEM.png and STEM.npy per image,
-`--html` one self-contained page; a file of that name that captioner did not write is
-refused before any image is captioned.
+A run streams: the source is iterated (caption_sources), the planner keeps this rank's
+images not yet in the output, each once (caption_plan), DataLoader workers decode images
+while the CNN and the decoder run on earlier batches (caption_batches), and each batch's
+lines are appended to OUT and fsynced, or printed (caption_output); attention maps and a
+bounded HTML gallery come from the same batches (caption_pictures). Nothing grows with the
+number of images but the planner's 16-byte keys.
+
+Under torchrun each rank captions its share into its own part, and rank 0 joins the parts.
+Every phase ends with an agreement (`distributed.first_error`): a mistake any rank finds
+(a refused output, a full disk) ends every rank with the same one line.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-import click
 import torch
 import torchvision.transforms.functional as TF
+from tqdm import tqdm
 
-from pipeline.decoder.checkpoint import load_model
+from pipeline import contract, distributed
+from pipeline.checksum import file_sha256
+from pipeline.config import EvalConfig, FeaturesConfig
+from pipeline.dataset.experiment import check_cache
+from pipeline.decoder.checkpoint import LoadedModel, load_model
+from pipeline.decoder.decode import Decoded
 from pipeline.decoder.generate import decode_features
 from pipeline.device import resolve_device
-from pipeline.extract.extractor import FeatureEncoder
-from pipeline.extract.images import ImageError, preprocess_image
-from pipeline.infer.attention_maps import attention_npy, attention_png
-from pipeline.infer.files import OutputFolder
-from pipeline.infer.gallery import Card
-from pipeline.infer.report import caption_report
+from pipeline.distributed import DistInfo
+from pipeline.errors import UserError
+from pipeline.extract.extractor import FeatureEncoder, check_policy, torch_threads
+from pipeline.extract.sharded import WAIT_FOR_RANKS
+from pipeline.infer.caption_batches import GridBatch, file_grids, image_grids
+from pipeline.infer.caption_output import (
+    LineFile,
+    Scan,
+    TerminalLines,
+    caption_record,
+    error_record,
+    join_parts,
+    open_for_append,
+    output_settings,
+    part_path,
+    prepare_output,
+    scan_output,
+)
+from pipeline.infer.caption_pictures import Crop, Pictures
+from pipeline.infer.caption_plan import Planner
+from pipeline.infer.caption_sources import Input, Source
+from pipeline.infer.gallery import load_crop
+from pipeline.infer.selection import HTML_LIMIT
 
-BATCH = 16
+CHECKPOINT_ID_HEX = 16  # digits of the checkpoint's sha256 that identify it in the output
+FEATURES_ADVICE = (
+    "caption a feature file made like the checkpoint's (same weights, preprocessing, "
+    "precision and dtype)"
+)
 
 
-def caption_images(
-    paths: list[Path],
-    checkpoint: str | Path,
-    beam_size: int,
-    attention_dir: Path | None = None,
-    device_name: str = "auto",
-    html_path: Path | None = None,
-) -> list[Path]:
-    """Print `path: caption` per image (errors to stderr); returns the images that failed."""
-    stems = unique_stems(paths)
-    maps = OutputFolder(attention_dir) if attention_dir is not None else None
-    for stem in stems if maps else []:
-        maps.check(f"{stem}.png")
-        maps.check(f"{stem}.npy")
-    page = OutputFolder(html_path.parent) if html_path is not None else None
-    if page:
-        page.check(html_path.name)
-    device = resolve_device(device_name)
-    loaded = load_model(checkpoint, device)
-    encoder = FeatureEncoder.from_attrs(loaded.features, device)
-    failed: list[Path] = []
-    cards: list[Card] = []
-    for start in range(0, len(paths), BATCH):
-        crops, ok = [], []
-        for position in range(start, min(start + BATCH, len(paths))):
-            path = paths[position]
-            try:
-                crops.append(preprocess_image(path))  # (3, 224, 224) uint8
-                ok.append(position)
-            except ImageError as exc:
-                click.echo(f"{path}: error: {exc}", err=True)
-                failed.append(path)
-        if not ok:
-            continue
-        grids = torch.from_numpy(encoder.encode(torch.stack(crops))).to(device)  # (b, 49, 2048)
-        decoded = decode_features(loaded.model, grids, loaded.vocab, loaded.config.eval, beam_size)
-        for position, crop, result in zip(ok, crops, decoded, strict=True):
-            path, stem = paths[position], stems[position]
-            words = [loaded.vocab.itos[t] for t in result.tokens]
-            caption = loaded.vocab.decode(result.tokens)
-            click.echo(f"{path}: {caption}")
-            image = TF.to_pil_image(crop)
-            if maps:
-                maps.write_bytes(f"{stem}.png", attention_png(image, words, result.attention))
-                maps.write_bytes(f"{stem}.npy", attention_npy(result.attention))
-            cards.append(
-                Card(
-                    name=str(path),
-                    caption=caption,
-                    words=words,
-                    attention=result.attention,
-                    image=image,
-                )
+@dataclass
+class CaptionJob:
+    """Everything one `caption` run needs (see `pipeline/infer/cli.py`)."""
+
+    source: Source
+    checkpoint: Path
+    beam_size: int = EvalConfig.beam_size
+    max_len: int | None = None  # words; None: the checkpoint's eval.max_len
+    keep_beams: int = 0  # write the top K hypotheses of each image (0: none)
+    out: Path | None = None  # JSON lines; None: print to the terminal
+    overwrite: bool = False
+    attention_dir: Path | None = None
+    html_path: Path | None = None
+    html_limit: int = HTML_LIMIT
+    batch_size: int = FeaturesConfig.batch_size
+    workers: int = FeaturesConfig.workers
+    device: str = "auto"
+    device_decode: bool | None = None  # JPEGs decoded on the device; None: on CUDA only
+    progress: bool = True
+
+
+@dataclass
+class CaptionResult:
+    """What a run did (summed over the ranks on rank 0)."""
+
+    captioned: int = 0  # images captioned by this run
+    failed: int = 0  # images that failed in this run
+    already: int = 0  # inputs skipped: already in the output
+    duplicates: int = 0  # inputs skipped: the same image listed before
+    lines: int = 0  # lines the output holds now (with --out)
+    failed_lines: int = 0  # of which failed images
+    seconds: float = 0.0
+    html: Path | None = None
+
+    @property
+    def images_per_s(self) -> float:
+        """Images captioned or failed per second of the captioning loop."""
+        return (self.captioned + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Setup:
+    """The loaded pieces a run shares between its phases."""
+
+    loaded: LoadedModel
+    device: torch.device
+    decoding: EvalConfig
+    identity: dict  # the checkpoint's path and content id, on every caption line
+    pictures: Pictures
+    encoder: FeatureEncoder | None  # None for --features
+    images_root: str  # where a feature file's images were (crops for the pictures)
+
+
+def run_caption(job: CaptionJob, log: Callable[[str], None]) -> CaptionResult:
+    """Caption every input of `job` (under torchrun, this rank's share; rank 0 reports the
+    whole job). KeyboardInterrupt propagates: every line written so far stays."""
+    check_job(job)
+    if distributed.launched_by_torchrun():
+        dist = distributed.setup(backend="gloo", timeout=WAIT_FOR_RANKS)
+    else:
+        dist = DistInfo()
+    try:
+        return _run(job, dist, log)
+    finally:
+        distributed.teardown(dist)
+
+
+def check_job(job: CaptionJob) -> None:
+    """UserError for options that cannot work together."""
+    if job.keep_beams > job.beam_size:
+        raise UserError(f"--keep-beams {job.keep_beams} needs --beam-size {job.keep_beams} or more")
+    if job.out is None and (job.overwrite or job.keep_beams):
+        raise UserError("--overwrite and --keep-beams go with --out")
+    if distributed.launched_by_torchrun():
+        if job.out is None:
+            raise UserError("under torchrun, pass --out: each rank writes its own part of it")
+        if not job.source.rereadable:
+            raise UserError(
+                "under torchrun every rank reads the list: write it to a file for --list"
             )
-    if page:
-        html = caption_report(cards, str(loaded.path), beam_size)
-        click.echo(f"html: {page.write_text(html_path.name, html)}")
-    return failed
 
 
-def unique_stems(paths: list[Path]) -> list[str]:
-    """Each image's file stem, suffixed -2, -3... when an earlier image had the same one."""
-    used: set[str] = set()
-    stems = []
-    for path in paths:
-        stem, n = path.stem, 1
-        while stem in used:
-            n += 1
-            stem = f"{path.stem}-{n}"
-        used.add(stem)
-        stems.append(stem)
-    return stems
+def _run(job: CaptionJob, dist: DistInfo, log: Callable[[str], None]) -> CaptionResult:
+    setup = _agreed(dist, lambda: _setup(job, dist, log))
+    lines, scan = _agreed(dist, lambda: _open_lines(job, dist, log))
+    try:
+        result = _agreed(dist, lambda: _caption_all(job, setup, lines, scan, dist, log))
+    finally:
+        lines.close()
+    if job.out is not None and dist.world_size > 1:
+        _agreed(dist, lambda: join_parts(job.out, dist.world_size) if dist.is_main else None)
+    gathered = setup.pictures.gather(dist)
+    html = _agreed(dist, lambda: _write_page(setup, gathered, job, dist))
+    return replace(_summed(distributed.all_gather(result, dist)), html=html)
+
+
+def _write_page(setup: Setup, gathered: tuple, job: CaptionJob, dist: DistInfo) -> Path | None:
+    """Rank 0 writes the --html page from every rank's sample."""
+    if not dist.is_main:
+        return None
+    return setup.pictures.write_page(gathered, str(setup.loaded.path), job.beam_size)
+
+
+def _agreed(dist: DistInfo, step: Callable[[], object]) -> object:
+    """step() on every rank; a UserError on any rank ends every rank with its message."""
+    message, value = None, None
+    try:
+        value = step()
+    except UserError as exc:
+        message = exc.format_message()
+    message = distributed.first_error(message, dist)
+    if message is not None:
+        raise UserError(message)
+    return value
+
+
+def _setup(job: CaptionJob, dist: DistInfo, log: Callable[[str], None]) -> Setup:
+    """Load the checkpoint, check the input against it, prepare OUT (rank 0), build the CNN."""
+    pictures = Pictures(job.attention_dir, job.html_path, job.html_limit)  # refuses first
+    if job.source.rereadable:  # (stdin: each batch's maps are checked when they are drawn)
+        pictures.check(job.source.inputs())
+    device = distributed.device_for(dist, resolve_device(job.device))
+    loaded = load_model(job.checkpoint, device)
+    decoding = replace(loaded.config.eval, max_len=job.max_len or loaded.config.eval.max_len)
+    images_root = ""
+    if job.source.features:
+        images_root = check_feature_file(job.source.features, loaded.features)
+    else:
+        check_policy(loaded.features)  # e.g. a testbed's checkpoint: no CNN makes its grids
+    identity = {
+        "checkpoint": str(loaded.path),
+        "checkpoint_id": file_sha256(loaded.path)[:CHECKPOINT_ID_HEX],
+    }
+    if job.out is not None and dist.is_main:
+        settings = output_settings(
+            identity, job.source.kind, decoding, job.beam_size, job.keep_beams
+        )
+        prepare_output(job.out, settings, job.overwrite, dist.world_size, log)
+    encoder = None
+    if not job.source.features:
+        encoder = FeatureEncoder.from_attrs(loaded.features, device)
+    return Setup(loaded, device, decoding, identity, pictures, encoder, images_root)
+
+
+def check_feature_file(path: str, expected: dict) -> str:
+    """UserError unless `path` is a complete feature file made like the checkpoint's
+    features (`expected`); returns the folder its images were read from ("" if unknown)."""
+    with contract.open_complete(path) as f:
+        fingerprint = contract.fingerprint(f)
+        images_root = str(contract.read_attrs(f).get("images_root") or "")
+    check_cache(path, fingerprint, expected, FEATURES_ADVICE)
+    return images_root
+
+
+def _open_lines(
+    job: CaptionJob, dist: DistInfo, log: Callable[[str], None]
+) -> tuple[LineFile | TerminalLines, Scan]:
+    """Where this rank's lines go, and what its output already holds."""
+    if job.out is None:
+        return TerminalLines(), Scan()
+    if dist.world_size == 1:
+        return open_for_append(job.out, log), scan_output(job.out)
+    part = part_path(job.out, dist.rank, dist.world_size)
+    lines = open_for_append(part, log)
+    scan = scan_output(job.out, dist.rank, dist.world_size)
+    return lines, scan_output(part, dist.rank, dist.world_size, into=scan)
+
+
+def _caption_all(
+    job: CaptionJob,
+    setup: Setup,
+    lines: LineFile | TerminalLines,
+    scan: Scan,
+    dist: DistInfo,
+    log: Callable[[str], None],
+) -> CaptionResult:
+    """The loop: plan, decode and encode images, beam-search, write each batch's lines."""
+    planner = Planner(scan.keys, dist.rank, dist.world_size, stems=setup.pictures.stems)
+    show = job.progress and job.out is not None and dist.is_main
+    total = _count(job.source, planner) if show else None
+    bar = tqdm(total=total, unit="img", desc="caption", disable=not show, dynamic_ncols=True)
+    result = CaptionResult(lines=scan.lines, failed_lines=scan.failed)
+    start = time.perf_counter()
+    try:
+        with torch_threads(setup.device):
+            warn = log if dist.is_main else (lambda _: None)  # every rank walks the same folders
+            batches = planner.batches(job.source.inputs(warn=warn), job.batch_size)
+            for batch in _grids(job, setup, batches):
+                records = _caption_batch(batch, job, setup)
+                lines.append(records)
+                failed = sum("error" in record for record in records)
+                result.captioned += len(records) - failed
+                result.failed += failed
+                if total is not None:
+                    bar.total = total - planner.duplicates
+                bar.update(len(records))
+    finally:
+        bar.close()
+    result.seconds = time.perf_counter() - start
+    result.already, result.duplicates = planner.already, planner.duplicates
+    result.lines += result.captioned + result.failed
+    result.failed_lines += result.failed
+    return result
+
+
+def _count(source: Source, planner: Planner) -> int | None:
+    """How many inputs this rank will caption (duplicates included; None for stdin)."""
+    if not source.rereadable:
+        return None
+    return sum(1 for _ in planner.preview(source.inputs()))
+
+
+def _grids(job: CaptionJob, setup: Setup, batches: Iterable[list[Input]]) -> Iterator[GridBatch]:
+    """The batches' grids: from the feature file, or from images through the CNN."""
+    if setup.encoder is None:
+        return file_grids(batches, job.source.features)
+    on_device = job.device_decode
+    if on_device is None:
+        on_device = setup.device.type == "cuda"
+    return image_grids(batches, setup.encoder, job.workers, on_device)
+
+
+def _caption_batch(batch: GridBatch, job: CaptionJob, setup: Setup) -> list[dict]:
+    """Beam-search the batch's grids; one record per input, in order; draw its pictures."""
+    outcomes: dict[int, Decoded | str] = dict(batch.failures)
+    if batch.rows:
+        grids = torch.from_numpy(batch.grids).to(setup.device)  # (K, 49, 2048)
+        model, vocab = setup.loaded.model, setup.loaded.vocab
+        keep = max(1, job.keep_beams)
+        decoded = decode_features(model, grids, vocab, setup.decoding, job.beam_size, keep=keep)
+        outcomes.update(zip(batch.rows, decoded, strict=True))
+    records, captioned = [], []
+    for position, item in enumerate(batch.inputs):
+        outcome = outcomes[position]
+        if isinstance(outcome, str):
+            records.append(error_record(item.image, outcome))
+            continue
+        records.append(
+            caption_record(item.image, outcome, setup.loaded.vocab, setup.identity, job.keep_beams)
+        )
+        captioned.append((item, outcome, _crop(batch, position, setup.images_root)))
+    setup.pictures.add(captioned, setup.loaded.vocab)
+    return records
+
+
+def _crop(batch: GridBatch, position: int, images_root: str) -> Crop:
+    """The crop of the batch's input at `position`, made only when a picture needs it."""
+    if batch.images is None:  # a feature file: its image, if its folder is still there
+        return lambda: load_crop(images_root, batch.inputs[position].image)
+    index = batch.rows.index(position)
+    return lambda: TF.to_pil_image(batch.images[index].cpu())  # (3, 224, 224) uint8
+
+
+def _summed(results: list[CaptionResult]) -> CaptionResult:
+    """Every rank's counts added up (the slowest rank's seconds)."""
+    total = CaptionResult()
+    for result in results:
+        for f in fields(CaptionResult):
+            if f.name not in ("seconds", "html"):
+                setattr(total, f.name, getattr(total, f.name) + getattr(result, f.name))
+        total.seconds = max(total.seconds, result.seconds)
+    return total

@@ -1,12 +1,12 @@
 """`captioner evaluate` and `captioner caption`."""
 
-import sys
 from pathlib import Path
 
 import click
 
-from pipeline.config import DEVICES, SPLITS
-from pipeline.infer.selection import GALLERY_SIZE
+from pipeline.config import DEVICES, SPLITS, EvalConfig, FeaturesConfig
+from pipeline.extract.cli import EXIT_INTERRUPTED
+from pipeline.infer.selection import GALLERY_SIZE, HTML_LIMIT
 
 
 @click.command("evaluate")
@@ -52,15 +52,60 @@ def evaluate_command(checkpoints, split, beam_size, out, features_path, examples
     )
 
 
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
 @click.command("caption")
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
 @click.option(
     "--checkpoint",
     required=True,
     type=click.Path(),
     help="A checkpoint file or a run folder (its best.pt).",
 )
-@click.option("--beam-size", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--images",
+    "folder",
+    type=click.Path(file_okay=False),
+    help="Caption the images in this folder (--recursive: and in its sub-folders).",
+)
+@click.option("--recursive", is_flag=True, help="With --images: sub-folders too.")
+@click.option(
+    "--glob",
+    "globs",
+    multiple=True,
+    help="With --images: file-name pattern, repeatable (default: the image suffixes "
+    "extract reads).",
+)
+@click.option("--list", "list_file", help="A file naming one image per line; - for stdin.")
+@click.option(
+    "--features",
+    "features_path",
+    type=click.Path(dir_okay=False),
+    help="Caption the rows of a feature file made like the checkpoint's (no CNN).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Write one JSON line per image (resumable: rerun to finish). Default: print.",
+)
+@click.option("--overwrite", is_flag=True, help="With --out: start the output over.")
+@click.option(
+    "--beam-size", default=EvalConfig.beam_size, show_default=True, type=click.IntRange(min=1)
+)
+@click.option(
+    "--max-len",
+    type=click.IntRange(min=1),
+    help="Most words per caption (default: the checkpoint's eval.max_len).",
+)
+@click.option(
+    "--keep-beams",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="With --out: also write the K best hypotheses of each image, with their scores.",
+)
 @click.option(
     "--attention-dir",
     type=click.Path(file_okay=False),
@@ -72,19 +117,99 @@ def evaluate_command(checkpoints, split, beam_size, out, features_path, examples
     type=click.Path(dir_okay=False),
     help="Write a self-contained HTML page: thumbnail, caption, attention strip.",
 )
+@click.option(
+    "--html-limit",
+    default=HTML_LIMIT,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Most images on the --html page (a fixed sample of the images captioned).",
+)
+@click.option(
+    "--batch-size",
+    default=FeaturesConfig.batch_size,
+    show_default=True,
+    type=click.IntRange(min=1),
+)
+@click.option(
+    "--workers",
+    default=FeaturesConfig.workers,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Image decoding worker processes.",
+)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
-def caption_command(images, checkpoint, beam_size, attention_dir, html_path, device):
-    """Caption new images: extract each grid exactly as the checkpoint's features were made,
-    then beam-search a caption. Exits 1 if any image failed."""
-    from pipeline.infer.caption import caption_images
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def caption_command(
+    ctx: click.Context,
+    images,
+    checkpoint,
+    folder,
+    recursive,
+    globs,
+    list_file,
+    features_path,
+    out,
+    overwrite,
+    beam_size,
+    max_len,
+    keep_beams,
+    attention_dir,
+    html_path,
+    html_limit,
+    batch_size,
+    workers,
+    device,
+    quiet,
+):
+    """Caption images: extract each grid exactly as the checkpoint's features were made,
+    then beam-search a caption. Exits 1 if any image failed (with --out: any in the file)."""
+    from pipeline.distributed import launch_rank
+    from pipeline.infer.caption import CaptionJob, run_caption
+    from pipeline.infer.caption_sources import make_source
 
-    failures = caption_images(
-        [Path(p) for p in images],
-        checkpoint,
-        beam_size,
-        Path(attention_dir) if attention_dir else None,
-        device,
-        Path(html_path) if html_path else None,
+    job = CaptionJob(
+        source=make_source(images, folder, recursive, globs, list_file, features_path),
+        checkpoint=Path(checkpoint),
+        beam_size=beam_size,
+        max_len=max_len,
+        keep_beams=keep_beams,
+        out=Path(out) if out else None,
+        overwrite=overwrite,
+        attention_dir=Path(attention_dir) if attention_dir else None,
+        html_path=Path(html_path) if html_path else None,
+        html_limit=html_limit,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        progress=not quiet,
     )
-    if failures:
-        sys.exit(1)
+    try:
+        result = run_caption(job, log=_echo_err)
+    except KeyboardInterrupt:
+        if out:
+            _echo_err("stopped: rerun the same command to resume where it left off")
+        ctx.exit(EXIT_INTERRUPTED)
+    if launch_rank() != 0:
+        return  # rank 0 reports for the whole torchrun job
+    if job.out is not None:
+        _report(result, job.out)
+    if result.html is not None:
+        click.echo(f"html: {result.html}")
+    if result.failed or result.failed_lines:
+        ctx.exit(1)
+
+
+def _report(result, out: Path) -> None:
+    """The end-of-run summary of `caption --out` (stderr)."""
+    skipped = [f"{result.already} already there"] if result.already else []
+    if result.duplicates:
+        skipped.append(f"{result.duplicates} listed twice")
+    if result.captioned + result.failed:
+        done = f"{result.captioned} captioned now, {result.failed} failed now"
+        now = ", ".join([done, *skipped]) + f"; {result.images_per_s:.1f} images/s"
+    else:
+        now = ", ".join(["nothing new", *skipped])
+    _echo_err(f"caption: {result.lines} images in {out} ({now})")
+    if result.failed_lines:
+        _echo_err(f"warning: {result.failed_lines} images failed: their lines in {out} say why")

@@ -6,16 +6,22 @@ Every file that `evaluate` or `caption` writes goes through `OutputFolder`:
   symlink planted at the target or at a temp path, and a reader never sees half a file;
 - the folder keeps a manifest (MANIFEST) of the names captioner wrote there. A target that
   exists but is not in it belongs to someone else: it is refused, never replaced. Rerunning a
-  command replaces its own earlier outputs;
+  command replaces its own earlier outputs. The manifest is merged under a lock on the
+  folder, so several processes (torchrun ranks) may claim names in one folder;
+- a file that grows (`caption --out`) is claimed first (`claim`), then written by its owner;
 - an unwritable folder (read-only, full, not a folder) ends in one UserError line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline.errors import UserError
 
@@ -51,14 +57,40 @@ class OutputFolder:
             )
         return target
 
+    def claim(self, names: Iterable[str]) -> list[Path]:
+        """The targets for `names`, recorded in the manifest as captioner's (UserError for a
+        foreign file); other processes' claims made meanwhile are kept."""
+        names = list(names)
+        targets = [self.check(name) for name in names]
+        new = [name for name in names if name not in self.owned]
+        if new:
+            with _locked(self.path):
+                self.owned |= self._read_manifest()
+                self.owned.update(new)
+                self._write_manifest()
+        return targets
+
+    def remove(self, name: str) -> None:
+        """Delete `name` if it is there (UserError for a file captioner did not write)."""
+        target = self.check(name)
+        try:
+            target.unlink(missing_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot remove {target}: {exc.strerror or exc}") from None
+
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Atomically write `data` as `name` (refusing a foreign file); returns its path."""
-        target = self.check(name)
-        if name not in self.owned:
-            self.owned.add(name)
-            self._write_manifest()
-        _replace_atomically(target, data)
-        return target
+        with self.replacing(name) as handle:
+            handle.write(data)
+        return self.path / name
+
+    @contextlib.contextmanager
+    def replacing(self, name: str) -> Iterator[BinaryIO]:
+        """A binary handle whose content atomically replaces `name` when the block ends
+        (refusing a foreign file); for content too large to hold in memory."""
+        (target,) = self.claim([name])
+        with _atomic_file(target) as handle:
+            yield handle
 
     def write_text(self, name: str, text: str) -> Path:
         """`write_bytes` for UTF-8 text."""
@@ -81,12 +113,20 @@ class OutputFolder:
 
 def _replace_atomically(target: Path, data: bytes) -> None:
     """Exclusive temp file beside `target` + fsync + rename over it; OSError -> UserError."""
+    with _atomic_file(target) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def _atomic_file(target: Path) -> Iterator[BinaryIO]:
+    """An exclusive temp file beside `target`, fsynced and renamed over it when the block ends
+    (removed if the block fails); OSError -> UserError."""
     tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(6)}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
@@ -94,3 +134,14 @@ def _replace_atomically(target: Path, data: bytes) -> None:
             tmp.unlink(missing_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on `folder` (flock on its descriptor), for the manifest's updates."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -408,13 +408,19 @@ def comparison_report(results: list[dict], histories: dict[str, list[dict]]) -> 
     )
 
 
-def caption_report(cards: list[Card], checkpoint: str, beam_size: int) -> str:
-    """`caption --html`: one card per new image (thumbnail, caption, attention strip)."""
+def caption_report(
+    cards: list[Card], checkpoint: str, beam_size: int, captioned: int | None = None
+) -> str:
+    """`caption --html`: one card per new image (thumbnail, caption, attention strip);
+    `captioned` > len(cards): the cards are a sample of that many captioned images."""
     body = [
         f'<section id="captions"><h2>Captions</h2><div class="gallery">'
         f"{''.join(card_html(c) for c in cards)}</div></section>"
     ]
-    subtitle = f"{len(cards)} images · {checkpoint} · beam {beam_size}"
+    shown = f"{len(cards)} images"
+    if captioned is not None and captioned > len(cards):
+        shown = f"a sample of {len(cards)} of the {captioned:,} images captioned"
+    subtitle = f"{shown} · {checkpoint} · beam {beam_size}"
     return page("Captions for new images", subtitle, "captions", [("#captions", "Captions")], body)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 GALLERY_SIZE = 12  # default number of images in each group
+HTML_LIMIT = 50  # default number of images on a `caption --html` page (a fixed sample)
 GALLERY_SEED = 0  # the random sample is the same on every run
 
 
