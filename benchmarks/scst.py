@@ -113,7 +113,7 @@ def reward_measures(run: Path, common: list[str]) -> dict:
         config, loaded.features, echo=False, saved_splits=payload.get("splits")
     )
     split = build_split(data.frame, "train", vocab, config.vocab.max_len, data.row_of)
-    self_critical = scst.build_scst(config, split, vocab)
+    self_critical = scst.build_scst(config, split.references, vocab)
     images = np.arange(BATCH_IMAGES)
     features = torch.from_numpy(data.store.read(split.image_rows[images]))  # (32, 49, 2048)
     k = config.scst.samples

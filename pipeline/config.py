@@ -390,6 +390,8 @@ def validate(config: Config) -> None:
         f"data.split_ratios must be three non-negative numbers summing to 1; got {d.split_ratios}",
     )
     _check(0.0 < d.subset <= 1.0, f"data.subset must be in (0, 1]; got {d.subset}")
+    for key, seed in (("data.split_seed", d.split_seed), ("train.seed", config.train.seed)):
+        _check(0 <= seed < 2**32, f"{key} must be in [0, 2**32); got {seed}")
     _check(
         LANGUAGE_TAG.fullmatch(d.language) is not None,
         f"data.language must be a BCP-47 language tag such as en, es, zh-Hans; got {d.language!r}",
@@ -456,6 +458,11 @@ def validate(config: Config) -> None:
         f"scst.max_len ({config.scst.max_len}) must be <= max(vocab.max_len, eval.max_len)",
     )
     _check(config.scst.bad_ending_penalty >= 0, "scst.bad_ending_penalty must be >= 0")
+    _check(
+        config.scst.bad_ending_penalty == 0 or d.language.split("-")[0].lower() == "en",
+        "scst.bad_ending_penalty knows English endings only (a, of, with, the); set it to 0 "
+        f"for data.language {d.language!r}",
+    )
     _check(config.scst.val_images >= 0, "scst.val_images must be >= 0 (0 disables)")
     _check(t.warmup_steps >= 0, "train.warmup_steps must be >= 0 (0 disables)")
     _choice("eval.split", e.split, SPLITS)

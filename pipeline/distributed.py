@@ -5,12 +5,12 @@ WORLD_SIZE and LOCAL_RANK set):
 - training: each rank takes every world_size-th batch of the epoch's seeded plan (the same
   plan on every rank: a distributed sampler reseeded each epoch), every rank starts from the
   same seeded weights, the training loop all-reduces the gradients after each backward
-  (`pipeline.train.loop.average_gradients`), and only rank 0 prints, logs and writes
+  (`average_gradients`), and only rank 0 prints, logs and writes
   checkpoints;
 - extraction: each rank extracts a contiguous shard of the image list into its own file and
   rank 0 finishes the file as virtual datasets over the shards (pipeline.extract.sharded);
 - captioning (`caption --out`): each rank captions its share of the images into its own part
-  file and rank 0 joins the parts (pipeline.infer.caption_run).
+  file and rank 0 joins the parts (pipeline.infer.caption).
 """
 
 from __future__ import annotations
@@ -87,6 +87,23 @@ def device_for(dist: DistInfo, device: torch.device) -> torch.device:
     return device
 
 
+def average_gradients(model: torch.nn.Module, dist: DistInfo) -> None:
+    """Mean of every trainable parameter's gradient over the ranks (one flat all-reduce)."""
+    if not dist.enabled or dist.world_size == 1:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    torch_dist.all_reduce(flat)
+    flat /= dist.world_size
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
 def broadcast_parameters(model: torch.nn.Module, dist: DistInfo) -> None:
     """Rank 0's parameters and buffers on every rank (no-op without torchrun)."""
     if not dist.enabled:
@@ -110,13 +127,21 @@ def shard_indices(count: int, dist: DistInfo) -> np.ndarray:
     return np.arange(dist.rank, count, dist.world_size)
 
 
+def sum_values(values: dict[str, float], dist: DistInfo, device: torch.device) -> dict:
+    """Each value added over every rank (as it is without torchrun); every rank must pass
+    the same names."""
+    if not dist.enabled:
+        return values
+    names = sorted(values)
+    tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=device)
+    torch_dist.all_reduce(tensor)
+    return dict(zip(names, tensor.tolist(), strict=True))
+
+
 def sum_pair(a: float, b: int, dist: DistInfo, device: torch.device) -> tuple[float, int]:
     """All-reduce a (loss sum, token count) pair."""
-    if not dist.enabled:
-        return a, b
-    tensor = torch.tensor([a, float(b)], dtype=torch.float64, device=device)
-    torch_dist.all_reduce(tensor)
-    return float(tensor[0]), int(tensor[1])
+    total = sum_values({"a": a, "b": float(b)}, dist, device)
+    return total["a"], int(total["b"])
 
 
 def broadcast_float(value: float, dist: DistInfo, device: torch.device) -> float:

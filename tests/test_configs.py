@@ -63,3 +63,10 @@ def test_a_circle_of_bases_or_a_missing_base_is_one_clear_error(tmp_path):
     (tmp_path / "w.toml").write_text("base = 3\n")
     with pytest.raises(UserError, match="base must be a file name or a list"):
         load_config(tmp_path / "w.toml")
+
+
+@pytest.mark.parametrize("key", ["train.seed", "data.split_seed"])
+def test_seeds_out_of_the_generators_range_are_refused(key):
+    for value in (-1, 2**32):
+        with pytest.raises(UserError, match=f"{key} must be in"):
+            load_config(None, [f"{key}={value}"])

@@ -137,3 +137,25 @@ def test_scst_epochs_log_the_val_subsets_sampled_and_greedy_reward(workspace, xe
     assert result.exit_code == 0, result.output
     line = json.loads((workspace["runs"] / "monitored" / "metrics.jsonl").read_text())
     assert 0 <= line["val_reward_sample"] and 0 <= line["val_reward_greedy"]
+
+
+def test_kept_adam_moments_that_no_longer_fit_are_one_clear_error(workspace, xe_run):
+    result = cli(
+        "train", "--config", workspace["config"], "--init", xe_run / "best.pt", *SCST,
+        "--set", "scst.keep_optimizer=true", "--set", "model.freeze_embeddings=true",
+        "--set", "train.name=frozen",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "optimizer state does not fit this run's trainable parameters" in result.output
+
+
+def test_a_run_that_stopped_early_does_not_train_on_when_resumed(workspace):
+    # val CIDEr stays 0 on the tiny cache: no improvement after epoch 1, patience 1 -> stop
+    options = ("--set", "train.patience=1", "--set", "train.epochs=6", "--set", "train.name=p")
+    first = cli("train", "--config", workspace["config"], *options)
+    assert first.exit_code == 0 and "early stopping" in first.output, first.output
+    run = workspace["runs"] / "p"
+    before = (run / "metrics.jsonl").read_text()
+    resumed = cli("train", "--resume", run)
+    assert resumed.exit_code == 0 and "stopped early after epoch" in resumed.output
+    assert (run / "metrics.jsonl").read_text() == before

@@ -20,7 +20,7 @@ from pipeline.decoder.decode import greedy_decode
 from pipeline.decoder.loss import target_mask
 from pipeline.decoder.sample import sample_captions
 from pipeline.decoder.vocab import build_vocabulary
-from pipeline.train.scst import CaptionReward, Scst, baselines, ends_badly, scst_loss
+from pipeline.train.scst import BAD_ENDINGS, CaptionReward, Scst, baselines, scst_loss
 
 TINY = ModelConfig(embed_dim=16, hidden_dim=32, attention_dim=16, dropout=0.0)
 
@@ -144,7 +144,7 @@ def test_reward_of_vocabulary_ids_and_the_bad_ending_penalty(demo):
     plain, bad = CaptionReward(references, vocab)(np.array([0, 1, 2]), tokens)
     expected = CiderD(references).score_texts([0, 1, 2], texts)
     np.testing.assert_allclose(plain, expected, atol=1e-12)
-    assert bad.tolist() == [ends_badly(t) for t in texts] == [False, True, True]
+    assert bad.tolist() == [t.split()[-1] in BAD_ENDINGS for t in texts] == [False, True, True]
     penalised, _ = CaptionReward(references, vocab, 0.5)(np.array([0, 1, 2]), tokens)
     np.testing.assert_allclose(penalised, expected - [0.0, 0.5, 0.5], atol=1e-12)
 

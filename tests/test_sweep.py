@@ -241,3 +241,25 @@ def test_paired_bootstrap_interval_covers_the_true_difference():
     same = paired_bootstrap(base, base)
     assert same["difference_ci"] == [0.0, 0.0] and same["relative"] == 0.0
     assert paired_bootstrap(base, np.zeros_like(base))["relative"] is None
+
+
+def test_a_second_sweep_on_the_same_out_is_refused_while_one_runs(swept):
+    import fcntl
+
+    with open(swept["out"] / ".sweep.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running sweep holds it
+        result = in_root(swept, "sweep", "sweep.toml")
+    assert result.exit_code == 2 and "another sweep is running in" in result.output
+
+
+def test_another_beam_size_rescores_without_training_again(swept, tmp_path):
+    for name in ("tb", "runs"):
+        shutil.copytree(swept["root"] / name, tmp_path / name)
+    shutil.copy(swept["root"] / "tiny.toml", tmp_path / "tiny.toml")
+    (tmp_path / "sweep.toml").write_text(SWEEP.replace("beam_size = 2", "beam_size = 1"))
+    result = in_root({"root": tmp_path}, "sweep", "sweep.toml", "--variants", "xe", "--seeds", 1)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "runs" / "sweep-sweep" / "xe-s0" / "result.json").read_text())
+    assert saved["scoring"] == {"split": "test", "beam": 1} and "beam1" in saved["scores"]
+    log = (tmp_path / "runs" / "sweep-sweep" / "xe-s0" / "log.txt").read_text()
+    assert "has already trained 2 epochs" in log  # scored again, not trained again

@@ -190,3 +190,16 @@ def test_full_recall_writes_every_concept_of_the_references_and_zero_recall_none
         assert int((np.abs(grid).sum(axis=1) > 0).sum()) == min(len(words), 49)
     none, _ = language(tmp_path, small_lists, "none", "--recall", 0, "--distractors", 0)
     assert not grids(none)[0].any()
+
+
+def test_distractors_stop_when_every_concept_is_the_images_own():
+    from collections import Counter
+
+    from pipeline.data.testbed_knobs import LanguageKnobs
+    from pipeline.data.testbed_language import seen_words
+
+    knobs = LanguageKnobs(captions_sha256="-", recall=1.0, distractors=5.0)
+    words = ["dog", "grass"]
+    seen = seen_words(["a dog on the grass"], "x.jpg", Counter(dog=3, grass=2), knobs, words,
+                      np.array([0.5, 0.5]))  # fmt: skip
+    assert seen == ["dog", "grass"]  # no other word to draw: it returns instead of looping

@@ -458,8 +458,9 @@ def _holds_split_lists(folder: Path) -> bool:
 
 
 def read_split_lists(folder: str | Path) -> dict[str, str]:
-    """image name -> split from the official split lists in `folder` (one name per line);
-    UserError when a list is missing or names an image twice."""
+    """image name -> split from the official split lists in `folder` (one name per line; a
+    name listed twice in one list counts once); UserError when a list is missing or two
+    lists name the same image."""
     folder = Path(folder)
     splits: dict[str, str] = {}
     for split, file_name in FLICKR8K_SPLIT_FILES.items():

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline.atomic import write_text_atomic
 from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER
 from pipeline.data.demo_grammar import (
     ENGLISH,
@@ -50,6 +51,7 @@ SHAPES = ("circle", "square", "triangle")
 ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "center", "right")
 CAPTIONS_PER_IMAGE = 5
+IMAGE_SIZE = 224  # pixels per side of a demo image
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train, val, test
 LOCATIONS = 2  # phrases per 3x3 cell in every grammar (demo_grammar.Grammar.where)
 
@@ -356,21 +358,11 @@ def karpathy_json_text(
     return json.dumps(data, ensure_ascii=False) + "\n"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` whole or not at all (a temporary file renamed into place)."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def generate_demo_data(
     out_dir: str | Path,
     n_images: int = 1500,
     seed: int = 0,
-    size: int = 224,
+    size: int = IMAGE_SIZE,
     overwrite: bool = False,
     language: str = DEFAULT_LANGUAGE,
 ) -> dict:
@@ -431,7 +423,7 @@ class DemoScenes:
 def demo_scenes(
     n_images: int,
     seed: int = 0,
-    size: int = 224,
+    size: int = IMAGE_SIZE,
     images_dir: Path | None = None,
     grammar: Grammar = ENGLISH,
 ) -> DemoScenes:

@@ -25,7 +25,8 @@ import h5py
 import numpy as np
 
 from pipeline import contract
-from pipeline.data.demo_data import karpathy_json_text, write_text_atomic
+from pipeline.atomic import write_text_atomic
+from pipeline.data.demo_data import karpathy_json_text
 from pipeline.errors import UserError
 
 CAPTIONS_FILE = "dataset.json"

@@ -31,6 +31,8 @@ class SceneKnobs:
                 raise UserError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
         if not self.noise >= 0.0:
             raise UserError(f"--noise must be >= 0, got {self.noise}")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed must be in [0, 2**32), got {self.seed}")
         if self.images < 10:
             raise UserError(f"--images must be at least 10, got {self.images}")
         if self.extra_test < 0:
@@ -59,5 +61,7 @@ class LanguageKnobs:
             raise UserError(f"--distractors must be >= 0, got {self.distractors}")
         if not self.noise >= 0.0:
             raise UserError(f"--noise must be >= 0, got {self.noise}")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed must be in [0, 2**32), got {self.seed}")
         if self.train_images < 1 or self.min_count < 1:
             raise UserError("--train-images and --min-count must be at least 1")

@@ -27,13 +27,13 @@ import numpy as np
 
 from pipeline import contract
 from pipeline.checksum import file_sha256
+from pipeline.config import SPLITS
 from pipeline.data.captions import read_captions, read_split_lists
 from pipeline.data.testbed_files import CODE_ENERGY, write_testbed
 from pipeline.data.testbed_knobs import LanguageKnobs
 from pipeline.data.text import tokenize
 from pipeline.errors import UserError
 
-SPLIT_ORDER = ("train", "val", "test")
 STOPWORDS = frozenset(
     """a an the and or but of in on at to into onto from with without by for over under
     above below near next up down out off through across along around behind beside between
@@ -71,7 +71,7 @@ def select_images(captions: Path, split_lists: Path, train_images: int, seed: in
         "in no split list": sum(1 for name in references if name not in assigned),
         "listed but without captions": sum(1 for name in assigned if name not in references),
     }
-    by_split = {s: [n for n in references if assigned.get(n) == s] for s in SPLIT_ORDER}
+    by_split = {s: [n for n in references if assigned.get(n) == s] for s in SPLITS}
     if not all(by_split.values()):
         raise UserError(f"{captions}: no image of some split list has captions")
     train = by_split["train"]
@@ -79,8 +79,8 @@ def select_images(captions: Path, split_lists: Path, train_images: int, seed: in
         chosen = np.random.default_rng([seed, 0x7E57]).choice(len(train), train_images, False)
         dropped["train images left out (--train-images)"] = len(train) - train_images
         by_split["train"] = [train[i] for i in sorted(chosen)]
-    names = [n for s in SPLIT_ORDER for n in by_split[s]]
-    splits = [s for s in SPLIT_ORDER for _ in by_split[s]]
+    names = [n for s in SPLITS for n in by_split[s]]
+    splits = [s for s in SPLITS for _ in by_split[s]]
     return LanguageData(names, [references[n] for n in names], splits, dropped)
 
 
@@ -116,11 +116,12 @@ def seen_words(
     uses = Counter(w for caption in references for w in content_words(caption) if w in concepts)
     seen = [w for w in sorted(uses) if rng.random() < 1.0 - (1.0 - knobs.recall) ** uses[w]]
     wanted = int(rng.poisson(knobs.distractors))
-    while wanted and len(seen) < contract.REGIONS:
+    unused = len(distractor_words) - len(uses)  # words it may still draw as distractors
+    while wanted and unused and len(seen) < contract.REGIONS:
         word = distractor_words[int(rng.choice(len(distractor_words), p=distractor_weights))]
         if word not in uses and word not in seen:
             seen.append(word)
-            wanted -= 1
+            wanted, unused = wanted - 1, unused - 1
     return seen[: contract.REGIONS]
 
 
@@ -176,7 +177,7 @@ def write_language_testbed(
         overwrite,
     )
     stats = {
-        "images": {s: data.splits.count(s) for s in SPLIT_ORDER},
+        "images": {s: data.splits.count(s) for s in SPLITS},
         "concepts": len(concepts),
         "words_seen_per_image": float(np.mean(seen_counts)) if seen_counts else None,
         "dropped": data.dropped,

@@ -29,11 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import contract
-from pipeline.data.demo_data import COLOURS, SHAPES, Shape, demo_scenes
+from pipeline.data.demo_data import COLOURS, IMAGE_SIZE, SHAPES, Shape, demo_scenes
 from pipeline.data.testbed_files import CODE_ENERGY, write_testbed
 from pipeline.data.testbed_knobs import SceneKnobs
 
-CANVAS = 224  # the demo's image size, in pixels
 BLOCK = int(CODE_ENERGY)  # channels of value 1 per code value with code = "blocks"
 # code layout, one slot per value: colours, kinds, small/large, "a shape is here", row, column
 SLOTS = {
@@ -50,7 +49,7 @@ CODE_SIZE = SLOTS["column"] + contract.GRID  # 26 values
 def covered_cells(shape: Shape) -> list[tuple[int, int]]:
     """(row, column) of the grid cells whose centre lies in the shape's box, or the cell of
     its centre when none does."""
-    pitch = CANVAS / contract.GRID
+    pitch = IMAGE_SIZE / contract.GRID
     centres = (np.arange(contract.GRID) + 0.5) * pitch  # (7,)
     rows = np.nonzero(np.abs(centres - shape.cy) <= shape.half)[0]
     columns = np.nonzero(np.abs(centres - shape.cx) <= shape.half)[0]

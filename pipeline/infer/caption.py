@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from pipeline import contract, distributed
 from pipeline.checksum import file_sha256
-from pipeline.config import EvalConfig, FeaturesConfig
+from pipeline.config import EvalConfig, FeaturesConfig, validate
 from pipeline.dataset.experiment import check_cache
 from pipeline.decoder.checkpoint import LoadedModel, load_model
 from pipeline.decoder.decode import Decoded
@@ -194,6 +194,7 @@ def _setup(job: CaptionJob, dist: DistInfo, log: Callable[[str], None]) -> Setup
     device = distributed.device_for(dist, resolve_device(job.device))
     loaded = load_model(job.checkpoint, device)
     decoding = replace(loaded.config.eval, max_len=job.max_len or loaded.config.eval.max_len)
+    validate(replace(loaded.config, eval=decoding))  # e.g. --max-len past a Transformer's positions
     images_root = ""
     if job.source.features:
         images_root = check_feature_file(job.source.features, loaded.features)
@@ -204,8 +205,9 @@ def _setup(job: CaptionJob, dist: DistInfo, log: Callable[[str], None]) -> Setup
         "checkpoint_id": file_sha256(loaded.path)[:CHECKPOINT_ID_HEX],
     }
     if job.out is not None and dist.is_main:
+        jpeg_decode = "none" if job.source.features else decode_path(job, device)
         settings = output_settings(
-            identity, job.source.kind, decoding, job.beam_size, job.keep_beams
+            identity, job.source.kind, jpeg_decode, decoding, job.beam_size, job.keep_beams
         )
         prepare_output(job.out, settings, job.overwrite, dist.world_size, log)
     encoder = None
@@ -286,10 +288,14 @@ def _grids(job: CaptionJob, setup: Setup, batches: Iterable[list[Input]]) -> Ite
     """The batches' grids: from the feature file, or from images through the CNN."""
     if setup.encoder is None:
         return file_grids(batches, job.source.features)
-    on_device = job.device_decode
-    if on_device is None:
-        on_device = setup.device.type == "cuda"
+    on_device = decode_path(job, setup.device) == "device"
     return image_grids(batches, setup.encoder, job.workers, on_device)
+
+
+def decode_path(job: CaptionJob, device: torch.device) -> str:
+    """Where JPEGs are decoded: "device" (the GPU's decoder; by default on CUDA) or "cpu"."""
+    on_device = job.device_decode if job.device_decode is not None else device.type == "cuda"
+    return "device" if on_device else "cpu"
 
 
 def _caption_batch(batch: GridBatch, job: CaptionJob, setup: Setup) -> list[dict]:

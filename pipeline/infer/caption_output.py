@@ -49,6 +49,7 @@ SETTINGS = (
     "format",
     "checkpoint_id",
     "input",
+    "jpeg_decode",
     "beam_size",
     "max_len",
     "length_penalty",
@@ -61,13 +62,21 @@ TAIL_BLOCK = 1 << 16  # bytes read at a time when looking for the last newline
 
 
 def output_settings(
-    identity: dict, kind: str, decoding: EvalConfig, beam_size: int, keep_beams: int
+    identity: dict,
+    kind: str,
+    jpeg_decode: str,
+    decoding: EvalConfig,
+    beam_size: int,
+    keep_beams: int,
 ) -> dict:
-    """OUT.meta.json's content: SETTINGS plus the checkpoint's path (informational)."""
+    """OUT.meta.json's content: SETTINGS plus the checkpoint's path (informational).
+    `jpeg_decode`: "device", "cpu" or "none" (a feature file): the two decoders' pixels, and
+    so a few captions, differ."""
     return {
         "format": FORMAT,
         **identity,
         "input": kind,
+        "jpeg_decode": jpeg_decode,
         "beam_size": beam_size,
         "max_len": decoding.max_len,
         "length_penalty": decoding.length_penalty,
@@ -194,6 +203,8 @@ def prepare_output(
     for path in (out, meta, *(part for part, _ in parts)):
         folder.check(path.name)
     if overwrite:
+        if out.exists():
+            open_for_append(out, warn).close()  # refused while another process writes it
         for path in (*(part for part, _ in parts), out):
             folder.remove(path.name)
     else:

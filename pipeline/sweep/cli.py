@@ -49,8 +49,8 @@ def sweep_command(sweep_file, overrides, seeds, first_seed, only, jobs, out):
     and a paired bootstrap over seeds and test images (95% intervals). Ends with one JSON
     line."""
     from pipeline.config import load_config
-    from pipeline.sweep.runner import check_folders, execute, plan_runs
-    from pipeline.sweep.spec import load_sweep, select
+    from pipeline.sweep.runner import check_folders, execute, lock_out, plan_runs
+    from pipeline.sweep.spec import check_sweep, load_sweep, select
     from pipeline.sweep.summary import json_line, runs_by_variant, summarise, write_summary
 
     started = time.perf_counter()
@@ -59,10 +59,12 @@ def sweep_command(sweep_file, overrides, seeds, first_seed, only, jobs, out):
         sweep.seeds = seeds
     if first_seed is not None:
         sweep.first_seed = first_seed
+    check_sweep(sweep)
     names = select(sweep, [n.strip() for n in only.split(",") if n.strip()])
     if out is None:
         base = load_config(sweep.config, sweep.extra)
         out = Path(base.train.out_dir) / f"sweep-{sweep.name}"
+    lock = lock_out(out)  # noqa: F841 - held until the command ends
     runs = plan_runs(sweep, names, out)
     check_folders(runs)
     click.echo(

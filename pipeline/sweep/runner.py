@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import contract
+from pipeline.atomic import write_text_atomic
 from pipeline.checksum import file_sha256
 from pipeline.config import Config, config_to_dict, load_config
 from pipeline.errors import UserError
@@ -57,13 +59,20 @@ def recipe_of(sweep: Sweep, name: str, seed: int) -> dict:
     return config
 
 
+PATH_KEYS = (("data", "captions"), ("data", "images"), ("features", "path"))  # not identity
+
+
 def recipe_key(config: dict, data: dict, start: str | None) -> str:
     """A run's identity: its config's values that differ from the defaults (so a release
-    that adds a key with its default keeps every finished run), its data's identity, and
-    the run it starts from."""
+    that adds a key with its default keeps every finished run), leaving out the data's paths,
+    its data's identity instead, and the run it starts from."""
     defaults = config_to_dict(Config())
     changed = {
-        section: {k: v for k, v in values.items() if defaults[section].get(k) != v}
+        section: {
+            k: v
+            for k, v in values.items()
+            if defaults[section].get(k) != v and (section, k) not in PATH_KEYS
+        }
         for section, values in config.items()
         if isinstance(values, dict)
     }
@@ -92,11 +101,13 @@ def data_identity(config: dict, name: str, known: dict) -> dict:
 
 
 def plan_runs(sweep: Sweep, names: list[str], out: Path) -> dict[str, PlannedRun]:
-    """key -> run for every (variant, seed) of `names`; variants with one recipe share a run."""
+    """key -> run for every (variant, seed) of `names`; variants with one recipe share a run,
+    in the folder that already holds it if one does."""
     runs: dict[str, PlannedRun] = {}
     keys: dict[tuple[str, int], str] = {}
     ordered = sorted(names, key=lambda n: len(sweep.chain(n)))  # starts before their users
     known: dict = {}
+    existing = finished_folders(out)
     for seed in sweep.seed_list():
         for name in ordered:
             start = sweep.variants[name].start
@@ -106,9 +117,41 @@ def plan_runs(sweep: Sweep, names: list[str], out: Path) -> dict[str, PlannedRun
             key = recipe_key(config, data, start_key)
             keys[(name, seed)] = key
             if key not in runs:
-                runs[key] = PlannedRun(key, out / f"{name}-s{seed}", config, data, start_key)
+                folder = existing.get(key, out / f"{name}-s{seed}")
+                runs[key] = PlannedRun(key, folder, config, data, start_key)
             runs[key].users.append((name, seed))
     return runs
+
+
+LOCK_FILE = ".sweep.lock"
+
+
+def lock_out(out: Path):
+    """Hold OUT for this sweep (an flock the kernel drops when the process ends); a second
+    sweep on the same OUT is refused in one line. Returns the open lock file."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK_FILE, "a")  # noqa: SIM115 - held for the whole sweep
+    except OSError as exc:
+        raise UserError(f"cannot use {out}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(
+            f"another sweep is running in {out}: wait for it, or use another --out"
+        ) from None
+    return handle
+
+
+def finished_folders(out: Path) -> dict[str, Path]:
+    """recipe key -> the folder under `out` that holds that recipe's run."""
+    found = {}
+    for recipe in sorted(out.glob(f"*/{RECIPE_FILE}")):
+        saved = json.loads(recipe.read_text("utf-8"))
+        key = recipe_key(saved.get("config", {}), saved.get("data"), saved.get("start"))
+        found.setdefault(key, recipe.parent)
+    return found
 
 
 def check_folders(runs: dict[str, PlannedRun]) -> None:
@@ -119,7 +162,10 @@ def check_folders(runs: dict[str, PlannedRun]) -> None:
             raise UserError(f"{run.folder} holds files that are not a sweep run: use another --out")
         if recipe.is_file():
             saved = json.loads(recipe.read_text("utf-8"))
-            if recipe_key(saved.get("config", {}), saved.get("data"), run.start) != run.key:
+            if (
+                recipe_key(saved.get("config", {}), saved.get("data"), saved.get("start"))
+                != run.key
+            ):
                 raise UserError(
                     f"{run.folder} holds a run of another recipe (the sweep file, --set or "
                     "the data changed): use another --out, or delete that folder to redo it"
@@ -141,7 +187,8 @@ def execute(
         try:
             queue.run(pool)
         except KeyboardInterrupt:
-            for process in list(pool._processes.values()):  # the runs in flight
+            # the runs in flight: an executor has no public way to stop a running task
+            for process in list(pool._processes.values()):
                 process.kill()
             echo("sweep interrupted: finished runs are kept; rerun the same command to go on")
             raise SystemExit(130) from None
@@ -186,7 +233,8 @@ class RunQueue:
         """`train_and_score`'s arguments for `run`."""
         init = self.runs[run.start].folder / "run" / "best.pt" if run.start else None
         split, beam = self.sweep.split, self.sweep.beam_size
-        return run.folder, run.key, run.config, run.data, init, split, beam, self.threads
+        recipe = {"key": run.key, "config": run.config, "data": run.data, "start": run.start}
+        return run.folder, recipe, init, split, beam, self.threads
 
     def collect(self, run: PlannedRun, future: concurrent.futures.Future) -> None:
         """Keep a finished run's result (or why it failed) and say so."""
@@ -211,26 +259,22 @@ def progress_line(run: PlannedRun, result: dict, beam: int) -> str:
 
 
 def train_and_score(
-    folder: Path,
-    key: str,
-    config: dict,
-    data: dict,
-    init: Path | None,
-    split: str,
-    beam: int,
-    threads: int,
+    folder: Path, recipe: dict, init: Path | None, split: str, beam: int, threads: int
 ) -> dict:
     """One run, in a worker process: train (or resume, or reuse), then evaluate best.pt on
-    `split` greedy and with `beam`; everything printed goes to folder/log.txt."""
+    `split` greedy and with `beam` (a result scored otherwise is scored again); everything
+    printed goes to folder/log.txt."""
     import torch
 
+    scoring = {"split": split, "beam": beam}
     result_path = folder / RESULT_FILE
     if result_path.is_file():
-        return json.loads(result_path.read_text("utf-8"))
+        result = json.loads(result_path.read_text("utf-8"))
+        if result.get("scoring") == scoring:
+            return result
     torch.set_num_threads(threads)
     folder.mkdir(parents=True, exist_ok=True)
-    recipe = {"key": key, "config": config, "data": data, "init": str(init or "")}
-    write_json(folder / RECIPE_FILE, recipe)
+    write_json(folder / RECIPE_FILE, {**recipe, "init": str(init or "")})
     started = time.perf_counter()
     with (
         open(folder / "log.txt", "a", encoding="utf-8") as log,
@@ -238,13 +282,13 @@ def train_and_score(
         contextlib.redirect_stderr(log),
     ):
         try:
-            train_run(folder, config, init)
+            train_run(folder, recipe["config"], init)
             scores, per_image = score_run(folder / "run" / "best.pt", folder, split, beam)
         except Exception as error:
             print(f"error: {error}", file=log)  # the sweep prints its first line, too
             raise
     result = summary_of_run(folder / "run", scores, per_image, time.perf_counter() - started)
-    write_json(result_path, result)
+    write_json(result_path, {**result, "scoring": scoring})
     return result
 
 
@@ -303,6 +347,4 @@ def summary_of_run(run: Path, scores: dict, per_image: dict, seconds: float) -> 
 
 def write_json(path: Path, data: dict) -> None:
     """Write `data` as JSON to `path` whole or not at all."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(data, indent=1))

@@ -33,7 +33,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import SPLITS
+from pipeline.config import SPLITS, EvalConfig
 from pipeline.errors import UserError
 
 SWEEP_KEYS = ("config", "seeds", "first_seed", "reference", "beam_size", "split", "default")
@@ -63,16 +63,18 @@ class Sweep:
     seeds: int = 3
     first_seed: int = 0
     reference: str = ""
-    beam_size: int = 3
-    split: str = "test"
+    beam_size: int = EvalConfig.beam_size  # test decoding: greedy, and this beam
+    split: str = EvalConfig.split
     default: tuple[str, ...] = ()  # the variants run when none are named (empty: all)
     extra: tuple[str, ...] = field(default_factory=tuple)  # --set for every variant, first
 
     @property
     def name(self) -> str:
+        """The sweep's name: its file's stem."""
         return self.path.stem
 
     def seed_list(self) -> list[int]:
+        """The seeds every variant runs with."""
         return list(range(self.first_seed, self.first_seed + self.seeds))
 
     def chain(self, name: str) -> list[Variant]:
@@ -138,6 +140,8 @@ def load_sweep(path: str | Path, extra: tuple[str, ...] = ()) -> Sweep:
             path, f"unknown table [{unknown[0]}]; a sweep file has [sweep] and [variants.*]"
         )
     head, tables = raw.get("sweep", {}), raw.get("variants", {})
+    if not isinstance(head, dict) or not isinstance(tables, dict):
+        raise _fail(path, "[sweep] and [variants.NAME] must be tables")
     bad = sorted(set(head) - set(SWEEP_KEYS))
     if bad:
         raise _fail(path, f"unknown key sweep.{bad[0]}; known: {', '.join(SWEEP_KEYS)}")
@@ -149,17 +153,15 @@ def load_sweep(path: str | Path, extra: tuple[str, ...] = ()) -> Sweep:
     if not isinstance(default, list) or not all(isinstance(n, str) for n in default):
         raise _fail(path, "sweep.default must be a list of variant names")
     variants = {name: _variant(path, name, table) for name, table in tables.items()}
+    settings = {k: head[k] for k in ("seeds", "first_seed", "beam_size", "split") if k in head}
     sweep = Sweep(
         path=path,
         config=path.parent / head["config"],
         variants=variants,
-        seeds=head.get("seeds", 3),
-        first_seed=head.get("first_seed", 0),
         reference=head.get("reference", next(iter(variants))),
-        beam_size=head.get("beam_size", 3),
-        split=head.get("split", "test"),
-        default=tuple(head.get("default", ())),
+        default=tuple(default),
         extra=tuple(extra),
+        **settings,
     )
     check_sweep(sweep)
     return sweep

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.atomic import write_text_atomic
 from pipeline.sweep.runner import PlannedRun, write_json
 from pipeline.sweep.spec import Sweep
 from pipeline.sweep.stats import compare, markdown_table, variant_row
@@ -47,7 +48,7 @@ def write_summary(out: Path, sweep: Sweep, summary: dict) -> str:
         f"# sweep {sweep.name}: {sweep.split} split, CIDEr x100, mean ± std over seeds; "
         "comparisons: paired bootstrap over seeds and images\n\n"
     )
-    (out / "summary.md").write_text(header + table, encoding="utf-8")
+    write_text_atomic(out / "summary.md", header + table)
     write_json(out / "summary.json", summary)
     return table
 

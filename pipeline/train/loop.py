@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 from tqdm import tqdm
 
 from pipeline import distributed
@@ -61,7 +60,7 @@ def train_epoch(trainer, objective, epoch: int) -> dict:
         for name, value in stats.items():
             sums[name] = sums.get(name, 0.0) + value
         bar.set_postfix_str(objective.progress(sums, time.perf_counter() - started))
-    totals = sum_over_ranks(sums, trainer)
+    totals = distributed.sum_values(sums, trainer.dist, trainer.device)
     seconds = time.perf_counter() - started
     return {**objective.record(totals, seconds), "epoch_seconds": seconds}
 
@@ -72,7 +71,7 @@ def optimizer_step(trainer, loss: torch.Tensor, epoch: int) -> None:
     optimizer, scaler = trainer.optimizer, trainer.scaler
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    average_gradients(trainer.model, trainer.dist)
+    distributed.average_gradients(trainer.model, trainer.dist)
     scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(
         trainer.model.parameters(), trainer.config.train.grad_clip or float("inf")
@@ -97,23 +96,6 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps)
 
 
-def average_gradients(model: torch.nn.Module, dist: distributed.DistInfo) -> None:
-    """Mean of every trainable parameter's gradient over the ranks (one flat all-reduce)."""
-    if not dist.enabled or dist.world_size == 1:
-        return
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    torch_dist.all_reduce(flat)
-    flat /= dist.world_size
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
-        offset += p.numel()
-
-
 def stop_if_non_finite(trainer, loss: torch.Tensor, grad_norm: torch.Tensor, epoch: int) -> None:
     """Stop (before the optimizer step) on a nan/inf loss or gradient, naming epoch and step.
 
@@ -129,13 +111,3 @@ def stop_if_non_finite(trainer, loss: torch.Tensor, grad_norm: torch.Tensor, epo
         f"{trainer.state.epoch}): lower train.lr or check the features and word "
         "vectors, then resume"
     )
-
-
-def sum_over_ranks(sums: dict[str, float], trainer) -> dict[str, float]:
-    """The epoch's sums added over every torchrun rank (as they are without torchrun)."""
-    if not trainer.dist.enabled:
-        return sums
-    names = sorted(sums)
-    values = torch.tensor([sums[n] for n in names], dtype=torch.float64, device=trainer.device)
-    torch_dist.all_reduce(values)
-    return dict(zip(names, values.tolist(), strict=True))

@@ -29,23 +29,28 @@ class CrossEntropy:
     name = "xe"
 
     def plan(self, trainer, epoch: int, rng: np.random.Generator) -> list:
+        """The epoch's batches of captions (`train.batching`)."""
         config = trainer.config.train
         return plan_epoch(trainer.train_split, config.batch_size, config.batching, rng)
 
     def loss(self, trainer, key, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """The batch's loss (with the attention penalty) and its CE x tokens, tokens."""
         total, cross_entropy, tokens = batch_loss(
             trainer.model, batch, trainer.config, trainer.device
         )
         return total, {"loss": float(cross_entropy.detach()) * tokens, "tokens": tokens}
 
     def progress(self, sums: dict[str, float], seconds: float) -> str:
+        """The progress bar's text so far."""
         return f"loss={sums['loss'] / sums['tokens']:.3f}, tok_s={sums['tokens'] / seconds:.0f}"
 
     def record(self, sums: dict[str, float], seconds: float) -> dict:
+        """The epoch's metrics from its sums over every rank."""
         tokens = max(sums.get("tokens", 0.0), 1.0)
         return {"train_loss": sums.get("loss", 0.0) / tokens, "tokens_per_s": tokens / seconds}
 
     def validation(self, trainer) -> dict:
+        """Nothing beyond the trainer's own validation."""
         return {}
 
 
@@ -55,17 +60,19 @@ class SelfCritical:
     name = "scst"
 
     def __init__(self, config: Config, train_split: SplitData, val_split: SplitData, vocab):
-        self.scst = scst.build_scst(config, train_split, vocab)
+        self.scst = scst.build_scst(config, train_split.references, vocab)
         self.monitor = scst.build_monitor(config, val_split, vocab)
         self.generator: torch.Generator | None = None
 
     def plan(self, trainer, epoch: int, rng: np.random.Generator) -> list:
+        """Batches of `train.batch_size` train images, each image once; reseeds sampling."""
         config = trainer.config.train
         self.generator = torch.Generator(device=trainer.device)
         self.generator.manual_seed(config.seed * 1_000_003 + epoch * 1_009 + trainer.dist.rank)
         return plan_epoch(trainer.train_split, config.batch_size, "random", rng)
 
     def loss(self, trainer, key, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """The batch's SCST loss and `scst.StepStats` sums."""
         images, _ = key
         features = batch["features"].to(trainer.device, non_blocking=True)  # (B, R, D)
         loss, stats = scst.scst_loss(
@@ -80,9 +87,11 @@ class SelfCritical:
         return loss, stats.as_sums()
 
     def progress(self, sums: dict[str, float], seconds: float) -> str:
+        """The progress bar's text so far."""
         return f"reward={sums['reward'] / sums['samples']:.3f}"
 
     def record(self, sums: dict[str, float], seconds: float) -> dict:
+        """The epoch's means per sample (loss, reward, baseline, length, bad endings)."""
         count = max(sums.get("samples", 0.0), 1.0)
         return {
             "train_loss": sums.get("loss", 0.0) / count,

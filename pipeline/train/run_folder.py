@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.atomic import write_text_atomic
 from pipeline.config import Config, save_config
 from pipeline.decoder.checkpoint import TEMP_PATTERN, temp_path
 from pipeline.decoder.vocab import Vocabulary
@@ -132,7 +133,11 @@ def start_run(config: Config, vocab: Vocabulary, splits: dict) -> tuple[Path, Ru
     try:
         save_config(config, run_dir / "config.toml")
         vocab.save(run_dir / "vocab.json")
-        write_text_atomic(run_dir / SPLITS_FILE, json.dumps(splits, indent=1) + "\n")
+        write_text_atomic(
+            run_dir / SPLITS_FILE,
+            json.dumps(splits, indent=1) + "\n",
+            temp_path(run_dir / SPLITS_FILE),
+        )
         (run_dir / METRICS_FILE).write_text("")
     except OSError as exc:
         lock.release()
@@ -175,17 +180,4 @@ def truncate_metrics(run_dir: Path, epochs_done: int, echo: bool = True) -> None
             f"warning: dropped {torn} unreadable line(s) of {path} (left by an interrupted run)",
             err=True,
         )
-    write_text_atomic(path, "".join(line + "\n" for line in kept))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` via an exclusively created temp file + rename."""
-    tmp = temp_path(path)
-    tmp.unlink(missing_ok=True)
-    try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    write_text_atomic(path, "".join(line + "\n" for line in kept), temp_path(path))

@@ -46,12 +46,6 @@ BAD_ENDINGS = ("a", "of", "with", "the")  # a caption ending in one of these is 
 MONITOR_SEED = 20_170_711  # the val-reward samples are the same draws every epoch
 
 
-def ends_badly(caption: str) -> bool:
-    """Whether a caption's last word is one of `BAD_ENDINGS`."""
-    words = caption.split()
-    return bool(words) and words[-1] in BAD_ENDINGS
-
-
 class CaptionReward:
     """CIDEr-D of sampled captions (vocabulary ids) against their image's references.
 
@@ -115,10 +109,11 @@ class Scst:
     suppress: list[int]  # ids sampling never draws (as decoding: <pad>, <sos>, maybe <unk>)
 
 
-def build_scst(config: Config, train_split: SplitData, vocab: Vocabulary) -> Scst:
-    """The reward over the train split's references (document frequencies computed once)."""
+def build_scst(config: Config, references: list[list[str]], vocab: Vocabulary) -> Scst:
+    """The reward over `references` (per image; document frequencies computed once from
+    them: the train split's for training) and the run's SCST settings."""
     reward = CaptionReward(
-        train_split.references,
+        references,
         vocab,
         config.scst.bad_ending_penalty,
         config.scst.eos_token,
@@ -264,16 +259,8 @@ def build_monitor(config: Config, val_split: SplitData, vocab: Vocabulary) -> Re
     count = min(config.scst.val_images, len(val_split.image_names))
     if count == 0:
         return None
-    references = val_split.references[:count]
-    reward = CaptionReward(
-        references,
-        vocab,
-        config.scst.bad_ending_penalty,
-        config.scst.eos_token,
-        config.data.language,
-    )
-    monitor_scst = Scst(reward, config.scst, suppressed_tokens(vocab, config.eval))
-    return RewardMonitor(monitor_scst, vocab, val_split.image_rows[:count])
+    scst = build_scst(config, val_split.references[:count], vocab)
+    return RewardMonitor(scst, vocab, val_split.image_rows[:count])
 
 
 # model.* keys a run started with --init may change: training-only settings, not the function

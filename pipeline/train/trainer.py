@@ -185,17 +185,19 @@ def build_trainer(
 
 
 def init_vocabulary(config: Config, source: dict, echo: bool) -> Vocabulary:
-    """The vocabulary of the --init checkpoint, with the tokenizer it was built with: the new
-    run takes that `vocab.tokenizer` into its config (and says so when it differs)."""
-    tokenizer = checkpoint_config(source["config"]).vocab.tokenizer
-    if tokenizer != config.vocab.tokenizer:
-        if echo:
-            click.echo(
-                f"vocab.tokenizer: {tokenizer!r}, as the --init checkpoint's vocabulary was "
-                f"built (not {config.vocab.tokenizer!r})"
-            )
-        config.vocab.tokenizer = tokenizer
-    return Vocabulary(source["vocab"], tokenizer)
+    """The vocabulary of the --init checkpoint, with the tokenizer and language it was built
+    with: the new run takes `vocab.tokenizer` and `data.language` into its config (and says
+    so when they differ), so its reward and scores read the captions the same way."""
+    saved = checkpoint_config(source["config"])
+    for section, key in (("vocab", "tokenizer"), ("data", "language")):
+        theirs, ours = getattr(getattr(saved, section), key), getattr(getattr(config, section), key)
+        if theirs != ours:
+            if echo:
+                click.echo(
+                    f"{section}.{key}: {theirs!r}, as the --init checkpoint's (not {ours!r})"
+                )
+            setattr(getattr(config, section), key, theirs)
+    return Vocabulary(source["vocab"], config.vocab.tokenizer)
 
 
 def make_vocabulary(data: ExperimentData, config: Config, echo: bool) -> Vocabulary:
@@ -261,7 +263,14 @@ def keep_optimizer_state(
     saved = payload.get("optimizer")
     if not saved:
         raise UserError(f"--init {path} holds no optimizer state (scst.keep_optimizer = true)")
-    optimizer.load_state_dict(saved)
+    try:
+        optimizer.load_state_dict(saved)
+    except ValueError as error:  # other trainable parameters, e.g. freeze_embeddings changed
+        raise UserError(
+            f"--init {path}: its optimizer state does not fit this run's trainable "
+            f"parameters ({error}); keep model.freeze_embeddings as it was, or set "
+            "scst.keep_optimizer = false"
+        ) from None
     for group in optimizer.param_groups:
         group["lr"] = config.train.lr
         group.pop("initial_lr", None)
@@ -327,6 +336,11 @@ def is_better(config: Config, value: float, best: float | None) -> bool:
     return value < best if config.train.selection_metric == "loss" else value > best
 
 
+def stopped_early(config: Config, state: RunState) -> bool:
+    """Whether train.patience epochs have passed without an improvement."""
+    return bool(config.train.patience) and state.epochs_since_best >= config.train.patience
+
+
 def run_epochs(trainer: Trainer) -> None:
     """Epoch loop with validation, logging, checkpoints and early stopping."""
     config, state = trainer.config, trainer.state
@@ -337,6 +351,13 @@ def run_epochs(trainer: Trainer) -> None:
             f"{trainer.run_dir} has already trained {state.epoch} epochs; "
             "extend it with --set train.epochs=N"
         )
+    elif stopped_early(config, state):
+        click.echo(
+            f"{trainer.run_dir} stopped early after epoch {state.epoch} (no "
+            f"{config.train.selection_metric} improvement for {config.train.patience} epochs); "
+            "raise train.patience to train on"
+        )
+        return
     while state.epoch < config.train.epochs:
         epoch = state.epoch
         record = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"]}
@@ -371,7 +392,7 @@ def run_epochs(trainer: Trainer) -> None:
         if trainer.dist.is_main:
             report_epoch(trainer, record, samples, improved)
             save_run_checkpoints(trainer, improved)
-        if config.train.patience and state.epochs_since_best >= config.train.patience:
+        if stopped_early(config, state):
             if trainer.dist.is_main:
                 click.echo(
                     f"early stopping: no {config.train.selection_metric} improvement "
@@ -463,6 +484,6 @@ def checkpoint_payload(trainer: Trainer) -> dict:
 def save_run_checkpoints(trainer: Trainer, improved: bool) -> None:
     """RUN/last.pt every epoch; RUN/best.pt when the selection metric improved."""
     payload = checkpoint_payload(trainer)
+    if improved:  # best.pt first: a kill between the two leaves last.pt behind, so the
+        save_checkpoint(payload, trainer.run_dir / "best.pt")  # resume redoes this epoch
     save_checkpoint(payload, trainer.run_dir / "last.pt")
-    if improved:
-        save_checkpoint(payload, trainer.run_dir / "best.pt")
