@@ -262,7 +262,7 @@ def test_old_checkpoints_resume_and_start_new_runs_with_their_tokenizer(runs, tm
         "train.epochs=1",
     )
     assert started.exit_code == 0, started.output
-    assert "vocab.tokenizer: 'ascii', as the --init checkpoint's vocabulary" in started.output
+    assert "vocab.tokenizer: 'ascii', as the --init checkpoint's (not 'words')" in started.output
     assert 'tokenizer = "ascii"' in (tmp_path / "runs" / "next" / "config.toml").read_text()
 
 

@@ -126,22 +126,23 @@ def plan_runs(sweep: Sweep, names: list[str], out: Path) -> dict[str, PlannedRun
 LOCK_FILE = ".sweep.lock"
 
 
+@contextlib.contextmanager
 def lock_out(out: Path):
-    """Hold OUT for this sweep (an flock the kernel drops when the process ends); a second
-    sweep on the same OUT is refused in one line. Returns the open lock file."""
+    """Hold OUT while the block runs (an flock, released on leaving the block, and by the
+    kernel if the process dies); a second sweep on the same OUT is refused in one line."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        handle = open(out / LOCK_FILE, "a")  # noqa: SIM115 - held for the whole sweep
+        handle = open(out / LOCK_FILE, "a")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise UserError(f"cannot use {out}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise UserError(
-            f"another sweep is running in {out}: wait for it, or use another --out"
-        ) from None
-    return handle
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another sweep is running in {out}: wait for it, or use another --out"
+            ) from None
+        yield
 
 
 def finished_folders(out: Path) -> dict[str, Path]:
