@@ -9,14 +9,15 @@ CONFIG ?= configs/demo.toml
 RUN ?=
 IMAGES ?=
 CHECKPOINT ?=
-SPLIT ?= test
-BEAM ?= 3
+SPLIT ?=
+BEAM ?=
 NPROC ?= 1
 ARGS ?=
 RUNS ?=
 PORT ?= 6006
+GPU_PYTHON ?= 3.12
 
-.PHONY: install test demo extract train evaluate caption tensorboard bench bench-gpu quality lint clean
+.PHONY: install test demo extract train evaluate caption tensorboard bench bench-gpu gpu-bundle quality lint clean
 
 install: $(STAMP)
 
@@ -45,15 +46,17 @@ endif
 
 evaluate: install
 	@test -n "$(RUN)" || (echo "usage: make evaluate RUN='runs/NAME [runs/OTHER ...]' [SPLIT=test] [BEAM=3]" && exit 2)
-	$(CAPTIONER) evaluate $(RUN) --split $(SPLIT) --beam-size $(BEAM) $(ARGS)
+	$(CAPTIONER) evaluate $(RUN) $(if $(SPLIT),--split $(SPLIT)) $(if $(BEAM),--beam-size $(BEAM)) $(ARGS)
 
 caption: install
 	@test -n "$(IMAGES)" -a -n "$(CHECKPOINT)" || (echo "usage: make caption IMAGES='a.jpg b.jpg' CHECKPOINT=runs/NAME/best.pt" && exit 2)
-	$(CAPTIONER) caption $(IMAGES) --checkpoint $(CHECKPOINT) --beam-size $(BEAM) $(ARGS)
+	$(CAPTIONER) caption $(IMAGES) --checkpoint $(CHECKPOINT) $(if $(BEAM),--beam-size $(BEAM)) $(ARGS)
 
 # TensorBoard on localhost: RUN=runs/NAME for one run, RUNS=runs for every run under a folder.
 tensorboard: install
 	@test -n "$(RUN)$(RUNS)" || (echo "usage: make tensorboard RUN=runs/NAME | RUNS=runs [PORT=6006]" && exit 2)
+	$(if $(RUN),$(if $(wildcard $(RUN)/tensorboard),,$(error no $(RUN)/tensorboard: RUN names a run folder trained with tensorboard installed)))
+	$(if $(RUNS),$(if $(wildcard $(RUNS)),,$(error no folder $(RUNS): RUNS names the folder holding the runs)))
 	$(BIN)/tensorboard --logdir $(if $(RUN),$(RUN)/tensorboard,$(RUNS)) --host 127.0.0.1 --port $(PORT)
 
 bench: install
@@ -65,8 +68,14 @@ bench: install
 	$(BIN)/python benchmarks/caption.py
 
 # Every CUDA path in one command (< 8 minutes on one GPU); --device cpu --tiny checks it here.
+# On a GPU machine with this .venv; on a bare one (no venv, no registry): make gpu-bundle here,
+# carry gpu-bundle/ with the repository, run `sh benchmarks/gpu_run.sh` there (docs/benchmarks.md).
 bench-gpu: install
 	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
+
+# gpu-bundle/: the packages a bare GPU machine's python3 (version GPU_PYTHON) lacks, from .venv.
+gpu-bundle: install
+	$(BIN)/python benchmarks/gpu_bundle.py --python $(GPU_PYTHON)
 
 # The caption-quality ablation on the demo cache (README, "Caption quality").
 quality: install

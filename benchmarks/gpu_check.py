@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/gpu_check.py                 # on a GPU machine, < 8 minutes
     .venv/bin/python benchmarks/gpu_check.py --device cpu --tiny   # the same paths, seconds
+    sh benchmarks/gpu_run.sh [ARGS]     # a bare GPU machine: its python3 + `make gpu-bundle`
 
-`make bench-gpu` runs the first form. The second runs in the test suite
-(tests/test_gpu_check.py), so the script cannot rot on machines without a GPU.
+`make bench-gpu` runs the first form. The third is for a GPU machine without the .venv or a
+package registry (docs/benchmarks.md, "The GPU check"). tests/test_gpu_run.py runs the third
+with `--device cpu --tiny`, importing only what such a machine has, so the script cannot rot
+on machines without a GPU.
 
 What runs, on `--device` (demo images generated here, random-init ResNet50, nothing fetched):
 1. Stage one: model-only forward (fp16 on CUDA, batch 128) on pre-decoded images; the decode
@@ -20,31 +23,42 @@ What runs, on `--device` (demo images generated here, random-init ResNet50, noth
 5. torchrun (1 process, nccl on CUDA, gloo on CPU): one epoch, then `evaluate` of that run.
 6. One SCST epoch from the trained checkpoint (`--init ... train.objective=scst`).
 
-Every number is also written to `--out` (default gpu_check.json) as JSON.
+The environment (GPU, driver, torch, CUDA, cuDNN, NCCL, torchvision, h5py, Python, and where
+the bundled packages were imported from) and every number are written to `--out` (default
+gpu_check.json) as JSON at the start and after every section, and each section's figures are
+printed as it ends: a run stopped half-way keeps what finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version as metadata_version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torchvision  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from benchmarks.gpu_bundle import PACKAGES as BUNDLED_PACKAGES  # noqa: E402
 from benchmarks.train import end_to_end as end_to_end_epoch  # noqa: E402
 from benchmarks.train import make_trainer  # noqa: E402
 from pipeline import contract  # noqa: E402
+from pipeline.atomic import write_text_atomic  # noqa: E402
 from pipeline.cli import main as captioner  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.demo_data import generate_demo_data  # noqa: E402
@@ -64,6 +78,7 @@ from pipeline.infer.caption import CaptionJob, run_caption  # noqa: E402
 from pipeline.infer.caption_sources import Source  # noqa: E402
 
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
+SMI_TIMEOUT_S = 20  # nvidia-smi's answer, for the driver's version
 SIZES = {  # full: a real GPU run; tiny: the same paths in seconds on a CPU
     "full": {
         "images": 2048,
@@ -353,42 +368,129 @@ def scst(work: Path, device: torch.device, size: dict) -> dict:
 
 # ---------------------------------------------------------------- main
 
+SECTIONS = (stage_one, training, end_to_end, beam, bulk_caption, torchrun, scst)
 
-def run_checks(work: Path, device: torch.device, size: dict) -> dict:
-    """Every section in order; a failing section is recorded and the others still run."""
+
+def run_checks(work: Path, device: torch.device, size: dict, out: Path) -> dict:
+    """Every section in order; a failing section is recorded and the others still run.
+
+    The report goes to `out` at the start (with `environment`) and again after every section,
+    each section's figures are printed as it ends: a run cut short keeps what finished.
+    `sections` maps each finished section to "ok" or "failed"; `finished` is true at the end.
+    """
+    report = {
+        "device": describe(device),
+        "environment": environment(device),
+        "sections": {},
+        "results": {},
+        "failures": {},
+        "finished": False,
+    }
+    write_report(report, out)
+    show(f"gpu check on {report['device']}")
+    for key, value in report["environment"].items():
+        show(f"  {key:<42}{value}")
     generate_demo_data(work / "data", n_images=size["images"], seed=0)
-    results, failures = {}, {}
-    for section in (stage_one, training, end_to_end, beam, bulk_caption, torchrun, scst):
+    for section in SECTIONS:
+        name = section.__name__
         try:
             seconds, figures = timed(lambda s=section: s(work, device, size), device)
-            results.update(figures)
-            results[f"{section.__name__}_seconds"] = round(seconds, 1)
         except Exception as exc:  # noqa: BLE001 - one broken path must not hide the others
-            failures[section.__name__] = f"{type(exc).__name__}: {str(exc)[-800:]}"
-    return {"device": describe(device), "results": results, "failures": failures}
+            report["failures"][name] = f"{type(exc).__name__}: {str(exc)[-800:]}"
+            report["sections"][name] = "failed"
+            show(f"{name}: FAILED {report['failures'][name]}")
+        else:
+            figures[f"{name}_seconds"] = round(seconds, 1)
+            report["results"].update(figures)
+            report["sections"][name] = "ok"
+            show(f"{name}:")
+            for key, value in figures.items():
+                shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
+                show(f"  {key:<42}{shown:>16}")
+        write_report(report, out)
+    report["finished"] = True
+    write_report(report, out)
+    return report
+
+
+def show(line: str) -> None:
+    """Print one line now (not when the buffer fills): a run cut short still shows it."""
+    print(line, flush=True)
+
+
+def write_report(report: dict, out: Path) -> None:
+    """The report as JSON at `out`, whole or not at all (temp file, then rename)."""
+    write_text_atomic(out, json.dumps(report, indent=1))
 
 
 def describe(device: torch.device) -> str:
+    """One line naming the device and torch."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     return f"cpu ({len(os.sched_getaffinity(0))} cores), torch {torch.__version__}"
 
 
-def print_table(report: dict) -> None:
-    print(f"gpu check on {report['device']}")
-    for key, value in report["results"].items():
-        shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
-        print(f"  {key:<42}{shown:>16}")
+def environment(device: torch.device) -> dict:
+    """What the figures were measured on: GPU, driver, library versions, and where each package
+    of `make gpu-bundle` was imported from (None where a part is absent, e.g. on a CPU)."""
+    cuda = device.type == "cuda"
+    return {
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+        "driver": nvidia_driver(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "nccl": nccl_version(),
+        "torchvision": torchvision.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "cpu_cores": len(os.sched_getaffinity(0)),
+        "packages": {name: package_origin(name) for name in BUNDLED_PACKAGES},
+    }
+
+
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver's version from nvidia-smi, or None without one that answers."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    query = [smi, "--query-gpu=driver_version", "--format=csv,noheader"]
+    try:
+        done = subprocess.run(query, capture_output=True, text=True, timeout=SMI_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else None
+
+
+def nccl_version() -> str | None:
+    """NCCL's version as torch was built with it, or None (a CPU build has none)."""
+    try:
+        return ".".join(str(part) for part in torch.cuda.nccl.version())
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def package_origin(name: str) -> dict:
+    """The version of a package and the folders it is imported from (a namespace package, as
+    pycocoevalcap is, may have several)."""
+    folders = list(importlib.import_module(name).__path__)
+    return {"version": metadata_version(name), "folders": folders}
+
+
+def print_ratios(report: dict) -> None:
+    """The ratios between sections' figures, and the failures, after the last section."""
     for section, reason in report["failures"].items():
-        print(f"  FAILED {section}: {reason}")
+        show(f"  FAILED {section}: {reason}")
     results = report["results"]
     if "caption_beam3_images_per_s" in results and "forward_images_per_s" in results:
-        print(
+        show(
             f"  bulk caption beam 3 / model-only forward: "
             f"{results['caption_beam3_images_per_s'] / results['forward_images_per_s']:.2f}"
         )
     if "extract_device_decode_images_per_s" in results:
-        print(
+        show(
             f"  device decode / model-only forward: "
             f"{results['extract_device_decode_images_per_s'] / results['forward_images_per_s']:.2f}"
             f"; cpu decode / forward: "
@@ -400,7 +502,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--tiny", action="store_true", help="small sizes: the paths, in seconds")
-    parser.add_argument("--out", default="gpu_check.json", help="JSON copy of the results")
+    parser.add_argument("--out", default="gpu_check.json", help="JSON of the results so far")
     parser.add_argument("--work", default="", help="keep the work folder here (default: temp)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -409,10 +511,9 @@ def main() -> None:
     size = SIZES["tiny" if args.tiny else "full"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
-        report = run_checks(work, device, size)
-    print_table(report)
-    Path(args.out).write_text(json.dumps(report, indent=1), "utf-8")
-    print(json.dumps(report))
+        report = run_checks(work, device, size, Path(args.out))
+    print_ratios(report)
+    print(json.dumps(report), flush=True)
     if report["failures"]:
         sys.exit(1)
 

@@ -1,7 +1,8 @@
 """Caption quality where the features carry information: SCST's gain on both testbeds.
 
     .venv/bin/python benchmarks/quality.py [--jobs 2] [--seeds 3] [--flickr8k DIR]
-                                          [--sweeps scene,language] [-- SWEEP OPTIONS]
+                                          [--sweeps scene,language] [--out DIR]
+                                          [-- SWEEP OPTIONS]
 
 1. Makes the testbeds when missing (`captioner testbed scene demo/testbeds/scene`, and
    `captioner testbed language demo/testbeds/language --captions DIR/Flickr8k.token.txt`: the
@@ -39,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--flickr8k", default=str(REPO.parent / "shared" / "data" / "flickr8k"))
     parser.add_argument("--sweeps", default="scene,language", help="which testbeds")
+    parser.add_argument(
+        "--out", help="runs under OUT/sweep-<testbed> (default: each sweep's own, reused)"
+    )
     parser.add_argument("extra", nargs="*", help="more `captioner sweep` options, after --")
     return parser.parse_args(argv)
 
@@ -63,7 +67,8 @@ def run_sweep(name: str, args: argparse.Namespace) -> dict:
     """`captioner sweep configs/sweeps/NAME.toml`, its output shown as it comes; its JSON."""
     command = captioner(
         "sweep", f"configs/sweeps/{name}.toml", "--jobs", str(args.jobs), "--seeds",
-        str(args.seeds), *args.extra,
+        str(args.seeds), *(["--out", f"{args.out}/sweep-{name}"] if args.out else []),
+        *args.extra,
     )  # fmt: skip
     last = ""
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) as process:

@@ -228,6 +228,7 @@ class ImageStore:
     runs the ResNet50 encoder on them (the seed's per-step CNN)."""
 
     in_memory = True  # make_loader then decodes in the training process, like the seed on CPU
+    cache = "ram"  # (FeatureStore's attribute that make_loader reads for pinning)
 
     def __init__(self, images_root: Path, row_names: list[str], encoder: FeatureEncoder):
         self.images_root = images_root
@@ -240,6 +241,10 @@ class ImageStore:
             [preprocess_image(self.images_root / self.row_names[int(r)]) for r in rows]
         )  # (n, 3, 224, 224) uint8
         return self.encoder.encode(images)  # (n, 49, 2048)
+
+    def gather(self, rows: np.ndarray) -> torch.Tensor:
+        """`read` as a tensor, as FeatureStore.gather gives it."""
+        return torch.from_numpy(self.read(rows))  # (n, 49, 2048)
 
 
 def head_split(split: SplitData, count: int) -> SplitData:

@@ -24,6 +24,10 @@ CAPTION_FORMATS = ("auto", "flickr30k-csv", "flickr8k-csv", "flickr8k-token", "k
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FEATURE_DTYPES = ("float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
+# features.cache: how stage two holds the grids (pipeline/dataset/store.py)
+FEATURE_CACHES = ("auto", "stream", "ram", "device")
+# features.decode: where extract decodes plain JPEGs (pipeline/extract/device_decode.py)
+DECODES = ("auto", "device", "cpu")
 ATTENTIONS = ("linear", "additive")
 MODEL_KINDS = ("lstm", "transformer")
 ATTENTION_ACTIVATIONS = ("tanh", "relu")
@@ -41,6 +45,8 @@ TOKENIZERS = ("words", "characters", "ascii")
 DEFAULT_TOKENIZER = "words"
 DEFAULT_LANGUAGE = "en"
 LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")  # BCP-47, simplified
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # NUL, tab, newline, DEL, C1...
+SEED_LIMIT = 2**32  # seeds are in [0, SEED_LIMIT): what numpy's and torch's generators take
 
 
 @dataclass
@@ -69,8 +75,9 @@ class FeaturesConfig:
     dtype: str = "float16"
     batch_size: int = 32
     workers: int = 2
-    in_memory: str = "auto"
-    ram_budget_gb: float = 4.0
+    decode: str = "auto"  # JPEGs decoded on the model's device: "auto" = on CUDA only
+    cache: str = "auto"  # stage two: "stream" from HDF5, held in "ram" or on the "device"
+    ram_budget_gb: float = 0.0  # the most RAM cache = "auto" may hold; 0: no cap of its own
 
 
 @dataclass
@@ -162,15 +169,16 @@ class ScstConfig:
 
 @dataclass
 class EvalConfig:
-    """Decoding for validation, evaluate and caption."""
+    """Decoding for validation, evaluate and caption; evaluate's and caption's flags default
+    to a checkpoint's saved section (`with_flags`)."""
 
-    split: str = "test"
+    split: str = "test"  # evaluate's split (and the one `inspect` checks)
     beam_size: int = 3
     length_penalty: float = 0.0
     max_len: int = 30
     suppress_unk: bool = True
     batch_size: int = 50
-    examples: int = 5
+    examples: int = 5  # images whose captions evaluate prints
 
 
 @dataclass
@@ -190,7 +198,11 @@ class Config:
 SECTIONS = ("data", "features", "vocab", "model", "train", "eval", "scst")
 # Keys renamed since checkpoints were first written: old key -> (new key, old value -> new value).
 RENAMED_KEYS = {
-    ("train", "captions_per_image"): ("batching", {"all": "images", "random": "random"})
+    ("train", "captions_per_image"): ("batching", {"all": "images", "random": "random"}),
+    ("features", "in_memory"): (
+        "cache",
+        {"true": "ram", "false": "stream", True: "ram", False: "stream"},
+    ),
 }
 # Keys a checkpoint saved before they existed lacks -> what that checkpoint was trained with.
 LEGACY_KEYS = {("vocab", "tokenizer"): "ascii", ("data", "language"): "en"}
@@ -328,6 +340,12 @@ def checkpoint_config(saved: dict, overrides: typing.Sequence[str] = ()) -> Conf
     return config_from_dict(raw)
 
 
+def with_flags(section, **flags):
+    """`section` (a config dataclass, e.g. a checkpoint's `eval`) with each flag that was given
+    (not None) in place of its value: how a command's options default to the checkpoint's."""
+    return dataclasses.replace(section, **{k: v for k, v in flags.items() if v is not None})
+
+
 def coerce(where: str, value: object, kind: object) -> object:
     """Check `value` against a field type (int, float, bool, str, list[float])."""
     if kind is bool:
@@ -371,6 +389,17 @@ def _check_finite(config: Config) -> None:
                 raise UserError(f"config {section}.{key} must be a finite number; got {value}")
 
 
+def _check_text(config: Config) -> None:
+    """No string value may hold a control character (it would not survive config.toml)."""
+    for section in SECTIONS:
+        for key, value in dataclasses.asdict(getattr(config, section)).items():
+            if isinstance(value, str) and CONTROL_CHARACTER.search(value):
+                raise UserError(
+                    f"config {section}.{key} must not hold control characters (NUL, tab, "
+                    f"newline...); got {value!r}"
+                )
+
+
 def validate(config: Config) -> None:
     """Range and choice checks that types alone cannot express."""
     d, f, v, m, t, e = (
@@ -382,6 +411,7 @@ def validate(config: Config) -> None:
         config.eval,
     )
     _check_finite(config)
+    _check_text(config)
     _choice("data.format", d.format, CAPTION_FORMATS)
     _check(
         len(d.split_ratios) == 3
@@ -391,7 +421,7 @@ def validate(config: Config) -> None:
     )
     _check(0.0 < d.subset <= 1.0, f"data.subset must be in (0, 1]; got {d.subset}")
     for key, seed in (("data.split_seed", d.split_seed), ("train.seed", config.train.seed)):
-        _check(0 <= seed < 2**32, f"{key} must be in [0, 2**32); got {seed}")
+        _check(0 <= seed < SEED_LIMIT, f"{key} must be in [0, 2**32); got {seed}")
     _check(
         LANGUAGE_TAG.fullmatch(d.language) is not None,
         f"data.language must be a BCP-47 language tag such as en, es, zh-Hans; got {d.language!r}",
@@ -399,10 +429,11 @@ def validate(config: Config) -> None:
     _choice("features.device", f.device, DEVICES)
     _choice("features.precision", f.precision, PRECISIONS)
     _choice("features.dtype", f.dtype, FEATURE_DTYPES)
-    _choice("features.in_memory", f.in_memory, ("auto", "true", "false"))
+    _choice("features.decode", f.decode, DECODES)
+    _choice("features.cache", f.cache, FEATURE_CACHES)
     _check(f.batch_size >= 1, "features.batch_size must be >= 1")
     _check(f.workers >= 0, "features.workers must be >= 0")
-    _check(f.ram_budget_gb >= 0, "features.ram_budget_gb must be >= 0")
+    _check(f.ram_budget_gb >= 0, "features.ram_budget_gb must be >= 0 (0: no cap)")
     _check(v.min_freq >= 1, "vocab.min_freq must be >= 1")
     _check(v.max_len >= 2, "vocab.max_len must be >= 2")
     _choice("vocab.tokenizer", v.tokenizer, TOKENIZERS)

@@ -20,6 +20,7 @@ Layout (documented for users in features/README.md):
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline.config import FEATURE_DTYPES
 from pipeline.errors import UserError
 
 BACKBONE = "resnet50"
@@ -60,6 +62,7 @@ MATCH_KEYS = (
     "testbed",  # only in a testbed's file: its kind, generator version and knobs
 )
 STRING_DTYPE = h5py.string_dtype("utf-8")
+LOCKED = (errno.EAGAIN, errno.EWOULDBLOCK)  # HDF5's lock held by another process
 
 
 def create_feature_file(path: str | Path, image_ids: list[str], attrs: dict, dtype: str) -> None:
@@ -119,13 +122,18 @@ def decode_attr(value: object) -> object:
 
 
 def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
-    """Open an HDF5 file, turning 'missing' and 'not HDF5' into clear user errors."""
+    """Open an HDF5 file, turning 'missing', 'locked by another process' and 'not HDF5' into
+    clear user errors."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"feature file not found: {path}")
     try:
         return h5py.File(path, mode)
     except OSError as exc:
+        if exc.errno in LOCKED:
+            raise UserError(
+                f"another process is writing or reading {path}; wait for it or use another file"
+            ) from None
         raise UserError(f"{path} is not a readable HDF5 feature file ({exc})") from None
 
 
@@ -160,8 +168,8 @@ def check_layout(f: h5py.File, path: str | Path) -> None:
         if name not in f:
             raise UserError(f"{path} is not a captioner feature file (no '{name}' dataset)")
     features = f[FEATURES]
-    if not isinstance(features, h5py.Dataset) or features.dtype not in (np.float16, np.float32):
-        raise UserError(f"{path}: 'features' is not a float16/float32 dataset")
+    if not isinstance(features, h5py.Dataset) or features.dtype.name not in FEATURE_DTYPES:
+        raise UserError(f"{path}: 'features' is not a {'/'.join(FEATURE_DTYPES)} dataset")
     shape = features.shape
     if len(shape) != 3 or shape[1:] != (REGIONS, CHANNELS):
         raise UserError(f"{path}: features have shape {shape}, expected (N, {REGIONS}, {CHANNELS})")
@@ -180,8 +188,37 @@ def check_layout(f: h5py.File, path: str | Path) -> None:
             or not h5py.check_string_dtype(failed.dtype)
         ):
             raise UserError(f"{path}: dataset 'failed' must be (M, 2) strings [image_id, reason]")
+    _check_attrs(f, path)
     _check_unique(read_image_ids(f), path)
     _check_sources(f, path)
+
+
+def _check_attrs(f: h5py.File, path: str | Path) -> None:
+    """`complete` a boolean, `num_images` the row count, `dtype` the stored dtype of the rows
+    (each checked where present: readers default the missing ones)."""
+    attrs, n, dtype = f.attrs, f[FEATURES].shape[0], f[FEATURES].dtype.name
+    if "complete" in attrs and not isinstance(attrs["complete"], (bool, np.bool_)):
+        _bad_attr(path, "complete", attrs["complete"], "True or False")
+    if "num_images" in attrs:
+        value = attrs["num_images"]
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value != n:
+            _bad_attr(path, "num_images", value, f"the integer {n}, its number of rows")
+    if "dtype" in attrs:
+        value = decode_attr(attrs["dtype"])
+        if not isinstance(value, str) or value not in FEATURE_DTYPES or value != dtype:
+            _bad_attr(path, "dtype", value, f"{dtype!r}, the dtype of its 'features'")
+
+
+def _bad_attr(path: str | Path, name: str, value: object, expected: str) -> None:
+    """UserError naming attribute `name`, what it holds, and what it should hold."""
+    if isinstance(value, np.ndarray):
+        held = np.array2string(value)
+    else:
+        held = repr(value.item() if isinstance(value, np.generic) else value)
+    raise UserError(
+        f"{path}: attribute '{name}' holds {held} ({type(value).__name__}), expected "
+        f"{expected} (not a captioner feature file, or damaged)"
+    )
 
 
 def _check_vector(f: h5py.File, path: str | Path, name: str, n: int, kind: str, ok) -> None:

@@ -1,10 +1,26 @@
-"""Choosing the torch device and its precision, for either stage."""
+"""Choosing the torch device and its precision, for either stage.
+
+The "auto" precision rule, stated here once (`features.precision`, `train.precision`):
+
+- extraction (`extract.extractor.resolve_precision`): fp16 on CUDA; on the CPU bf16 where the
+  CPU computes it natively (AVX512-BF16 or AMX, `cpu_has_native_bf16`), else fp32;
+- training (`training_precision`): bf16 on GPUs that compute it natively (compute capability
+  >= 8.0, Ampere on: `cuda_has_native_bf16`), fp16 with a GradScaler on older GPUs, fp32 on the
+  CPU (bf16 autocast is slower than fp32 on CPUs without native bf16, and its effect on caption
+  quality has not been measured on CPUs with it: ask for "bf16" explicitly).
+"""
+
+from __future__ import annotations
+
+import inspect
 
 import torch
 
+from pipeline.config import Config
 from pipeline.errors import UserError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the mixed precisions
+NATIVE_BF16_CAPABILITY = (8, 0)  # CUDA compute capability of the first bf16 GPUs (Ampere)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -16,9 +32,45 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def capability_has_native_bf16(capability: tuple[int, int]) -> bool:
+    """Whether a GPU of this CUDA compute capability (major, minor) computes bf16 natively."""
+    return tuple(capability) >= NATIVE_BF16_CAPABILITY
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU `device` computes bf16 natively. `torch.cuda.is_bf16_supported()`
+    alone also counts emulation (pre-Ampere GPUs), which is slow: not what "auto" wants."""
+    probe = torch.cuda.is_bf16_supported
+    if "including_emulation" in inspect.signature(probe).parameters:
+        with torch.cuda.device(device):
+            return bool(probe(including_emulation=False))
+    return capability_has_native_bf16(torch.cuda.get_device_capability(device))
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 autocast pays off."""
     return bool(
         getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
         or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     )
+
+
+def training_precision(config: Config, device: torch.device) -> str:
+    """train.precision resolved to fp32 | bf16 | fp16 ("auto": the module docstring's rule)."""
+    precision = config.train.precision
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if cuda_has_native_bf16(device) else "fp16"
+    return "fp32"
+
+
+def training_autocast(config: Config, device: torch.device) -> torch.autocast:
+    """The autocast context of train.precision on `device` (disabled for fp32)."""
+    dtype = AUTOCAST_DTYPES.get(training_precision(config, device))
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def grad_scaler_enabled(config: Config, device: torch.device) -> bool:
+    """fp16 needs loss scaling; bf16 and fp32 do not."""
+    return training_precision(config, device) == "fp16"

@@ -15,13 +15,20 @@ WORLD_SIZE and LOCAL_RANK set):
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
+
+from pipeline.errors import UserError
+
+ERROR_KEY = "captioner/user-error"  # in the job's store: the first UserError a rank ended with
 
 
 @dataclass(frozen=True)
@@ -58,13 +65,75 @@ def setup(backend: str | None = None, timeout: timedelta | None = None) -> DistI
         return DistInfo()
     if not torch_dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        torch_dist.init_process_group(backend=backend, timeout=timeout)
+        torch_dist.init_process_group(backend=backend, timeout=timeout, **_nccl_device(backend))
     return DistInfo(
         rank=torch_dist.get_rank(),
         world_size=torch_dist.get_world_size(),
         local_rank=int(os.environ["LOCAL_RANK"]),
         enabled=True,
     )
+
+
+@contextlib.contextmanager
+def process_group(backend: str | None = None, timeout: timedelta | None = None) -> Iterator:
+    """`setup(backend, timeout)` for the body, then `teardown`; a UserError ends every rank.
+
+    A rank ending in a UserError leaves its message in the job's store before it leaves the
+    group; a rank whose collective then fails because that rank is gone raises the same
+    UserError instead of a traceback, so every rank ends with the same one line.
+    """
+    dist = setup(backend, timeout)
+    try:
+        yield dist
+    except UserError as exc:
+        _leave_error(dist, exc.format_message())
+        raise
+    except RuntimeError:
+        message = _left_error(dist)
+        if message is None:
+            raise
+        raise UserError(message) from None
+    finally:
+        teardown(dist)
+
+
+def _error_key() -> str:
+    """ERROR_KEY for this attempt (torchrun may restart the workers with the same store)."""
+    return f"{ERROR_KEY}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+
+def _leave_error(dist: DistInfo, message: str) -> None:
+    """Store `message` for the other ranks (the first one stays)."""
+    if dist.enabled and torch_dist.is_initialized():
+        with contextlib.suppress(RuntimeError):
+            store = torch_dist.distributed_c10d._get_default_store()
+            if not store.check([_error_key()]):
+                store.set(_error_key(), message)
+
+
+def _left_error(dist: DistInfo) -> str | None:
+    """The message another rank left with `_leave_error`, if any."""
+    if not (dist.enabled and torch_dist.is_initialized()):
+        return None
+    try:
+        store = torch_dist.distributed_c10d._get_default_store()
+        key = _error_key()
+        return store.get(key).decode("utf-8") if store.check([key]) else None
+    except RuntimeError:
+        return None
+
+
+def _nccl_device(backend: str) -> dict:
+    """For nccl: select this rank's GPU (LOCAL_RANK) before the group exists, so NCCL's
+    communicators never land on GPU 0 by default, and bind the group to it (`device_id`)
+    where this torch's init_process_group takes one. Nothing for other backends."""
+    if backend != "nccl":
+        return {}
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    torch.cuda.set_device(device)
+    if "device_id" in inspect.signature(torch_dist.init_process_group).parameters:
+        return {"device_id": device}
+    return {}
 
 
 def barrier(dist: DistInfo) -> None:
@@ -160,12 +229,6 @@ def all_gather(value: object, dist: DistInfo) -> list:
     values: list = [None] * dist.world_size
     torch_dist.all_gather_object(values, value)
     return values
-
-
-def first_error(message: str | None, dist: DistInfo) -> str | None:
-    """The first rank's error message (None if no rank has one), on every rank: a collective,
-    so that a mistake one rank finds ends every rank with the same line."""
-    return next((m for m in all_gather(message, dist) if m is not None), None)
 
 
 def gather_captions(part: dict[int, str], dist: DistInfo) -> dict[int, str]:

@@ -53,7 +53,8 @@ batch_size = 16
 
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> dict[str, Path]:
-    """40 demo images + dataset.json + their features.h5 (random-init ResNet50, bf16)."""
+    """40 demo images + dataset.json + their features.h5 (random-init ResNet50, "auto"
+    precision: bf16 on a CPU with native bf16, else fp32; pipeline/device.py)."""
     root = tmp_path_factory.mktemp("demo")
     generate_demo_data(root / "data", n_images=40, seed=0)
     features = root / "features.h5"

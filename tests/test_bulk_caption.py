@@ -77,7 +77,10 @@ def bulk(tmp_path_factory, demo_cache) -> dict:
             runs=root / "runs",
         )
     )
-    trained = cli("train", "--config", config, "--set", "train.name=bulk")
+    # eval.beam_size = 3: the beam every `caption` below runs at without --beam-size
+    trained = cli(
+        "train", "--config", config, "--set", "train.name=bulk", "--set", "eval.beam_size=3"
+    )
     assert trained.exit_code == 0, trained.output
     photos = root / "photos"
     paths = write_photos(photos, demo_cache["images"])

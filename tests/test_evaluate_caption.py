@@ -14,6 +14,7 @@ from PIL import Image
 
 from pipeline import contract
 from pipeline.cli import main
+from pipeline.config import EvalConfig
 from pipeline.decoder.checkpoint import load_checkpoint
 from pipeline.decoder.metrics import java_available, score_captions
 from pipeline.extract.extractor import FeatureEncoder
@@ -129,6 +130,38 @@ def test_evaluate_scores_equal_direct_metric_call(trained, tmp_path):
     )
     for name in ("Bleu_4", "ROUGE_L", "CIDEr"):
         assert report["scores"][name] == pytest.approx(direct.scores[name], abs=1e-9)
+
+
+def test_evaluate_and_caption_default_to_the_checkpoints_eval_section(trained, tmp_path):
+    run = trained["config"].parent / "runs" / "evalset"
+    settings = ("eval.beam_size=2", "eval.split=val", "eval.examples=1", "train.epochs=1")
+    assert EvalConfig.beam_size != 2 and EvalConfig.split != "val"  # not the class defaults
+    overrides = [arg for setting in settings for arg in ("--set", setting)]
+    trained_run = cli(
+        "train", "--config", trained["config"], "--set", "train.name=evalset", *overrides
+    )
+    assert trained_run.exit_code == 0, trained_run.output
+
+    plain = cli("evaluate", run, "--out", tmp_path / "plain")
+    assert plain.exit_code == 0, plain.output
+    report = json.loads((tmp_path / "plain" / "evalset" / "metrics.json").read_text())
+    assert (report["split"], report["beam_size"], report["decoding"]["beam_size"]) == ("val", 2, 2)
+    assert plain.output.count("generated:") == 1 and "on val" in plain.output
+    flagged = cli(
+        "evaluate", run, "--out", tmp_path / "flagged", "--beam-size", 1, "--split", "test"
+    )
+    assert flagged.exit_code == 0, flagged.output
+    report = json.loads((tmp_path / "flagged" / "evalset" / "metrics.json").read_text())
+    assert (report["split"], report["beam_size"]) == ("test", 1)
+
+    for flags, beam in (((), 2), (("--beam-size", 1), 1)):
+        out = tmp_path / f"captions-{beam}.jsonl"
+        captioned = cli(
+            "caption", "--features", trained["features"], "--checkpoint", run, "--out", out, *flags
+        )
+        assert captioned.exit_code == 0, captioned.output
+        meta = json.loads(out.with_name(f"{out.name}.meta.json").read_text())
+        assert meta["beam_size"] == beam
 
 
 def test_evaluate_refuses_a_cache_from_other_weights(trained, tmp_path):

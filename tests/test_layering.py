@@ -1,5 +1,6 @@
 """The package's layers import downward only: train/ and infer/ never import each other, and
-only the sweep (above both) uses them together."""
+only the sweep (above both) uses them together; the ground modules (pipeline/*.py but the
+commands on top) import no subpackage and no cycle of each other."""
 
 import ast
 from pathlib import Path
@@ -14,6 +15,9 @@ FORBIDDEN = {
     "data": {"train", "infer", "dataset", "decoder", "extract", "sweep"},
     "extract": {"train", "infer", "dataset", "decoder", "sweep"},
 }
+SUBPACKAGES = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+ON_TOP = {"cli", "__main__", "demo"}  # the commands: they sit on every layer
+GROUND = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ON_TOP)
 
 
 def imported_subpackages(path: Path) -> set[str]:
@@ -43,6 +47,50 @@ def test_layers_import_downward_only():
             bad = imported_subpackages(path) & forbidden
             violations += [f"{path.relative_to(PACKAGE)} imports pipeline.{name}" for name in bad]
     assert not violations, "\n".join(violations)
+
+
+def test_ground_modules_import_no_subpackage():
+    violations = [
+        f"{name}.py imports pipeline.{sub}"
+        for name in GROUND
+        for sub in sorted(imported_subpackages(PACKAGE / f"{name}.py") & set(SUBPACKAGES))
+    ]
+    assert SUBPACKAGES and "config" in GROUND and "device" in GROUND
+    assert not violations, "\n".join(violations)
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of `graph` (module -> modules it imports) as [a, b, .., a]; [] if none."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str]:
+        if node in path:
+            return path[path.index(node) :] + [node]
+        if node in done:
+            return []
+        for target in sorted(graph.get(node, ())):
+            cycle = visit(target, path + [node])
+            if cycle:
+                return cycle
+        done.add(node)
+        return []
+
+    for node in sorted(graph):
+        cycle = visit(node, [])
+        if cycle:
+            return cycle
+    return []
+
+
+def test_ground_modules_import_each_other_without_a_cycle():
+    graph = {name: imported_subpackages(PACKAGE / f"{name}.py") & set(GROUND) for name in GROUND}
+    assert any(graph.values())  # the imports were read
+    assert import_cycle(graph) == [], " -> ".join(import_cycle(graph))
+
+
+def test_the_cycle_check_sees_a_cycle():
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert import_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
 
 
 def test_the_check_sees_a_violation(tmp_path):

@@ -114,7 +114,7 @@ def test_a_non_finite_loss_stops_either_objective_the_same_way(workspace, xe_run
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.output
     assert errors[0].startswith("error: training stopped: non-finite loss at epoch 1, step ")
-    assert "nothing of it was saved (last saved epoch: 0)" in errors[0]
+    assert "nothing of it was saved (no checkpoint yet, resume starts over)" in errors[0]
     run = workspace["runs"] / f"nan-{objective}"
     assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
 

@@ -130,6 +130,7 @@ def test_a_rerun_reuses_finished_runs_and_rescores_an_interrupted_one(swept):
     (out / "scst-s1" / "result.json").unlink()  # killed after training, before its scores
     recipe = json.loads((out / "xe-s0" / "recipe.json").read_text())
     del recipe["config"]["train"]["warmup_steps"]  # as written before the key existed
+    recipe["config"]["features"]["ram_budget_gb"] = 4.0  # a default that changed since
     (out / "xe-s0" / "recipe.json").write_text(json.dumps(recipe))
     shutil.rmtree(out / "scst-s1" / "eval-beam2")
     again = in_root(swept, "sweep", "sweep.toml")
@@ -227,7 +228,10 @@ def test_an_interrupted_sweep_resumes_to_the_straight_runs_result(swept, tmp_pat
     for key in ("scores", "per_image_cider", "best_epoch", "parameters"):
         assert result[key] == straight[key], key
     for mine, theirs in zip(result["history"], straight["history"], strict=True):
-        assert mine["train_loss"] == theirs["train_loss"] and mine["CIDEr"] == theirs["CIDEr"]
+        # the resumed epoch's sums may differ in the last bits (weights loaded from disk can
+        # take other SIMD paths on some CPUs), never more
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
+        assert mine["CIDEr"] == theirs["CIDEr"]
 
 
 def test_paired_bootstrap_interval_covers_the_true_difference():

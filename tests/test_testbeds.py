@@ -63,8 +63,8 @@ def test_scene_testbed_is_the_demo_data_with_its_knobs_in_the_fingerprint(tmp_pa
     assert fingerprint["backbone"] == "testbed:scene"
     assert fingerprint["testbed"] == {"kind": "scene", "version": 1, "images": 30,
                                       "extra_test": 5, "seed": 0,
-                                      "colour_error": 0.3, "shape_error": 0.67,
-                                      "cell_error": 0.2, "noise": 0.0, "code": "blocks"}  # fmt: skip
+                                      "colour_error": 0.25, "shape_error": 0.0,
+                                      "cell_error": 0.0, "noise": 0.0, "code": "blocks"}  # fmt: skip
 
 
 def decoded_cells(features: np.ndarray) -> np.ndarray:

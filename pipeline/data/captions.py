@@ -256,10 +256,18 @@ def _read_flickr8k_token(path: Path) -> _Rows:
 
 def _load_json(path: Path, fmt: str) -> object:
     try:
-        with path.open(encoding="utf-8-sig") as handle:
-            return json.load(handle)
+        return _parse_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise _bad(path, fmt, f"not valid JSON ({error})") from None
+
+
+def _parse_json(path: Path) -> object:
+    """`json.load` of a caption file; JSON nested too deeply for Python is one UserError."""
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            return json.load(handle)
+    except RecursionError:
+        raise UserError(f"cannot read {path}: its JSON is nested too deeply") from None
 
 
 def _json_format(data: object) -> str | None:
@@ -291,7 +299,7 @@ def _read_karpathy(path: Path, data: object) -> _Rows:
             raise _bad(path, "karpathy", "an image entry has no 'filename'")
         image = f"{entry['filepath']}/{filename}" if entry.get("filepath") else filename
         split = entry.get("split")
-        if split is not None and split not in KARPATHY_SPLITS:
+        if split is not None and (not isinstance(split, str) or split not in KARPATHY_SPLITS):
             raise _bad(
                 path,
                 "karpathy",
@@ -320,16 +328,27 @@ def _read_coco(path: Path, data: object) -> _Rows:
     """COCO captions_*.json: images (id, file_name) joined with annotations (image_id, caption)."""
     names = {}
     for entry in _records(data, "images", path, "coco"):
-        if "id" not in entry or not isinstance(entry.get("file_name"), str):
-            raise _bad(path, "coco", "an image entry lacks 'id' or 'file_name'")
+        if not _is_id(entry.get("id")) or not isinstance(entry.get("file_name"), str):
+            raise _bad(
+                path, "coco", "an image entry lacks an 'id' (a number or text) or 'file_name'"
+            )
         names[entry["id"]] = entry["file_name"]
     rows = _Rows()
     for annotation in _records(data, "annotations", path, "coco"):
         image_id = annotation.get("image_id")
+        if not _is_id(image_id):
+            raise _bad(
+                path, "coco", f"an annotation's image_id must be a number or text, got {image_id!r}"
+            )
         if image_id not in names:
             raise _bad(path, "coco", f"an annotation refers to unknown image id {image_id!r}")
         rows.add(names[image_id], annotation.get("caption"), None, image_id)
     return rows
+
+
+def _is_id(value: object) -> bool:
+    """A COCO id: an integer or a string (not a bool, a float, a list or an object)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def _text_format(first_line: str) -> str | None:
@@ -367,8 +386,7 @@ def _detect(path: Path) -> tuple[str, object]:
         raise UserError(f"cannot read {path}: {error.strerror}") from None
     if head.lstrip().startswith(("{", "[")):
         try:
-            with path.open(encoding="utf-8-sig") as handle:
-                data = json.load(handle)
+            data = _parse_json(path)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise _unknown(path) from None
         fmt = _json_format(data)

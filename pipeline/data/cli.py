@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER
+from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER, SEED_LIMIT
 from pipeline.data.demo_grammar import GRAMMARS
 from pipeline.data.testbed_knobs import SCENE_CODES, LanguageKnobs, SceneKnobs
 
@@ -21,7 +21,7 @@ from pipeline.data.testbed_knobs import SCENE_CODES, LanguageKnobs, SceneKnobs
 )
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(0, SEED_LIMIT - 1),
     default=0,
     show_default=True,
     help="Random seed; the same seed writes byte-identical files.",
@@ -108,7 +108,7 @@ NOISE_HELP = "Noise std per channel (noise makes each image memorable: decoders 
 @click.option("--overwrite", is_flag=True, help="Replace another testbed's files in OUT_DIR.")
 def scene_command(out_dir: Path, overwrite: bool, **knobs) -> None:
     """The demo's scenes and captions; grids coding each shape's colour, kind and size in the
-    cells it covers, with perception errors (defaults: what random-init ResNet50 grids carry)."""
+    cells it covers, with perception errors (defaults: captions at the demo's level)."""
     from pipeline.data.testbed_files import describe
     from pipeline.data.testbed_scene import write_scene_testbed
 

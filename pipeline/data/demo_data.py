@@ -10,9 +10,12 @@ Everything is drawn from one `numpy.random.default_rng(seed)`: same seed, same b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.atomic import write_text_atomic
+from pipeline.capacity import DISK_FULL, require_space
 from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER
 from pipeline.data.demo_grammar import (
     ENGLISH,
@@ -54,6 +58,8 @@ CAPTIONS_PER_IMAGE = 5
 IMAGE_SIZE = 224  # pixels per side of a demo image
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train, val, test
 LOCATIONS = 2  # phrases per 3x3 cell in every grammar (demo_grammar.Grammar.where)
+JPEG_BYTES_PER_PIXEL = 0.25  # bound on a demo JPEG's size (quality 90: at most 0.23 measured)
+CAPTION_BYTES_PER_IMAGE = 4096  # bound on an image's share of dataset.json + results.csv
 
 
 @dataclass(frozen=True)
@@ -296,6 +302,38 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
         )
 
 
+def _check_space(out_dir: Path, n_images: int, size: int) -> None:
+    """UserError when `n_images` demo images of `size` px and their captions cannot fit."""
+    captions = n_images * CAPTION_BYTES_PER_IMAGE  # dataset.json, the largest file, is less
+    images = round(n_images * size * size * JPEG_BYTES_PER_PIXEL)
+    require_space(out_dir / "images", images + captions, captions, hint="ask for fewer --images")
+
+
+def _why(exc: OSError) -> str:
+    """An OS error while writing, in a few words."""
+    if exc.errno in DISK_FULL:
+        return "the disk is full (nothing was kept); free some space or ask for fewer --images"
+    return exc.strerror or str(exc)
+
+
+def _exit_on_sigterm(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """Inside the block SIGTERM raises SystemExit (exit 143), so the caller's cleanup runs
+    instead of the process vanishing with its temporary folder (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _staging_dir(out_dir: Path, overwrite: bool) -> Path:
     """Where files are written: `out_dir` itself with `overwrite`, else a temp sibling
     renamed into place at the end (a killed run never leaves a half-made folder)."""
@@ -378,12 +416,16 @@ def generate_demo_data(
     grammar = demo_grammar(language)
     _check_arguments(n_images, size)
     _check_target(out_dir, overwrite)
+    _check_space(out_dir, n_images, size)
     staging = _staging_dir(out_dir, overwrite)
     try:
-        splits = _write_files(staging, n_images, seed, size, grammar)
-    except BaseException:
+        with _sigterm_as_exit():
+            splits = _write_files(staging, n_images, seed, size, grammar)
+    except BaseException as exc:
         if staging != out_dir:
             shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write demo data to {out_dir}: {_why(exc)}") from None
         raise
     _move_into_place(staging, out_dir)
     return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.config import SEED_LIMIT
 from pipeline.errors import UserError
 
 SCENE_CODES = ("blocks", "projection")  # a block of channels per code value | the control
@@ -17,9 +18,9 @@ class SceneKnobs:
     images: int = 1500
     extra_test: int = 1000  # more test scenes after the demo's (tighter intervals)
     seed: int = 0
-    colour_error: float = 0.3
-    shape_error: float = 0.67
-    cell_error: float = 0.2
+    colour_error: float = 0.25  # defaults: captions at the demo's level (XE CIDEr ~2.2);
+    shape_error: float = 0.0  # what a linear probe finds in random-init ResNet50 grids is
+    cell_error: float = 0.0  # harder: colour 0.3, shape 0.67 (chance), cell 0.2
     noise: float = 0.0
     code: str = "blocks"
 
@@ -31,7 +32,7 @@ class SceneKnobs:
                 raise UserError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
         if not self.noise >= 0.0:
             raise UserError(f"--noise must be >= 0, got {self.noise}")
-        if not 0 <= self.seed < 2**32:
+        if not 0 <= self.seed < SEED_LIMIT:
             raise UserError(f"--seed must be in [0, 2**32), got {self.seed}")
         if self.images < 10:
             raise UserError(f"--images must be at least 10, got {self.images}")
@@ -61,7 +62,7 @@ class LanguageKnobs:
             raise UserError(f"--distractors must be >= 0, got {self.distractors}")
         if not self.noise >= 0.0:
             raise UserError(f"--noise must be >= 0, got {self.noise}")
-        if not 0 <= self.seed < 2**32:
+        if not 0 <= self.seed < SEED_LIMIT:
             raise UserError(f"--seed must be in [0, 2**32), got {self.seed}")
         if self.train_images < 1 or self.min_count < 1:
             raise UserError("--train-images and --min-count must be at least 1")

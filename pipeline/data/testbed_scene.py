@@ -13,9 +13,11 @@ code of each shape into the 7x7 cells it covers, with controlled perception erro
   noise of standard deviation `noise`.
 
 `extra_test` more scenes from another seed of the same generator (test_00000.jpg, ...) join
-the test split, so that comparisons get tight intervals. The defaults imitate what the
-random-init grids carry. `code = "blocks"` writes every code
-value into its own block of channels; `code = "projection"` (the control) maps the same code
+the test split, so that comparisons get tight intervals. The defaults (a quarter of the
+colours seen wrong, kinds and places exact) put cross-entropy captions at the demo's level;
+the probe's reading of the random-init grids (`--colour-error 0.3 --shape-error 0.67
+--cell-error 0.2`) is harder. `code = "blocks"` writes every code value into its own block of
+channels; `code = "projection"` (the control) maps the same code
 through one fixed random projection onto all 2048 channels, as distributed as a CNN's. The
 scene's 224-px canvas maps onto the grid directly (32 px per cell). It measures decoders and
 objectives, not a vision model.

@@ -94,6 +94,9 @@ def plan_epoch(
     (so about `batch_size` distinct images: the recipe of Show-Attend-Tell implementations).
     "images": every caption once; a batch holds whole images (all their captions), about
     `batch_size` captions, so each grid is read once per epoch (cheaper reads, worse captions).
+    An image with more than `batch_size` captions is cut into pieces of `batch_size`, so a
+    batch holds fewer than 2 x `batch_size` captions whatever the captions per image (the
+    decoder expands the grid once per caption: 100,000 references would ask for 40 GB).
     "random": one random caption per image (the seed report's epoch), `batch_size` images.
     """
     if mode == "captions":
@@ -142,12 +145,14 @@ def _image_batches(
     captions: list[np.ndarray] = []
     count = 0
     for i in _image_order(split, rng):
-        images.append(int(i))
-        captions.append(split.captions_of_image[i])
-        count += len(split.captions_of_image[i])
-        if count >= batch_size:
-            batches.append((np.asarray(images), np.concatenate(captions)))
-            images, captions, count = [], [], 0
+        of_image = split.captions_of_image[i]
+        for start in range(0, len(of_image), batch_size):
+            images.append(int(i))
+            captions.append(of_image[start : start + batch_size])
+            count += len(captions[-1])
+            if count >= batch_size:
+                batches.append((np.asarray(images), np.concatenate(captions)))
+                images, captions, count = [], [], 0
     if images:
         batches.append((np.asarray(images), np.concatenate(captions)))
     return batches
@@ -171,7 +176,7 @@ class CaptionBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, torch.Tensor]:
         images, caption_indices = batch
-        features = self.store.read(self.split.image_rows[images])  # (n_img, 49, 2048)
+        features = self.store.gather(self.split.image_rows[images])  # (n_img, 49, 2048)
         position = np.full(len(self.split.image_names), -1, dtype=np.int64)
         position[images] = np.arange(len(images))
         image_of_caption = position[self.split.caption_image[caption_indices]]  # (B,)
@@ -181,7 +186,7 @@ class CaptionBatches(torch.utils.data.Dataset):
         for k, seq in enumerate(seqs):
             padded[k, : len(seq)] = seq
         return {
-            "features": torch.from_numpy(features),  # (n_img, 49, 2048)
+            "features": features,  # (n_img, 49, 2048), on the GPU for features.cache = "device"
             "image_index": torch.from_numpy(image_of_caption),  # (B,)
             "captions": torch.from_numpy(padded),  # (B, T)
             "lengths": torch.from_numpy(lengths),  # (B,)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import click
 import pandas as pd
+import torch
 
 from pipeline import contract
 from pipeline.checksum import file_sha256
@@ -27,11 +28,12 @@ from pipeline.dataset.splits import (
     split_lists,
     splits_line,
 )
-from pipeline.dataset.store import FeatureStore, cache_fits_in_memory
+from pipeline.dataset.store import FeatureStore, choose_cache
 from pipeline.errors import UserError
 
 EXPECTED = {"grid": contract.GRID}  # and a backbone of ours: the extractor's or a testbed's
 EVALUATE_ADVICE = "evaluate with the feature file the model was trained on"
+CACHE_WORDS = {"stream": "streamed from HDF5", "ram": "in memory", "device": "in GPU memory"}
 
 
 @dataclass
@@ -85,11 +87,13 @@ def load_experiment_data(
     expected_fingerprint: dict | None = None,
     echo: bool = True,
     saved_splits: dict | None = None,
+    device: torch.device | None = None,
 ) -> ExperimentData:
     """Read captions + cache, drop captions without usable grids, assign splits.
 
     `expected_fingerprint` and `saved_splits` come from a checkpoint (evaluate, --resume):
     the cache must then hold the same images, and the saved split lists are used as they are.
+    `device` is where the model runs: features.cache = "device" holds the grids there (CUDA).
     """
     path = config.features.path
     fingerprint, row_of, failed = open_cache(path, expected_fingerprint)
@@ -100,13 +104,18 @@ def load_experiment_data(
     table = read_captions(config.data.captions, config.data.format)
     frame = filter_to_cache(table.frame, row_of, failed)
     frame, splits, where, notes = run_splits(frame, table, config, saved_splits)
-    store = FeatureStore(path, in_memory=use_in_memory(config, path))
+    cache, why = choose_cache(path, config.features.cache, config.features.ram_budget_gb)
+    store = FeatureStore(path, cache, device)
+    if store.cache != cache:
+        why = f"{cache} asked for, but the model is not on a CUDA device: the grids are in RAM"
     if echo:
         click.echo(f"captions: {table.summary()}")
         click.echo(
             f"{splits_line(split_counts(frame), where)}; features: {path} "
-            f"({'in memory' if store.in_memory else 'streamed from HDF5'})"
+            f"({CACHE_WORDS[store.cache]})"
         )
+        if why:
+            click.echo(f"features.cache: {store.cache} ({why})")
         for line in notes:
             click.echo(line)
         note = table.language_note(config.data.language)
@@ -187,10 +196,3 @@ def check_same_images(
         f"{path} holds another image list than the features this run was trained "
         f"on ({detail}): use that feature file (it may be moved or renamed)"
     )
-
-
-def use_in_memory(config: Config, path: str) -> bool:
-    """features.in_memory: "true", "false", or "auto" (on when the cache fits the budget)."""
-    if config.features.in_memory == "auto":
-        return cache_fits_in_memory(path, config.features.ram_budget_gb)
-    return config.features.in_memory == "true"

@@ -12,45 +12,20 @@ from pipeline.config import Config
 from pipeline.dataset.batches import CaptionBatches, SplitData, plan_epoch
 from pipeline.dataset.store import FeatureStore
 from pipeline.decoder.loss import caption_loss
-from pipeline.device import AUTOCAST_DTYPES
-
-
-def training_precision(config: Config, device: torch.device) -> str:
-    """train.precision resolved to fp32 | bf16 | fp16.
-
-    "auto": on CUDA bf16 where the GPU supports it (no GradScaler needed), else fp16; on the
-    CPU fp32 (bf16 autocast is slower than fp32 on CPUs without native bf16, and its effect on
-    caption quality has not been measured on CPUs with it: ask for "bf16" explicitly).
-    """
-    precision = config.train.precision
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
-def training_autocast(config: Config, device: torch.device) -> torch.autocast:
-    """The autocast context of train.precision on `device` (disabled for fp32)."""
-    dtype = AUTOCAST_DTYPES.get(training_precision(config, device))
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def grad_scaler_enabled(config: Config, device: torch.device) -> bool:
-    """fp16 needs loss scaling; bf16 and fp32 do not."""
-    return training_precision(config, device) == "fp16"
+from pipeline.device import training_autocast
 
 
 def make_loader(
     store: FeatureStore, split: SplitData, plan: list, pad: int, workers: int, device: torch.device
 ) -> torch.utils.data.DataLoader:
-    """Batches of `plan`; workers read HDF5 lazily (none when the cache is in memory)."""
+    """Batches of `plan`; workers read HDF5 lazily (none when the cache is held: a worker
+    would only copy it); pinned for CUDA unless the grids are already on the device."""
     return torch.utils.data.DataLoader(
         CaptionBatches(store, split, pad),
         batch_size=None,
         sampler=plan,
         num_workers=0 if store.in_memory else workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda" and store.cache != "device",
     )
 
 

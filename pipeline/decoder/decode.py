@@ -47,8 +47,8 @@ def greedy_decode(
     """
     _check_arguments(max_len, 1)
     with torch.inference_mode():
-        encoded = model.encode(features)  # (B, R, D)
-        state = model.init_state(encoded)  # 2 x (B, H)
+        encoded = model.encode(features)  # EncodedBatch of B rows
+        state = model.init_state(encoded)  # State: batch-first tensors, each (B, ...)
         batch, regions, device = features.shape[0], features.shape[1], features.device
         images = list(range(batch))  # original position of each remaining row
         words = torch.full((batch,), sos, dtype=torch.long, device=device)  # (n,)
@@ -157,8 +157,8 @@ class _Live:
 def _start(model: CaptionDecoderProtocol, features: Tensor, sos: int, k: int) -> _Live:
     """Encode once, repeat each image k times; only beam 0 is live at first (the k are equal)."""
     batch, regions, device = features.shape[0], features.shape[1], features.device
-    encoded = model.encode(features)  # (B, R, D)
-    encoded = encoded.index_select(torch.arange(batch, device=device).repeat_interleave(k))
+    encoded = model.encode(features)  # EncodedBatch of B rows
+    encoded = encoded.index_select(torch.arange(batch, device=device).repeat_interleave(k))  # B*k
     scores = torch.full((batch, k), -math.inf, device=device)  # (B, k)
     scores[:, 0] = 0.0
     return _Live(

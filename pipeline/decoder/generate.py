@@ -102,8 +102,8 @@ def decode_rows(
     model.eval()
     results: list[Decoded] = []
     for start in range(0, len(rows), decoding.batch_size):
-        grids = store.read(rows[start : start + decoding.batch_size])
-        features = torch.from_numpy(grids).to(device)  # (b, 49, 2048)
+        batch_rows = rows[start : start + decoding.batch_size]
+        features = store.gather(batch_rows).to(device)  # (b, 49, 2048)
         results.extend(decode_features(model, features, vocab, decoding, beam_size))
     model.train(was_training)
     return results

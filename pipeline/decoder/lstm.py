@@ -28,7 +28,7 @@ UNIFORM_INIT = 0.1  # model.init = "uniform": embedding and output weights ~ U(-
 class Encoded:
     """A batch of images ready for decoding: the grids and the attention's image side."""
 
-    features: Tensor  # (B, R, D) float32, R = 49 regions
+    features: Tensor  # (B, R, D) float32 (the autocast dtype under autocast), R = 49 regions
     projected: Tensor  # (B, R, A) additive attention, (B, R, 1) linear attention: W_f·features
 
     def index_select(self, index: Tensor) -> Encoded:
@@ -148,11 +148,12 @@ class CaptionDecoder(nn.Module):
             weight[self.pad_index].zero_()
 
     def encode(self, features: Tensor) -> Encoded:
-        """(B, 49, D) float16/32 -> Encoded: float32 grids and the attention's image side."""
+        """(B, 49, D) float16/32 -> Encoded: the grids (float32, or the autocast dtype under
+        autocast) and the attention's image side."""
         features = features.float()  # (B, R, D)
         if self.feature_norm is not None:
             features = self.feature_norm(features)  # (B, R, D)
-        return Encoded(features, self.attention.project(features))  # projected (B, R, A|1)
+        return Encoded(_autocast_once(features), self.attention.project(features))
 
     def init_state(self, encoded: Encoded) -> State:
         """h0, c0 = Linear(mean of the regions), each (B, H), through tanh if
@@ -244,6 +245,15 @@ class CaptionDecoder(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return total, trainable
+
+
+def _autocast_once(features: Tensor) -> Tensor:
+    """The grid (B, R, D) in the autocast dtype when autocast is on (else unchanged): every
+    step's attention bmm would otherwise cast the whole float32 grid again."""
+    kind = features.device.type
+    if not torch.is_autocast_enabled(kind):
+        return features
+    return features.to(torch.get_autocast_dtype(kind))  # (B, R, D)
 
 
 def _active_counts(steps_sorted: Tensor, width: int) -> list[int]:

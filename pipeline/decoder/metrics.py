@@ -15,6 +15,8 @@ Java matters twice: the PTB tokenizer and METEOR are both Java programs. Without
   BLEU/ROUGE-L/CIDEr may shift slightly compared with a Java run; `MetricReport.tokenizer` says which
   tokenizer was used ("ptb" or "simple");
 - METEOR is reported as None, with the reason in `MetricReport.notes`.
+The same holds where pycocoevalcap's Java files (`JAVA_FILES`) are missing, as in the package
+folder `make gpu-bundle` carries to a GPU machine.
 A Java failure in the middle of a run never crashes scoring: it becomes a note.
 
 All of this is for English (`data.language` "en" or "en-*") split into words. Captions in other
@@ -33,7 +35,10 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import pycocoevalcap.meteor.meteor as pycoco_meteor
+import pycocoevalcap.tokenizer.ptbtokenizer as pycoco_ptb
 from nltk.tokenize import NLTKWordTokenizer
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
@@ -47,6 +52,11 @@ from pipeline.data.text import tokenize
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 BLEU_NAMES = METRIC_NAMES[:4]
 JAVA_PROBE_TIMEOUT_S = 20
+JAVA_FILES = (  # what pycocoevalcap's Java helpers (PTB tokenizer, METEOR) read beside their modules
+    Path(pycoco_ptb.__file__).with_name(pycoco_ptb.STANFORD_CORENLP_3_4_1_JAR),
+    Path(pycoco_meteor.__file__).with_name(pycoco_meteor.METEOR_JAR),
+    Path(pycoco_meteor.__file__).parent / "data" / "paraphrase-en.gz",
+)
 
 DISPLAY_NAMES = {
     "Bleu_1": "BLEU-1",
@@ -88,10 +98,14 @@ def java_available() -> bool:
 
 
 def _java_problem() -> str | None:
-    """Why Java cannot be used, or None when `java -version` works."""
+    """Why Java cannot be used, or None when `java -version` works and pycocoevalcap's
+    `JAVA_FILES` are there."""
     java = shutil.which("java")
     if java is None:
         return "java not found on PATH (install a JRE, e.g. openjdk-17-jre-headless)"
+    missing = [path.name for path in JAVA_FILES if not path.is_file()]
+    if missing:
+        return f"pycocoevalcap's Java files are missing: {', '.join(missing)}"
     try:
         probe = subprocess.run(
             [java, "-version"], capture_output=True, timeout=JAVA_PROBE_TIMEOUT_S, check=False

@@ -50,11 +50,11 @@ def sample_captions(
         raise ValueError(f"max_len and samples must be >= 1, got {max_len}, {samples}")
     device = features.device
     rows = features.shape[0] * samples
-    encoded = model.encode(features)  # (B, R, D)
+    encoded = model.encode(features)  # EncodedBatch of B rows
     encoded = encoded.index_select(
         torch.arange(features.shape[0], device=device).repeat_interleave(samples)
-    )  # (B*K, ...)
-    state = model.init_state(encoded)
+    )  # B*K rows
+    state = model.init_state(encoded)  # State: batch-first tensors, each (B*K, ...)
     active = torch.arange(rows, device=device)  # (n,) rows still sampling
     words = torch.full((rows,), sos, dtype=torch.long, device=device)  # (n,)
     tokens = torch.full((rows, max_len), pad, dtype=torch.long, device=device)  # (B*K, T)

@@ -41,7 +41,7 @@ def _echo(message: str) -> None:
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    help="auto: bf16 on CPU (when native), fp16 on CUDA.",
+    help="auto: fp16 on CUDA; on the CPU bf16 where native, else fp32 (pipeline/device.py).",
 )
 @click.option("--dtype", type=click.Choice(FEATURE_DTYPES), help="Stored feature dtype.")
 @click.option("--batch-size", type=click.IntRange(min=1))

@@ -5,11 +5,16 @@ automatically when extracting on CUDA (`ExtractJob.device_decode`):
 
 - Decode workers read each file (regular files only, as on the CPU path) and send its bytes
   when it is a plain JPEG the device decoder handles exactly like the policy wants: RGB or
-  grayscale, no EXIF rotation, both sides >= 32 px. Anything else (CMYK, rotated, PNG, GIF,
-  ...) is decoded on the CPU per `POLICY` in the worker, as before.
-- The main process decodes a batch's JPEG bytes with `torchvision.io.decode_jpeg(device=...)`
-  in one call, resizes and crops each image on the device (`resize_crop_tensor`), and falls
-  back to the CPU path per image for what the device decoder refuses.
+  grayscale, no EXIF rotation, a size the policy accepts (`size_problem`). Anything else
+  (CMYK, rotated, PNG, GIF, ...) is decoded on the CPU per `POLICY` in the worker, as before.
+- The main process decodes a batch's JPEG bytes on the device (`decode_jpegs`), resizes and
+  crops each image there (`resize_crop_tensor`), and falls back to the CPU path per image for
+  what the device decoder refuses (counted in `DecodeStats`, reported by extract).
+- The decoder is chosen at first use (`jpeg_decoder`), never at import: TorchCodec's
+  `decode_jpeg` where `torchcodec` is installed; else torchvision's (`torchvision.io`, on CUDA
+  nvjpeg in one batched call; deprecated since torchvision 0.29, so its DeprecationWarning is
+  silenced where we call it: installing torchcodec is the way off it); else Pillow (a CPU
+  decode, then copied to the device) once torchvision has dropped it.
 - The grids then go through the same fp16 forward; DataLoader batches are pinned.
 
 Pixels differ from the CPU path by a few grey levels (full decode + antialiased resize vs
@@ -19,17 +24,21 @@ for bit. Runs on any device (tests run it on the CPU); not yet run on a GPU.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from pipeline.extract.images import (
     IMAGE_SIZE,
-    MIN_SIDE,
     NO_STAMP,
     ImageBatch,
     ImageDataset,
@@ -39,10 +48,29 @@ from pipeline.extract.images import (
     preprocess_image,
     resize_crop_tensor,
     resolve_image_path,
+    size_problem,
 )
 
 _EXIF_ORIENTATION = 0x0112
 _DEVICE_MODES = ("RGB", "L")
+_TORCHVISION_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
+
+Decode = Callable[[list[torch.Tensor], torch.device], list["torch.Tensor | None"]]
+
+
+class JpegDecoder(NamedTuple):
+    """A JPEG decoder: its name and `decode(jpegs, device)`: (L,) uint8 CPU byte tensors ->
+    RGB (3, H, W) uint8 on `device`, None for each image it cannot decode."""
+
+    name: str  # "torchcodec" | "torchvision" | "pillow"
+    decode: Decode
+
+
+@dataclass
+class DecodeStats:
+    """What device decoding did over a run."""
+
+    fallbacks: int = 0  # JPEGs the device decoder failed on, decoded by the CPU path instead
 
 
 class RawItem(NamedTuple):
@@ -83,7 +111,7 @@ def read_for_device(path: Path) -> tuple[torch.Tensor, bool]:
                 plain = (
                     img.format == "JPEG"
                     and img.mode in _DEVICE_MODES
-                    and min(img.size) >= MIN_SIDE
+                    and not size_problem(img.size)  # else the CPU path words the refusal
                     and img.getexif().get(_EXIF_ORIENTATION, 1) == 1
                 )
         except Exception:  # let the CPU path decide and word the failure
@@ -122,22 +150,31 @@ def collate_raw(items: list[RawItem], root: Path, names: list[str]) -> RawBatch:
     )
 
 
-def decode_on_device(batch: RawBatch, device: torch.device) -> ImageBatch:
-    """RawBatch -> ImageBatch with uint8 (K, 3, 224, 224) images on `device`, rows ascending."""
+def decode_on_device(
+    batch: RawBatch, device: torch.device, stats: DecodeStats | None = None
+) -> ImageBatch:
+    """RawBatch -> ImageBatch with uint8 (K, 3, 224, 224) images on `device`, rows ascending;
+    `stats` counts the JPEGs that fell back to the CPU path."""
     images = {
         row: image.to(device, non_blocking=True)
         for row, image in zip(batch.decoded_rows, batch.decoded, strict=True)
     }
     failures = list(batch.failures)
-    for row, image in zip(batch.jpeg_rows, _decode_jpegs(batch.jpegs, device), strict=True):
+    for row, image in zip(batch.jpeg_rows, decode_jpegs(batch.jpegs, device), strict=True):
         if image is None:  # the device decoder refused it: the CPU path, per image
+            if stats is not None:
+                stats.fallbacks += 1
             try:
                 image = preprocess_image(batch.paths[row]).to(device)
             except ImageError as exc:
                 failures.append((row, str(exc)))
                 continue
         else:
-            image = resize_crop_tensor(image)  # (3, 224, 224) uint8 on device
+            try:
+                image = resize_crop_tensor(image)  # (3, 224, 224) uint8 on device
+            except (MemoryError, torch.OutOfMemoryError):
+                failures.append((row, "out of memory while resizing it on the device"))
+                continue
         images[row] = image
     rows = sorted(images)
     stacked = (
@@ -148,17 +185,76 @@ def decode_on_device(batch: RawBatch, device: torch.device) -> ImageBatch:
     return ImageBatch(rows, stacked, sorted(failures), batch.stamps)
 
 
-def _decode_jpegs(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """Batched device decode to RGB (3, H, W) uint8; None for each image it cannot decode."""
-    if not jpegs:
-        return []
-    try:
-        return list(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:  # one bad image fails the batched call: retry one by one
-        out: list[torch.Tensor | None] = []
-        for data in jpegs:
-            try:
-                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError:
-                out.append(None)
-        return out
+def decode_jpegs(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """JPEG bytes, each (L,) uint8 on the CPU -> RGB (3, H, W) uint8 on `device`, None for
+    each image the decoder (`jpeg_decoder`) cannot decode."""
+    return jpeg_decoder().decode(jpegs, device) if jpegs else []
+
+
+@functools.cache
+def jpeg_decoder() -> JpegDecoder:
+    """The JPEG decoder, chosen once, at first use: TorchCodec where it is installed, else
+    torchvision's while it has one, else Pillow's."""
+    if importlib.util.find_spec("torchcodec") is not None:
+        try:
+            from torchcodec.decoders import decode_jpeg as torchcodec_decode
+        except ImportError:  # installed but unusable (e.g. built without its image codecs)
+            pass
+        else:
+            return JpegDecoder("torchcodec", functools.partial(_torchcodec, torchcodec_decode))
+    import torchvision.io  # (no decoder is imported by name: it may be gone)
+
+    if hasattr(torchvision.io, "decode_jpeg"):
+        return JpegDecoder("torchvision", _torchvision)
+    return JpegDecoder("pillow", _pillow)
+
+
+def _torchcodec(decode: Callable, jpegs: list[torch.Tensor], device: torch.device) -> list:
+    """TorchCodec's decode_jpeg, one image per call (any failure: None, the CPU path)."""
+    out: list[torch.Tensor | None] = []
+    for data in jpegs:
+        try:
+            image = decode(data, device=str(device))  # (C, H, W) uint8, RGB by default
+            out.append(_as_rgb(image.to(device)))
+        except Exception:  # its error types are not part of its API
+            out.append(None)
+    return out
+
+
+def _torchvision(jpegs: list[torch.Tensor], device: torch.device) -> list:
+    """torchvision.io.decode_jpeg: the whole batch in one call (nvjpeg on CUDA), one by one
+    when an image fails it. Its DeprecationWarning (torchvision >= 0.29) is silenced here."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _TORCHVISION_DEPRECATION, category=DeprecationWarning)
+        try:
+            return list(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:  # one bad image fails the batched call: retry one by one
+            out: list[torch.Tensor | None] = []
+            for data in jpegs:
+                try:
+                    out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(None)
+            return out
+
+
+def _pillow(jpegs: list[torch.Tensor], device: torch.device) -> list:
+    """Pillow's full-size decode on the CPU (no draft scaling), then copied to `device`."""
+    out: list[torch.Tensor | None] = []
+    for data in jpegs:
+        try:
+            with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+                pixels = np.asarray(img.convert("RGB"))  # (H, W, 3) uint8
+        except (OSError, ValueError, Image.DecompressionBombError):
+            out.append(None)
+            continue
+        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)  # (3, H, W)
+        out.append(image.to(device))
+    return out
+
+
+def _as_rgb(image: torch.Tensor) -> torch.Tensor:
+    """(1 or 3, H, W) -> (3, H, W): a grayscale decode repeated over the three channels."""
+    return image.repeat(3, 1, 1) if image.shape[0] == 1 else image

@@ -2,7 +2,7 @@
 
 - DataLoader workers decode and resize (uint8 crosses process boundaries); the main process
   normalises whole batches on the device and runs the frozen backbone under inference_mode,
-  channels_last and autocast (bf16 on CPU, fp16 on CUDA by default).
+  channels_last and autocast ("auto" precision: the rule in `pipeline/device.py`).
 - A writer thread with a bounded queue writes each batch's contiguous row runs straight into
   the file's pre-allocated chunks (`RowFile`: plain `pwrite`s at offsets read from HDF5 once, so
   a full disk is a plain OSError and never leaves HDF5 with unwritable buffers), then the rows'
@@ -22,13 +22,10 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import functools
 import os
 import queue
-import resource
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +42,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline import contract
+from pipeline.capacity import DISK_FULL, require_space
 from pipeline.data.captions import read_captions
 from pipeline.device import AUTOCAST_DTYPES, cpu_has_native_bf16
 from pipeline.errors import UserError
@@ -55,7 +53,12 @@ from pipeline.extract.backbone import (
     build_backbone,
     build_backbone_from_attrs,
 )
-from pipeline.extract.device_decode import RawImageDataset, collate_raw, decode_on_device
+from pipeline.extract.device_decode import (
+    DecodeStats,
+    RawImageDataset,
+    collate_raw,
+    decode_on_device,
+)
 from pipeline.extract.images import (
     IMAGE_SIZE,
     MEAN,
@@ -76,14 +79,15 @@ WRITE_QUEUE_BATCHES = 3
 SPACE_MARGIN_BYTES = 1 << 20
 SPACE_PER_ROW_BYTES = 512
 NON_FINITE = "non-finite features (NaN or inf) from the backbone"
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` -> fp16 on CUDA; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX), else fp32.
+    """features.precision resolved to fp32 | bf16 | fp16 ("auto": the extraction rule in
+    `pipeline/device.py`: fp16 on CUDA; on the CPU bf16 where it is native, else fp32).
 
     Measured with benchmarks/extract.py on a 2-core AVX512-BF16 CPU, batch 32, channels_last:
-    fp32 ~16 img/s, bf16 ~35 img/s (features within ~1.5% of fp32's), so bf16 is the default.
+    fp32 ~16 img/s, bf16 ~35 img/s (features within ~1.5% of fp32's), so bf16 is the default
+    on such CPUs.
     """
     if precision != "auto":
         return precision
@@ -209,6 +213,7 @@ class ExtractResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, reason), all rows
     seconds: float = 0.0  # decode + forward + write loop, excluding model build
     stale: int = 0  # rows of a complete file redone because their image changed or vanished
+    decode: DecodeStats | None = None  # this process's device decoding; None: not counted
 
     @property
     def images_per_s(self) -> float:
@@ -313,39 +318,11 @@ def final_size(rows: int, dtype: str) -> int:
     return rows * (contract.row_bytes(dtype) + SPACE_PER_ROW_BYTES) + SPACE_MARGIN_BYTES
 
 
-def require_space(out: Path, needed: int, final: int, freed: int = 0) -> None:
-    """UserError unless `needed` more bytes fit where `out` goes (plus `freed` bytes that
-    replacing it frees) and a file of `final` bytes is within `ulimit -f`."""
-    folder = _existing_folder(out.parent)
-    free = shutil.disk_usage(folder).free + freed
-    if needed > free:
-        raise UserError(
-            f"not enough free space for {out}: it needs {_size(needed)} more "
-            f"and {folder} has {_size(free)} free; free some space or choose "
-            "another --out"
-        )
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY and final > limit:
-        raise UserError(
-            f"{out} would be {_size(final)} but the file size limit (ulimit -f) is {_size(limit)}"
-        )
-
-
 def _allocated_bytes(path: Path) -> int:
     try:
         return path.stat().st_blocks * 512
     except OSError:
         return 0
-
-
-def _existing_folder(folder: Path) -> Path:
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
-
-
-def _size(count: int) -> str:
-    return f"{count:,} bytes ({count / 1e9:.2f} GB)"
 
 
 def stale_rows(job: ExtractJob) -> list[int]:
@@ -662,6 +639,7 @@ def _extract_rows(
 ) -> None:
     """Run the decode -> forward -> write loop over `todo` rows, filling `result`."""
     start = time.perf_counter()
+    stats = result.decode = DecodeStats()
     batches = iter(_loader(job, todo))  # forks the decode workers before the file is open
     rows_file = RowFile(job.out)  # (an error here drops `batches`, stopping the workers)
     bar = tqdm(
@@ -675,7 +653,7 @@ def _extract_rows(
                 if writer.error is not None:
                     break
                 if job.decodes_on_device:
-                    batch = decode_on_device(batch, job.device)  # images (K, 3, 224, 224)
+                    batch = decode_on_device(batch, job.device, stats)  # (K, 3, 224, 224)
                 features = encoder.encode(batch.images)  # (K, 49, 2048) storage dtype
                 rows, features, failures = drop_non_finite(batch.rows, features, batch.failures)
                 writer.put(rows, features, failures, batch.stamps)

@@ -15,14 +15,18 @@ The policy, in order (recorded in every feature file as the `resize` attr, so st
    animated GIF/PNG/WebP use their first frame.
 4. Too small: an image whose shorter side is < 32 px is rejected (upscaling 9x7 px to 224 px
    makes a blur the backbone has never seen: the features would be noise, not a photo).
+   Too thin: an image whose aspect ratio is beyond 50:1, or whose resized size (step 5) would
+   exceed 4 M px, is rejected from its header, before anything is allocated (a 192 KB
+   32 x 2,000,000 PNG would resize to 16 GB). Neither rule changes an accepted image's pixels,
+   so `POLICY` (what a feature file records) is unchanged.
 5. Resize so the shorter side is 256 (torchvision `resize` on the PIL image: bilinear,
    antialiased), centre crop 224x224, uint8 CHW tensor.
 6. Normalisation ((x / 255 - mean) / std, ImageNet mean/std) is done later on whole batches on
    the model's device (`normalize_batch`): uint8 crosses the DataLoader, 4x less IPC than float.
 
 Pillow's decompression-bomb guard stays on and truncated files are NOT loaded: both, like a
-missing file or a file that is not an image, are per-image failures with a reason
-(`ImageError`), never a crash of the run. Only regular files are read: a FIFO, socket or
+missing file or a file that is not an image (or one that runs out of memory), are per-image
+failures with a reason (`ImageError`), never a crash of the run. Only regular files are read: a FIFO, socket or
 device named as an image fails that image (checked before opening, and again on the opened
 descriptor, which is opened non-blocking so a FIFO can never hang the run). Inside an images
 folder, a name whose symlinks resolve outside the folder is refused like `../x.jpg`.
@@ -49,6 +53,8 @@ from pipeline.data.captions import unsafe_name_reason
 RESIZE = 256
 IMAGE_SIZE = 224
 MIN_SIDE = 32
+MAX_ASPECT = 50  # longer side / shorter side
+MAX_RESIZED_PIXELS = 4_000_000  # pixels of the image after step 5, before the crop
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 POLICY = (
@@ -132,7 +138,7 @@ def open_rgb(path: str | Path) -> Image.Image:
                 img.draft("RGB", (RESIZE, RESIZE))  # DCT-scaled decode, both sides >= 256
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
-    except ImageError:
+    except (ImageError, MemoryError):  # preprocess_image words running out of memory
         raise
     except FileNotFoundError:
         raise ImageError("missing file") from None
@@ -150,9 +156,27 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise ImageError(f"cannot decode ({type(exc).__name__}: {exc})") from None
 
 
+def size_problem(size: tuple[int, int]) -> str:
+    """Why an image of `size` (width, height) is refused before decoding ("" when it is not)."""
+    short, long = min(size), max(size)
+    if short < MIN_SIDE:
+        return f"too small: {size[0]}x{size[1]} px (shorter side must be >= {MIN_SIDE})"
+    if long > MAX_ASPECT * short:
+        ratio = f"{long / short:.2f}".rstrip("0").rstrip(".")
+        return f"aspect ratio {ratio}:1 is beyond {MAX_ASPECT}:1 ({size[0]}x{size[1]} px)"
+    resized = RESIZE * round(long * RESIZE / short)
+    if resized > MAX_RESIZED_PIXELS:
+        return (
+            f"too large: {size[0]}x{size[1]} px resizes to {resized:,} px "
+            f"(at most {MAX_RESIZED_PIXELS:,})"
+        )
+    return ""
+
+
 def _check_size(size: tuple[int, int]) -> None:
-    if min(size) < MIN_SIDE:
-        raise ImageError(f"too small: {size[0]}x{size[1]} px (shorter side must be >= {MIN_SIDE})")
+    problem = size_problem(size)
+    if problem:
+        raise ImageError(problem)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -196,9 +220,12 @@ def preprocess_image(path: str | Path) -> torch.Tensor:
     """One image file -> uint8 (3, 224, 224) under `POLICY`; ImageError with a reason if unusable.
 
     Caption-time extraction calls this (then `normalize_batch` and the backbone) to reproduce
-    a feature file's features exactly.
+    a feature file's features exactly. Running out of memory fails this image, not the run.
     """
-    return crop_tensor(open_rgb(path))
+    try:
+        return crop_tensor(open_rgb(path))
+    except MemoryError:
+        raise ImageError("out of memory while decoding or resizing it") from None
 
 
 def normalize_batch(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:

@@ -20,13 +20,13 @@ from pipeline.extract.extractor import (
     ExtractResult,
     list_images,
     resolve_precision,
-    run_extraction,
 )
-from pipeline.extract.sharded import run_sharded_extraction
+from pipeline.extract.sharded import run_sharded_extraction, run_single_process
 
 EXIT_OK = 0
 EXIT_STRICT = 1
 SHOW_FAILURES = 10
+DEVICE_DECODE = {"auto": None, "device": True, "cpu": False}  # features.decode -> ExtractJob
 
 
 def job_from_config(
@@ -71,6 +71,7 @@ def job_from_config(
         overwrite=overwrite,
         progress=progress,
         strict=strict,
+        device_decode=DEVICE_DECODE[feat.decode],
         rejected=rejected,
     )
 
@@ -92,7 +93,7 @@ def run_job(job: ExtractJob, log: Callable[[str], None] = print) -> int:
     if launched_by_torchrun():
         result = run_sharded_extraction(job, log=log)
     else:
-        result = run_extraction(job, log=log)
+        result = run_single_process(job, log=log)
     if result.state == "shard":
         return EXIT_OK  # ranks other than 0 under torchrun: rank 0 reports for the whole job
     report(result, job, log)
@@ -103,6 +104,20 @@ def run_job(job: ExtractJob, log: Callable[[str], None] = print) -> int:
         )
         return EXIT_STRICT
     return EXIT_OK
+
+
+def decode_note(result: ExtractResult, job: ExtractJob) -> str:
+    """The summary's words on device decoding: the decoder and how many JPEGs it failed on
+    (decoded on the CPU instead; not counted across torchrun shards); "" when JPEGs were
+    decoded on the CPU."""
+    if not job.decodes_on_device:
+        return ""
+    from pipeline.extract.device_decode import jpeg_decoder  # chosen at first use
+
+    note = f"; JPEGs decoded on {job.device.type} by {jpeg_decoder().name}"
+    if result.decode is None:
+        return note
+    return f"{note}, {result.decode.fallbacks} fell back to the CPU"
 
 
 def report(result: ExtractResult, job: ExtractJob, log: Callable[[str], None]) -> None:
@@ -117,7 +132,8 @@ def report(result: ExtractResult, job: ExtractJob, log: Callable[[str], None]) -
     stale = f", {result.stale} of them because their image changed" if result.stale else ""
     log(
         f"done: {ok}/{result.total} images in {job.out} ({result.written} extracted now"
-        f"{stale}, {result.reused} from an earlier run; {result.images_per_s:.1f} images/s)"
+        f"{stale}, {result.reused} from an earlier run; {result.images_per_s:.1f} images/s"
+        f"{decode_note(result, job)})"
     )
     if result.failed:
         log(

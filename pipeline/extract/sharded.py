@@ -13,7 +13,9 @@ one self-contained file, atomically, and then deletes the shards.
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -36,6 +38,8 @@ from pipeline.extract.extractor import (
 
 COPY_BLOCK = 256  # rows copied per h5py call while consolidating
 WAIT_FOR_RANKS = timedelta(hours=72)  # ranks that finish early wait for the slowest shard
+SHARD_SUFFIX = ".shard-{rank}-of-{ranks}"  # what `shard_path` appends to OUT's file name
+RANK_DIGITS = 3  # rank and ranks are zero-padded to at least this many digits
 
 
 def shard_bounds(count: int, world_size: int) -> list[tuple[int, int]]:
@@ -46,13 +50,85 @@ def shard_bounds(count: int, world_size: int) -> list[tuple[int, int]]:
 
 def shard_path(out: Path, rank: int, world_size: int) -> Path:
     """Where rank `rank` of `world_size` writes its shard of `out`."""
-    return out.with_name(f"{out.name}.shard-{rank:03d}-of-{world_size:03d}")
+    rank_text, ranks_text = str(rank).zfill(RANK_DIGITS), str(world_size).zfill(RANK_DIGITS)
+    return out.with_name(out.name + SHARD_SUFFIX.format(rank=rank_text, ranks=ranks_text))
+
+
+def shard_job(job: ExtractJob, rank: int, world_size: int) -> ExtractJob:
+    """The part of `job` that rank `rank` of `world_size` extracts into its shard file."""
+    start, stop = shard_bounds(len(job.names), world_size)[rank]
+    return replace(job, names=job.names[start:stop], out=shard_path(job.out, rank, world_size))
+
+
+def shard_files(out: Path) -> dict[int, list[Path]]:
+    """The shard files of `out` that exist, by the number of ranks they were made for."""
+    number = rf"(\d{{{RANK_DIGITS},}})"  # a rank or a count of ranks, as shard_path writes it
+    suffix = re.escape(SHARD_SUFFIX).replace(r"\{", "{").replace(r"\}", "}")  # literal, but {}
+    pattern = re.compile(re.escape(out.name) + suffix.format(rank=number, ranks=number))
+    found: dict[int, list[Path]] = {}
+    wildcard = glob.escape(out.name) + SHARD_SUFFIX.format(rank="*", ranks="*")
+    for path in sorted(out.parent.glob(wildcard)):
+        match = pattern.fullmatch(path.name)
+        if match:
+            found.setdefault(int(match.group(2)), []).append(path)
+    return found
+
+
+def unfinished_shards(out: Path) -> int | None:
+    """The number of ranks of an interrupted torchrun extract whose shards `out` does not
+    map yet (`out` not written); None if there is none. Shards of several: UserError."""
+    found = shard_files(out)
+    if not found or out.exists():
+        return None
+    if len(found) > 1:
+        names = ", ".join(p.name for paths in found.values() for p in paths[:1])
+        raise UserError(
+            f"{out} has shard files of unfinished torchrun extracts with different numbers "
+            f"of ranks ({names}, ...): delete the ones not wanted, or pass --overwrite to "
+            "start over (deletes them all)"
+        )
+    return next(iter(found))
+
+
+def discard_shards(out: Path) -> None:
+    """--overwrite: delete every shard file of `out`, and `out` itself if it maps them."""
+    if out.is_file():
+        with contract.open_h5(out) as f:
+            mapped = contract.FEATURES in f and contract.is_virtual(f)
+        if mapped:
+            out.unlink()
+    for paths in shard_files(out).values():
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+
+def run_single_process(job: ExtractJob, log: Callable[[str], None]) -> ExtractResult:
+    """Extract `job` without torchrun. The shards an interrupted torchrun extract left are
+    finished here, one after the other, and joined; --overwrite deletes them first."""
+    if job.overwrite:
+        check_output(job, feature_attrs(job))  # refuses an --out that is no feature file
+        discard_shards(job.out)
+        return run_extraction(job, log)
+    world_size = unfinished_shards(job.out)
+    if world_size is None:
+        return run_extraction(job, log)
+    log(f"{job.out}: finishing the {world_size} shard files an interrupted torchrun run left")
+    done = [run_extraction(shard_job(job, r, world_size), log) for r in range(world_size)]
+    return replace(
+        join_shards(job, world_size),
+        reused=sum(r.total if r.state == "complete" else r.reused for r in done),
+        written=sum(r.written for r in done),
+        seconds=sum(r.seconds for r in done),
+        stale=sum(r.stale for r in done),
+    )
 
 
 def run_sharded_extraction(job: ExtractJob, log: Callable[[str], None]) -> ExtractResult:
-    """Extract this rank's shard, wait for all ranks, and (rank 0) join them into `job.out`."""
-    dist = distributed.setup(backend="gloo", timeout=WAIT_FOR_RANKS)
-    try:
+    """Extract this rank's shard, wait for all ranks, and (rank 0) join them into `job.out`.
+
+    A UserError on any rank ends every rank with its line (`distributed.process_group`).
+    """
+    with distributed.process_group(backend="gloo", timeout=WAIT_FOR_RANKS) as dist:
         state = check_output(job, feature_attrs(job))
         if state == "complete":
             return ExtractResult("complete", total=len(job.names))
@@ -61,12 +137,15 @@ def run_sharded_extraction(job: ExtractJob, log: Callable[[str], None]) -> Extra
                 f"{job.out} is an unfinished single-process file: finish it with "
                 "plain `captioner extract` (or pass --overwrite)"
             )
-        start, stop = shard_bounds(len(job.names), dist.world_size)[dist.rank]
+        if job.overwrite:
+            distributed.barrier(dist)  # every rank has checked --out
+            if dist.is_main:
+                discard_shards(job.out)
+            distributed.barrier(dist)
+        _check_rank_count(job.out, dist.world_size)
         shard = replace(
-            job,
-            names=job.names[start:stop],
+            shard_job(job, dist.rank, dist.world_size),
             device=distributed.device_for(dist, job.device),
-            out=shard_path(job.out, dist.rank, dist.world_size),
             progress=job.progress and dist.is_main,
         )
         result = run_extraction(shard, log if dist.is_main else (lambda _: None))
@@ -78,8 +157,17 @@ def run_sharded_extraction(job: ExtractJob, log: Callable[[str], None]) -> Extra
             result = replace(result, state="shard")  # rank 0 reports for the whole job
         distributed.barrier(dist)
         return result
-    finally:
-        distributed.teardown(dist)
+
+
+def _check_rank_count(out: Path, world_size: int) -> None:
+    """UserError when the shards an interrupted run left were made for other ranks."""
+    found = unfinished_shards(out)
+    if found not in (None, world_size):
+        raise UserError(
+            f"{out}: {shard_path(out, 0, found).name}... are the shards of an unfinished "
+            f"extract over {found} ranks: rerun it over {found} ranks, or without torchrun "
+            "to finish it in one process, or pass --overwrite to start over (deletes them)"
+        )
 
 
 def join_shards(job: ExtractJob, world_size: int) -> ExtractResult:

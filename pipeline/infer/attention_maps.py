@@ -9,8 +9,9 @@ brightness. Every tile has a white label band of LABEL_BAND pixels underneath wi
 
 Output size, deterministic: with n = 1 + len(words) tiles and c = min(columns, n) columns,
     width = c * cell,  height = ceil(n / c) * (cell + LABEL_BAND).
-Images of any Pillow mode are accepted; high-bit-depth modes (I;16, I, F) are stretched from their
-own min..max to 0..255 for display, everything else goes through Image.convert("RGB").
+Images of any Pillow mode are accepted and converted as the extractor converts them
+(`extract.images.to_rgb`): alpha composited on white, 16-bit modes (I;16, I) divided down to
+8 bits, everything else through Image.convert("RGB").
 """
 
 import io

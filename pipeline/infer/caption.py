@@ -16,8 +16,8 @@ bounded HTML gallery come from the same batches (caption_pictures). Nothing grow
 number of images but the planner's 16-byte keys.
 
 Under torchrun each rank captions its share into its own part, and rank 0 joins the parts.
-Every phase ends with an agreement (`distributed.first_error`): a mistake any rank finds
-(a refused output, a full disk) ends every rank with the same one line.
+Every phase ends with a barrier; a mistake any rank finds (a refused output, a full disk)
+ends every rank with the same one line (`distributed.process_group`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from pipeline import contract, distributed
 from pipeline.checksum import file_sha256
-from pipeline.config import EvalConfig, FeaturesConfig, validate
+from pipeline.config import EvalConfig, FeaturesConfig, validate, with_flags
 from pipeline.dataset.experiment import check_cache
 from pipeline.decoder.checkpoint import LoadedModel, load_model
 from pipeline.decoder.decode import Decoded
@@ -76,7 +76,7 @@ class CaptionJob:
 
     source: Source
     checkpoint: Path
-    beam_size: int = EvalConfig.beam_size
+    beam_size: int | None = None  # None: the checkpoint's eval.beam_size
     max_len: int | None = None  # words; None: the checkpoint's eval.max_len
     keep_beams: int = 0  # write the top K hypotheses of each image (0: none)
     out: Path | None = None  # JSON lines; None: print to the terminal
@@ -116,7 +116,7 @@ class Setup:
 
     loaded: LoadedModel
     device: torch.device
-    decoding: EvalConfig
+    decoding: EvalConfig  # the checkpoint's eval section with the job's beam_size, max_len
     identity: dict  # the checkpoint's path and content id, on every caption line
     pictures: Pictures
     encoder: FeatureEncoder | None  # None for --features
@@ -127,20 +127,14 @@ def run_caption(job: CaptionJob, log: Callable[[str], None]) -> CaptionResult:
     """Caption every input of `job` (under torchrun, this rank's share; rank 0 reports the
     whole job). KeyboardInterrupt propagates: every line written so far stays."""
     check_job(job)
-    if distributed.launched_by_torchrun():
-        dist = distributed.setup(backend="gloo", timeout=WAIT_FOR_RANKS)
-    else:
-        dist = DistInfo()
-    try:
+    with distributed.process_group(backend="gloo", timeout=WAIT_FOR_RANKS) as dist:
         return _run(job, dist, log)
-    finally:
-        distributed.teardown(dist)
 
 
 def check_job(job: CaptionJob) -> None:
     """UserError for options that cannot work together."""
-    if job.keep_beams > job.beam_size:
-        raise UserError(f"--keep-beams {job.keep_beams} needs --beam-size {job.keep_beams} or more")
+    if job.beam_size is not None:  # else checked once the checkpoint's beam size is known
+        check_keep_beams(job.keep_beams, job.beam_size)
     if job.out is None and (job.overwrite or job.keep_beams):
         raise UserError("--overwrite and --keep-beams go with --out")
     if distributed.launched_by_torchrun():
@@ -152,17 +146,28 @@ def check_job(job: CaptionJob) -> None:
             )
 
 
+def check_keep_beams(keep_beams: int, beam_size: int) -> None:
+    """UserError when more hypotheses are to be kept than the beam holds."""
+    if keep_beams > beam_size:
+        raise UserError(f"--keep-beams {keep_beams} needs --beam-size {keep_beams} or more")
+
+
 def _run(job: CaptionJob, dist: DistInfo, log: Callable[[str], None]) -> CaptionResult:
-    setup = _agreed(dist, lambda: _setup(job, dist, log))
-    lines, scan = _agreed(dist, lambda: _open_lines(job, dist, log))
+    """The phases, each ended on every rank before the next begins (rank 0 has prepared OUT
+    before any rank opens its part; every part is complete before rank 0 joins them)."""
+    setup = _setup(job, dist, log)
+    distributed.barrier(dist)
+    lines, scan = _open_lines(job, dist, log)
+    distributed.barrier(dist)
     try:
-        result = _agreed(dist, lambda: _caption_all(job, setup, lines, scan, dist, log))
+        result = _caption_all(job, setup, lines, scan, dist, log)
     finally:
         lines.close()
-    if job.out is not None and dist.world_size > 1:
-        _agreed(dist, lambda: join_parts(job.out, dist.world_size) if dist.is_main else None)
-    gathered = setup.pictures.gather(dist)
-    html = _agreed(dist, lambda: _write_page(setup, gathered, job, dist))
+    distributed.barrier(dist)
+    if job.out is not None and dist.world_size > 1 and dist.is_main:
+        join_parts(job.out, dist.world_size)
+    gathered = setup.pictures.gather(dist)  # (a collective: rank 0 has joined the parts)
+    html = _write_page(setup, gathered, job, dist)
     return replace(_summed(distributed.all_gather(result, dist)), html=html)
 
 
@@ -170,20 +175,7 @@ def _write_page(setup: Setup, gathered: tuple, job: CaptionJob, dist: DistInfo) 
     """Rank 0 writes the --html page from every rank's sample."""
     if not dist.is_main:
         return None
-    return setup.pictures.write_page(gathered, str(setup.loaded.path), job.beam_size)
-
-
-def _agreed(dist: DistInfo, step: Callable[[], object]) -> object:
-    """step() on every rank; a UserError on any rank ends every rank with its message."""
-    message, value = None, None
-    try:
-        value = step()
-    except UserError as exc:
-        message = exc.format_message()
-    message = distributed.first_error(message, dist)
-    if message is not None:
-        raise UserError(message)
-    return value
+    return setup.pictures.write_page(gathered, str(setup.loaded.path), setup.decoding.beam_size)
 
 
 def _setup(job: CaptionJob, dist: DistInfo, log: Callable[[str], None]) -> Setup:
@@ -193,8 +185,9 @@ def _setup(job: CaptionJob, dist: DistInfo, log: Callable[[str], None]) -> Setup
         pictures.check(job.source.inputs())
     device = distributed.device_for(dist, resolve_device(job.device))
     loaded = load_model(job.checkpoint, device)
-    decoding = replace(loaded.config.eval, max_len=job.max_len or loaded.config.eval.max_len)
+    decoding = with_flags(loaded.config.eval, beam_size=job.beam_size, max_len=job.max_len)
     validate(replace(loaded.config, eval=decoding))  # e.g. --max-len past a Transformer's positions
+    check_keep_beams(job.keep_beams, decoding.beam_size)
     images_root = ""
     if job.source.features:
         images_root = check_feature_file(job.source.features, loaded.features)
@@ -207,7 +200,7 @@ def _setup(job: CaptionJob, dist: DistInfo, log: Callable[[str], None]) -> Setup
     if job.out is not None and dist.is_main:
         jpeg_decode = "none" if job.source.features else decode_path(job, device)
         settings = output_settings(
-            identity, job.source.kind, jpeg_decode, decoding, job.beam_size, job.keep_beams
+            identity, job.source.kind, jpeg_decode, decoding, decoding.beam_size, job.keep_beams
         )
         prepare_output(job.out, settings, job.overwrite, dist.world_size, log)
     encoder = None
@@ -305,7 +298,8 @@ def _caption_batch(batch: GridBatch, job: CaptionJob, setup: Setup) -> list[dict
         grids = torch.from_numpy(batch.grids).to(setup.device)  # (K, 49, 2048)
         model, vocab = setup.loaded.model, setup.loaded.vocab
         keep = max(1, job.keep_beams)
-        decoded = decode_features(model, grids, vocab, setup.decoding, job.beam_size, keep=keep)
+        decoding = setup.decoding
+        decoded = decode_features(model, grids, vocab, decoding, decoding.beam_size, keep=keep)
         outcomes.update(zip(batch.rows, decoded, strict=True))
     records, captioned = [], []
     for position, item in enumerate(batch.inputs):

@@ -4,20 +4,19 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import DEVICES, SPLITS, EvalConfig, FeaturesConfig
+from pipeline.config import DEVICES, SPLITS, FeaturesConfig
 from pipeline.extract.cli import EXIT_INTERRUPTED
 from pipeline.infer.selection import GALLERY_SIZE, HTML_LIMIT
 
 
 @click.command("evaluate")
 @click.argument("checkpoints", nargs=-1, required=True, metavar="RUN_OR_CHECKPOINT...")
-@click.option("--split", default="test", show_default=True, type=click.Choice(SPLITS))
+@click.option("--split", type=click.Choice(SPLITS), help="Default: each checkpoint's eval.split.")
 @click.option(
     "--beam-size",
-    default=3,
-    show_default=True,
     type=click.IntRange(min=1),
-    help="Capped at the vocabulary size; images are decoded in chunks that fit memory.",
+    help="Default: each checkpoint's eval.beam_size. Capped at the vocabulary size; images "
+    "are decoded in chunks that fit memory.",
 )
 @click.option(
     "--out",
@@ -33,7 +32,11 @@ from pipeline.infer.selection import GALLERY_SIZE, HTML_LIMIT
     type=click.Path(dir_okay=False),
     help="Feature file to read (default: the one in each run's config).",
 )
-@click.option("--examples", default=5, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--examples",
+    type=click.IntRange(min=0),
+    help="Images whose captions are printed. Default: each checkpoint's eval.examples.",
+)
 @click.option(
     "--gallery",
     default=GALLERY_SIZE,
@@ -92,12 +95,14 @@ def _echo_err(message: str) -> None:
 )
 @click.option("--overwrite", is_flag=True, help="With --out: start the output over.")
 @click.option(
-    "--beam-size", default=EvalConfig.beam_size, show_default=True, type=click.IntRange(min=1)
+    "--beam-size",
+    type=click.IntRange(min=1),
+    help="Default: the checkpoint's eval.beam_size.",
 )
 @click.option(
     "--max-len",
     type=click.IntRange(min=1),
-    help="Most words per caption (default: the checkpoint's eval.max_len).",
+    help="Most words per caption. Default: the checkpoint's eval.max_len.",
 )
 @click.option(
     "--keep-beams",

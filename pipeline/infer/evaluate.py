@@ -12,12 +12,16 @@ table.csv and comparison.html at the top of OUT.
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
+from html import escape
 from importlib.metadata import version
 from pathlib import Path
 
 import click
 import pandas as pd
 
+from pipeline.config import with_flags
 from pipeline.dataset.batches import SplitData, build_split
 from pipeline.dataset.experiment import load_experiment_data
 from pipeline.dataset.teacher_forced import split_loss
@@ -38,29 +42,39 @@ from pipeline.infer.selection import GALLERY_SIZE, select_gallery
 
 RUN_OUTPUTS = ("predictions.json", "metrics.json", "report.html")
 COMPARISON_OUTPUTS = ("table.md", "table.csv", "comparison.html")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads these as a formula
+LOOSE_CHECKPOINT = "checkpoint"  # the label of a checkpoint with no folder name (at /)
 
 
-def predictions_json(image_ids: list[str], captions: list[str]) -> list[dict]:
-    """COCO results format; numeric ids (COCO) become ints, others stay file stems."""
-    return [
-        {"image_id": int(i) if i.isdigit() else i, "caption": c}
-        for i, c in zip(image_ids, captions, strict=True)
-    ]
+def predictions_json(
+    image_names: list[str], image_ids: list[str], captions: list[str]
+) -> list[dict]:
+    """COCO results format: numeric ids (COCO) become ints, others stay file stems; images
+    whose ids would collide (a/x.jpg and b/x.jpg) are named by their path instead."""
+    ids = [int(i) if i.isascii() and i.isdigit() else i for i in image_ids]
+    counts = Counter(ids)
+    ids = [i if counts[i] == 1 else n for i, n in zip(ids, image_names, strict=True)]
+    if len(set(ids)) != len(ids):  # a path equal to another image's id
+        ids = list(image_names)
+    return [{"image_id": i, "caption": c} for i, c in zip(ids, captions, strict=True)]
 
 
 def evaluate_checkpoint(
     path: str | Path,
-    split: str,
-    beam_size: int,
+    split: str | None,
+    beam_size: int | None,
     out_dir: Path,
     features_path: str | None = None,
-    examples: int = 5,
+    examples: int | None = None,
     device_name: str = "auto",
     gallery: int = GALLERY_SIZE,
     scorer: CaptionScorer | None = None,
 ) -> dict:
     """Caption every image of `split` with one checkpoint; write predictions, metrics and
     report.html into `out_dir` (only those files; a foreign file of that name is refused).
+    `split`, `beam_size` and `examples` (images printed) that are None take the checkpoint's
+    eval.split, eval.beam_size and eval.examples.
 
     `scorer` scores the model and the baseline; pass one to share its METEOR process between
     evaluations. Without one, the evaluation starts its own before decoding (so METEOR loads
@@ -77,6 +91,8 @@ def evaluate_checkpoint(
     device = resolve_device(device_name)
     loaded = load_model(path, device)
     config = loaded.config
+    config.eval = with_flags(config.eval, split=split, beam_size=beam_size, examples=examples)
+    split, beam_size = config.eval.split, config.eval.beam_size
     if features_path:
         config.features.path = features_path
     data = load_experiment_data(
@@ -158,14 +174,17 @@ def evaluate_checkpoint(
         },
     }
     folder.write_text(
-        "predictions.json", json.dumps(predictions_json(split_data.image_ids, captions), indent=1)
+        "predictions.json",
+        json.dumps(
+            predictions_json(split_data.image_names, split_data.image_ids, captions), indent=1
+        ),
     )
     folder.write_text("metrics.json", json.dumps(result, indent=2))
     cider = [report.per_image_cider[key] for key in keys]
     sections, images_note = gallery_cards(loaded, split_data, decoded, captions, cider, gallery)
     html = run_report(result, sections, read_history(loaded.path.parent), images_note)
     report_path = folder.write_text("report.html", html)
-    print_result(result, split_data, captions, examples)
+    print_result(result, split_data, captions, config.eval.examples)
     click.echo(f"  report: {report_path}")
     return result
 
@@ -233,8 +252,18 @@ def print_result(result: dict, split_data: SplitData, captions: list[str], examp
 
 
 def run_label(path: Path) -> str:
-    """A checkpoint's name in tables: its run folder, plus the file stem unless best.pt."""
-    return path.parent.name if path.name == "best.pt" else f"{path.parent.name}/{path.stem}"
+    """A checkpoint's name in tables: its run folder as the filesystem names it (`RUN/sub/..`
+    is RUN, `best.pt` is the current folder's name), plus the file stem unless best.pt;
+    control characters become `_`."""
+    path = Path(path).resolve()
+    folder = path.parent.name or LOOSE_CHECKPOINT
+    label = folder if path.name == "best.pt" else f"{folder}/{path.stem}"
+    return CONTROL_CHARACTERS.sub("_", label)
+
+
+def output_name(path: Path) -> str:
+    """The folder under --out that a checkpoint's outputs go to: its label, one plain name."""
+    return run_label(path).replace("/", "-")
 
 
 def comparison_table(results: list[dict]) -> pd.DataFrame:
@@ -257,11 +286,25 @@ def comparison_table(results: list[dict]) -> pd.DataFrame:
 def write_comparison(results: list[dict], folder: OutputFolder) -> pd.DataFrame:
     """table.md, table.csv and comparison.html at the top of the output folder."""
     table = comparison_table(results)
-    folder.write_text("table.csv", table.to_csv(index=False))
+    folder.write_text("table.csv", csv_safe(table).to_csv(index=False))
     folder.write_text("table.md", markdown_table(table))
     histories = {r["run"]: read_history(Path(r["checkpoint"]).parent) for r in results}
     folder.write_text("comparison.html", comparison_report(results, histories))
     return table
+
+
+def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with text cells that a spreadsheet would run as a formula quoted by a `'`."""
+
+    def safe(value):
+        return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+    return table.map(safe)
+
+
+def markdown_cell(text: str) -> str:
+    """Text for a Markdown table cell: HTML escaped, pipes escaped, no line breaks."""
+    return escape(CONTROL_CHARACTERS.sub(" ", text), quote=False).replace("|", "\\|")
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -272,7 +315,7 @@ def markdown_table(table: pd.DataFrame) -> str:
             return "–"
         if column in METRIC_NAMES:
             return f"{100 * value:.1f}"
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
+        return f"{value:.4f}" if isinstance(value, float) else markdown_cell(str(value))
 
     header = "| " + " | ".join(table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
@@ -285,19 +328,19 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 def evaluate_many(
     paths: list[str],
-    split: str,
-    beam_size: int,
+    split: str | None,
+    beam_size: int | None,
     out: Path,
     features_path: str | None = None,
-    examples: int = 5,
+    examples: int | None = None,
     device_name: str = "auto",
     gallery: int = GALLERY_SIZE,
 ) -> list[dict]:
     """Evaluate each checkpoint into out/<run label>/ (one METEOR process for all); a
-    comparison when several."""
+    comparison when several. None settings: each checkpoint's eval section's."""
     labels: list[str] = []
     for path in paths:
-        label = run_label(resolve_checkpoint(path)).replace("/", "-")
+        label = output_name(resolve_checkpoint(path))
         if label in labels:
             raise UserError(f"two checkpoints would both write {out / label}")
         labels.append(label)

@@ -14,6 +14,8 @@ PALETTE = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#d
 WIDTH, HEIGHT = 460, 250
 LEFT, RIGHT, TOP, BOTTOM = 56, 14, 30, 58  # margins around the plot area (px)
 MARKERS_UP_TO = 40  # points get a dot while a series has at most this many
+MAX_TICKS = 12  # the most ticks an axis gets, whatever the numbers
+TICK_SLACK = 1e-9  # in steps: a bound this close to a tick is on it (float noise)
 
 
 @dataclass
@@ -26,25 +28,47 @@ class Series:
 
 
 def nice_ticks(low: float, high: float, count: int = 5, integer: bool = False) -> list[float]:
-    """About `count` round tick values covering [low, high] (whole numbers if `integer`)."""
-    if not math.isfinite(low) or not math.isfinite(high):
+    """About `count` round tick values covering [low, high] (whole numbers if `integer`).
+
+    Never more than MAX_TICKS: a flat span gives its one value, and a span that round steps
+    cannot cover (below float resolution, or near the float limit) evenly spaced values.
+    """
+    if not (_finite(low) and _finite(high)):
         return [0.0]
+    low, high = float(low), float(high)
     if high <= low:
-        low, high = low - 0.5, high + 0.5
-    raw = (high - low) / max(count - 1, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+        return [low]
+    raw = high / max(count - 1, 1) - low / max(count - 1, 1)  # no overflow near the limit
+    step = _round_step(raw)
+    if not math.isfinite(step):
+        return even_ticks(low, high, count)
     if integer:
-        step = max(1, math.ceil(step))
-    first = math.floor(low / step) * step
-    ticks = []
-    value = first
-    while value <= high + step * 1e-9:
-        ticks.append(round(value, 12))
-        value += step
-    if ticks[-1] < high:
-        ticks.append(round(value, 12))
+        step = max(1.0, float(math.ceil(step)))
+    first = math.floor(low / step + TICK_SLACK)
+    last = math.ceil(high / step - TICK_SLACK)
+    ticks = [_tidy(i * step) for i in range(first, last + 1)] if last - first < MAX_TICKS else []
+    if len(ticks) < 2 or len(set(ticks)) != len(ticks) or not all(map(math.isfinite, ticks)):
+        return even_ticks(low, high, count)
     return ticks
+
+
+def even_ticks(low: float, high: float, count: int) -> list[float]:
+    """`count` evenly spaced values from low to high (fewer if float resolution merges some)."""
+    fractions = [i / max(count - 1, 1) for i in range(count)]
+    return sorted({low * (1 - f) + high * f for f in fractions})
+
+
+def _round_step(raw: float) -> float:
+    """The smallest 1, 2, 2.5 or 5 x 10^k at least `raw` (inf when there is none)."""
+    if not 0 < raw < math.inf:
+        return math.inf
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    return next((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), math.inf)
+
+
+def _tidy(value: float) -> float:
+    """`value` without float noise (0.30000000000000004 -> 0.3), at any magnitude."""
+    return float(f"{value:.12g}")
 
 
 def format_tick(value: float) -> str:
@@ -70,7 +94,12 @@ def line_chart(
 
     Series i is drawn in `series_colour(i)`; `legend=False` leaves the legend to the page.
     """
-    points = [(x, y) for s in series for x, y in zip(s.xs, s.ys, strict=True) if _finite(y)]
+    points = [
+        (float(x), float(y))
+        for s in series
+        for x, y in zip(s.xs, s.ys, strict=True)
+        if _finite(x) and _finite(y)
+    ]
     head = (
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
         f'height="{HEIGHT}" role="img" aria-label="{escape(title)}">'
@@ -85,7 +114,7 @@ def line_chart(
     x_ticks, y_ticks = nice_ticks(min(xs), max(xs), integer=True), nice_ticks(min(ys), max(ys))
     frame = _Frame(x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1])
     parts = [head, _axes(frame, x_ticks, y_ticks)]
-    if marker_x is not None:
+    if _finite(marker_x):
         parts.append(_marker(frame, marker_x, marker_label))
     for index, line in enumerate(series):
         parts.append(_polyline(frame, line, series_colour(index)))
@@ -104,16 +133,27 @@ class _Frame:
     y1: float
 
     def px(self, x: float) -> float:
-        span = (self.x1 - self.x0) or 1.0
-        return LEFT + (x - self.x0) / span * (WIDTH - LEFT - RIGHT)
+        return LEFT + _fraction(x, self.x0, self.x1) * (WIDTH - LEFT - RIGHT)
 
     def py(self, y: float) -> float:
-        span = (self.y1 - self.y0) or 1.0
-        return HEIGHT - BOTTOM - (y - self.y0) / span * (HEIGHT - TOP - BOTTOM)
+        return HEIGHT - BOTTOM - _fraction(y, self.y0, self.y1) * (HEIGHT - TOP - BOTTOM)
+
+
+def _fraction(value: float, low: float, high: float) -> float:
+    """Where `value` lies between low (0) and high (1); 0.5 on a flat span. Halved first, so
+    that no difference overflows near the float limit."""
+    span = high / 2 - low / 2
+    return (value / 2 - low / 2) / span if span > 0 else 0.5
 
 
 def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    """A real number that is a finite float (an int too large for a float is not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _axes(frame: _Frame, x_ticks: list[float], y_ticks: list[float]) -> str:
@@ -154,7 +194,7 @@ def _polyline(frame: _Frame, line: Series, colour: str) -> str:
     out, run = [], []
     pairs = list(zip(line.xs, line.ys, strict=True))
     for x, y in pairs + [(None, None)]:
-        if _finite(y):
+        if _finite(x) and _finite(y):
             run.append(f"{frame.px(x):.1f},{frame.py(y):.1f}")
             continue
         if len(run) > 1:

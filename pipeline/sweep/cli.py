@@ -74,7 +74,9 @@ def sweep_command(sweep_file, overrides, seeds, first_seed, only, jobs, out):
         for name in names:
             variant = sweep.variants[name]
             start = f" (from {variant.start})" if variant.start else ""
-            click.echo(f"  {name}{start}: {variant.about or ', '.join(variant.overrides) or 'base'}")
+            click.echo(
+                f"  {name}{start}: {variant.about or ', '.join(variant.overrides) or 'base'}"
+            )
         results, failures = execute(runs, sweep, jobs, click.echo)
         summary = summarise(sweep, names, runs_by_variant(runs, results))
         table = write_summary(out, sweep, summary)

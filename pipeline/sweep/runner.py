@@ -145,13 +145,20 @@ def lock_out(out: Path):
         yield
 
 
+def saved_key(recipe: Path) -> str:
+    """The key a run folder's recipe.json was written with: the recipe's identity as it was
+    then (a later release's changed default leaves it alone)."""
+    saved = json.loads(recipe.read_text("utf-8"))
+    return saved.get("key") or recipe_key(
+        saved.get("config", {}), saved.get("data"), saved.get("start")
+    )
+
+
 def finished_folders(out: Path) -> dict[str, Path]:
     """recipe key -> the folder under `out` that holds that recipe's run."""
     found = {}
     for recipe in sorted(out.glob(f"*/{RECIPE_FILE}")):
-        saved = json.loads(recipe.read_text("utf-8"))
-        key = recipe_key(saved.get("config", {}), saved.get("data"), saved.get("start"))
-        found.setdefault(key, recipe.parent)
+        found.setdefault(saved_key(recipe), recipe.parent)
     return found
 
 
@@ -162,11 +169,7 @@ def check_folders(runs: dict[str, PlannedRun]) -> None:
         if run.folder.exists() and not recipe.is_file() and any(run.folder.iterdir()):
             raise UserError(f"{run.folder} holds files that are not a sweep run: use another --out")
         if recipe.is_file():
-            saved = json.loads(recipe.read_text("utf-8"))
-            if (
-                recipe_key(saved.get("config", {}), saved.get("data"), saved.get("start"))
-                != run.key
-            ):
+            if saved_key(recipe) != run.key:
                 raise UserError(
                     f"{run.folder} holds a run of another recipe (the sweep file, --set or "
                     "the data changed): use another --out, or delete that folder to redo it"

@@ -1,1 +1,6 @@
-"""Stage two: splits, vocabulary, cached-feature loading, the attention LSTM decoder, training."""
+"""Stage two's training (`captioner train`): the epoch loop and optimizer step, the objectives
+(cross-entropy, SCST; its loss and reward), the trainer (validation, checkpoints), run folders.
+
+Splits, feature loading and batches live in `pipeline.dataset`; the decoders, vocabulary,
+decoding and metrics in `pipeline.decoder`. Never imports `pipeline.infer`.
+"""

@@ -25,13 +25,20 @@ from pipeline.errors import UserError
 )
 def train_command(config_path, overrides, resume, init):
     """Train the caption decoder from cached ResNet50 grids (never the images)."""
+    from pipeline.train.run_folder import restart_config
     from pipeline.train.trainer import train
 
     if resume:
         if init:
             raise UserError("--init starts a new run; it cannot be combined with --resume")
+        if config_path:
+            raise UserError(
+                "--resume continues a run with the config it was started with: drop --config "
+                "(change keys with --set), or start a new run with --config"
+            )
         if not (Path(resume) / "last.pt").is_file():
-            raise UserError(f"nothing to resume: {resume} holds no last.pt")
+            train(restart_config(Path(resume), tuple(overrides)))
+            return
         train(None, resume=resume, overrides=tuple(overrides))
         return
     if not config_path:

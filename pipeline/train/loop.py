@@ -105,9 +105,11 @@ def stop_if_non_finite(trainer, loss: torch.Tensor, grad_norm: torch.Tensor, epo
     if trainer.scaler.is_enabled() or bool(torch.isfinite(grad_norm)):
         return
     what = "loss" if not bool(torch.isfinite(loss)) else "gradient"
+    saved = trainer.state.epoch
+    kept = f"last saved epoch: {saved}" if saved else "no checkpoint yet, resume starts over"
     raise UserError(
         f"training stopped: non-finite {what} at epoch {epoch + 1}, step "
-        f"{trainer.state.step + 1}; nothing of it was saved (last saved epoch: "
-        f"{trainer.state.epoch}): lower train.lr or check the features and word "
-        "vectors, then resume"
+        f"{trainer.state.step + 1}; nothing of it was saved ({kept}): lower train.lr or "
+        f"check the features and word vectors, then `captioner train --resume "
+        f"{trainer.run_dir}`"
     )

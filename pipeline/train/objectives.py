@@ -18,8 +18,9 @@ import torch
 
 from pipeline.config import Config
 from pipeline.dataset.batches import SplitData, plan_epoch
-from pipeline.dataset.teacher_forced import batch_loss, training_autocast
+from pipeline.dataset.teacher_forced import batch_loss
 from pipeline.decoder.vocab import Vocabulary
+from pipeline.device import training_autocast
 from pipeline.train import scst
 
 

@@ -8,6 +8,8 @@
   so a killed run's folder resumes without any manual cleanup.
 - On every start, temporary checkpoint files a killed run left behind are removed, and
   `metrics.jsonl` is cut back to the epochs the checkpoint holds (a torn last line included).
+- A run that died before its first checkpoint leaves only its start files (`START_FILES`):
+  a new run of that name reuses the folder, and `--resume` starts it over from its config.toml.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ from pathlib import Path
 import click
 
 from pipeline.atomic import write_text_atomic
-from pipeline.config import Config, save_config
-from pipeline.decoder.checkpoint import TEMP_PATTERN, temp_path
+from pipeline.config import Config, load_config, save_config
+from pipeline.decoder.checkpoint import RUN_CONFIG, TEMP_PATTERN, temp_path
 from pipeline.decoder.vocab import Vocabulary
 from pipeline.errors import UserError
 
 LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 SPLITS_FILE = "splits.json"
+CHECKPOINTS = ("last.pt", "best.pt")
+# What a run writes before its first checkpoint (tensorboard/ after its first epoch's record).
+START_FILES = (RUN_CONFIG, "vocab.json", SPLITS_FILE, METRICS_FILE, LOCK_FILE, "tensorboard")
 
 
 @dataclass
@@ -60,8 +65,7 @@ def create_run_dir(config: Config) -> tuple[Path, RunLock]:
         raise UserError(f"cannot create {out_dir}: {exc.strerror}") from None
     if config.train.name:
         run_dir = out_dir / config.train.name
-        _make_exclusive(run_dir)
-        return run_dir, lock_run(run_dir)
+        return run_dir, _make_exclusive(run_dir)
     base = default_run_name(config)
     for attempt in range(1, 1000):
         run_dir = out_dir / (base if attempt == 1 else f"{base}-{attempt}")
@@ -75,17 +79,50 @@ def create_run_dir(config: Config) -> tuple[Path, RunLock]:
     raise UserError(f"too many runs named {base}* in {out_dir}")
 
 
-def _make_exclusive(run_dir: Path) -> None:
+def _make_exclusive(run_dir: Path) -> RunLock:
+    """Create `run_dir` and lock it; an existing folder is reused only when it holds no
+    checkpoint and nothing but a run's start files (a run that died in its first epoch)."""
     try:
         run_dir.mkdir()
+        return lock_run(run_dir)
     except FileExistsError:
-        what = "already holds a run" if (run_dir / "last.pt").exists() else "already exists"
-        raise UserError(
-            f"{run_dir} {what}: resume it with `captioner train --resume {run_dir}`"
-            " or choose another train.name"
-        ) from None
+        pass
     except OSError as exc:
         raise UserError(f"cannot create run folder {run_dir}: {exc.strerror}") from None
+    if any((run_dir / name).exists() for name in CHECKPOINTS):
+        raise UserError(
+            f"{run_dir} already holds a run: resume it with `captioner train --resume "
+            f"{run_dir}` or choose another train.name"
+        )
+    lock = lock_run(run_dir)  # refuses a live run still in its first epoch
+    foreign = sorted(
+        path.name
+        for path in run_dir.iterdir()
+        if path.name not in START_FILES and not path.match(TEMP_PATTERN)
+    )
+    if foreign:
+        lock.release()
+        raise UserError(
+            f"{run_dir} already exists and holds files that are not a run's "
+            f"({', '.join(foreign[:3])}): choose another train.name"
+        )
+    remove_leftovers(run_dir)
+    click.echo(f"reusing {run_dir}: it holds no checkpoint (its run stopped in its first epoch)")
+    return lock
+
+
+def restart_config(run_dir: Path, overrides: tuple[str, ...] = ()) -> Config:
+    """The config to start a checkpoint-less run folder over with: its config.toml (plus
+    `--set` overrides), writing into that same folder."""
+    if not (run_dir / RUN_CONFIG).is_file():
+        raise UserError(f"nothing to resume: {run_dir} holds no last.pt and no {RUN_CONFIG}")
+    click.echo(
+        f"{run_dir} has no checkpoint yet (its run stopped in its first epoch): "
+        f"starting it over from its {RUN_CONFIG}"
+    )
+    config = load_config(run_dir / RUN_CONFIG, overrides)
+    config.train.out_dir, config.train.name = str(run_dir.parent), run_dir.name
+    return config
 
 
 def lock_run(run_dir: Path) -> RunLock:

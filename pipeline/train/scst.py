@@ -228,7 +228,7 @@ class RewardMonitor:
     def rewards(self, model: torch.nn.Module, store: FeatureStore, device) -> dict[str, float]:
         """`val_reward_sample` (mean over K samples per image, the same draws every epoch,
         eval mode) and `val_reward_greedy` (the greedy captions')."""
-        features = torch.from_numpy(store.read(self.rows)).to(device)  # (n, R, D)
+        features = store.gather(self.rows).to(device)  # (n, R, D)
         images = np.arange(len(self.rows))
         k, vocab = self.scst.config.samples, self.vocab
         was_training = model.training

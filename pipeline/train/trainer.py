@@ -17,14 +17,20 @@ from pipeline import distributed
 from pipeline.config import Config, checkpoint_config, config_to_dict
 from pipeline.dataset.batches import SplitData, build_split
 from pipeline.dataset.experiment import ExperimentData, load_experiment_data
-from pipeline.dataset.teacher_forced import grad_scaler_enabled, split_loss
-from pipeline.decoder.build import build_decoder
-from pipeline.decoder.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from pipeline.dataset.teacher_forced import split_loss
+from pipeline.decoder.build import build_decoder, check_model_fits
+from pipeline.decoder.checkpoint import (
+    check_run,
+    load_checkpoint,
+    load_weights,
+    run_record,
+    save_checkpoint,
+)
 from pipeline.decoder.embeddings import load_word_vectors
 from pipeline.decoder.generate import decode_rows
 from pipeline.decoder.metrics import score_captions
 from pipeline.decoder.vocab import MOST_FREQUENT, Vocabulary, build_vocabulary
-from pipeline.device import resolve_device
+from pipeline.device import grad_scaler_enabled, resolve_device
 from pipeline.errors import UserError
 from pipeline.train import scst
 from pipeline.train.loop import train_epoch
@@ -73,6 +79,7 @@ class Trainer:
     dist: distributed.DistInfo
     objective: object  # pipeline.train.objectives: what turns a batch into a loss
     lock: RunLock | None = None  # held by rank 0 while it trains in run_dir
+    run: dict = field(default_factory=dict)  # `run_record`: what every checkpoint says of it
 
 
 def train(
@@ -85,18 +92,17 @@ def train(
 
     `init`: a checkpoint whose weights and vocabulary start a new run (e.g. SCST after XE).
     """
-    dist = distributed.setup()
-    lock = lock_run(Path(resume)) if resume is not None and dist.is_main else None
-    trainer = None
-    try:
-        trainer = build_trainer(config, resume, overrides, dist, init, lock)
-        run_epochs(trainer)
-        return trainer.run_dir
-    finally:
-        for held in (lock, trainer.lock if trainer else None):
-            if held is not None:
-                held.release()
-        distributed.teardown(dist)
+    with distributed.process_group() as dist:  # a UserError on one rank ends them all
+        lock = lock_run(Path(resume)) if resume is not None and dist.is_main else None
+        trainer = None
+        try:
+            trainer = build_trainer(config, resume, overrides, dist, init, lock)
+            run_epochs(trainer)
+            return trainer.run_dir
+        finally:
+            for held in (lock, trainer.lock if trainer else None):
+                if held is not None:
+                    held.release()
 
 
 def build_trainer(
@@ -112,7 +118,9 @@ def build_trainer(
         if dist.is_main:
             remove_leftovers(run_dir)
         checkpoint = load_checkpoint(run_dir / "last.pt")
+        check_run(checkpoint, run_dir / "last.pt")
         config = checkpoint_config(checkpoint["config"], overrides)  # `--set` e.g. train.epochs
+        check_same_objective(checkpoint, config, run_dir)
     else:
         run_dir = Path(config.train.out_dir) / (config.train.name or default_run_name(config))
     device = distributed.device_for(dist, resolve_device(config.train.device))
@@ -123,6 +131,7 @@ def build_trainer(
         source["features"] if source else None,
         echo,
         saved_splits=source.get("splits") if source else None,
+        device=device,
     )
     if checkpoint:
         vocab = Vocabulary(checkpoint["vocab"], config.vocab.tokenizer)
@@ -137,6 +146,7 @@ def build_trainer(
             "the train and val splits both need images: check data.split_ratios or the "
             "split lists (captioner inspect CAPTIONS shows the splits)"
         )
+    check_model_fits(config.model, vocab, device)  # before allocating any weight
     torch.manual_seed(config.train.seed)  # the initial weights, the same on every rank
     model = build_model(config, vocab, echo).to(device)
     if init is not None and not checkpoint:
@@ -164,6 +174,7 @@ def build_trainer(
             )
     elif dist.is_main:
         run_dir, lock = start_run(config, vocab, data.splits)
+    run = run_record(run_dir) if dist.is_main else {}
     distributed.broadcast_parameters(model, dist)
     return Trainer(
         config,
@@ -181,7 +192,19 @@ def build_trainer(
         dist,
         build_objective(config, train_split, val_split, vocab),
         lock,
+        run,
     )
+
+
+def check_same_objective(checkpoint: dict, config: Config, run_dir: Path) -> None:
+    """`--resume` continues a run as it was trained: another train.objective is a new run."""
+    saved = checkpoint_config(checkpoint["config"]).train.objective
+    if config.train.objective != saved:
+        raise UserError(
+            f"{run_dir} was trained with train.objective = {saved!r}: --resume cannot switch it "
+            f"to {config.train.objective!r}; start a new run from its checkpoint with "
+            f"`captioner train --config CONFIG --init {run_dir / 'best.pt'}`"
+        )
 
 
 def init_vocabulary(config: Config, source: dict, echo: bool) -> Vocabulary:
@@ -478,6 +501,7 @@ def checkpoint_payload(trainer: Trainer) -> dict:
         "vocab": list(trainer.vocab.itos),
         "features": trainer.data.fingerprint,
         "splits": trainer.data.splits,
+        "run": trainer.run,
     }
 
 
