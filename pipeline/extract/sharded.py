@@ -13,9 +13,7 @@ one self-contained file, atomically, and then deletes the shards.
 
 from __future__ import annotations
 
-import glob
 import os
-import re
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -35,11 +33,10 @@ from pipeline.extract.extractor import (
     require_space,
     run_extraction,
 )
+from pipeline.rank_files import rank_file, rank_files
 
 COPY_BLOCK = 256  # rows copied per h5py call while consolidating
 WAIT_FOR_RANKS = timedelta(hours=72)  # ranks that finish early wait for the slowest shard
-SHARD_SUFFIX = ".shard-{rank}-of-{ranks}"  # what `shard_path` appends to OUT's file name
-RANK_DIGITS = 3  # rank and ranks are zero-padded to at least this many digits
 
 
 def shard_bounds(count: int, world_size: int) -> list[tuple[int, int]]:
@@ -50,8 +47,7 @@ def shard_bounds(count: int, world_size: int) -> list[tuple[int, int]]:
 
 def shard_path(out: Path, rank: int, world_size: int) -> Path:
     """Where rank `rank` of `world_size` writes its shard of `out`."""
-    rank_text, ranks_text = str(rank).zfill(RANK_DIGITS), str(world_size).zfill(RANK_DIGITS)
-    return out.with_name(out.name + SHARD_SUFFIX.format(rank=rank_text, ranks=ranks_text))
+    return rank_file(out, "shard", rank, world_size)
 
 
 def shard_job(job: ExtractJob, rank: int, world_size: int) -> ExtractJob:
@@ -62,16 +58,7 @@ def shard_job(job: ExtractJob, rank: int, world_size: int) -> ExtractJob:
 
 def shard_files(out: Path) -> dict[int, list[Path]]:
     """The shard files of `out` that exist, by the number of ranks they were made for."""
-    number = rf"(\d{{{RANK_DIGITS},}})"  # a rank or a count of ranks, as shard_path writes it
-    suffix = re.escape(SHARD_SUFFIX).replace(r"\{", "{").replace(r"\}", "}")  # literal, but {}
-    pattern = re.compile(re.escape(out.name) + suffix.format(rank=number, ranks=number))
-    found: dict[int, list[Path]] = {}
-    wildcard = glob.escape(out.name) + SHARD_SUFFIX.format(rank="*", ranks="*")
-    for path in sorted(out.parent.glob(wildcard)):
-        match = pattern.fullmatch(path.name)
-        if match:
-            found.setdefault(int(match.group(2)), []).append(path)
-    return found
+    return rank_files(out, "shard")
 
 
 def unfinished_shards(out: Path) -> int | None:

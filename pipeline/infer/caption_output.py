@@ -23,10 +23,8 @@ content id, the kind of input, the decoding settings). The rules:
 from __future__ import annotations
 
 import fcntl
-import glob
 import json
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +39,7 @@ from pipeline.errors import UserError
 from pipeline.extract.extractor import DISK_FULL
 from pipeline.infer.caption_plan import image_key, rank_of
 from pipeline.infer.files import OutputFolder
+from pipeline.rank_files import rank_file, rank_files
 
 FORMAT = "captioner-captions-v1"
 META_SUFFIX = ".meta.json"
@@ -57,7 +56,6 @@ SETTINGS = (
     "keep_beams",
 )
 LOGPROB_DIGITS = 4
-PART = re.compile(r"\.part-(\d{3})-of-(\d{3})$")
 TAIL_BLOCK = 1 << 16  # bytes read at a time when looking for the last newline
 
 
@@ -126,17 +124,13 @@ def meta_path(out: Path) -> Path:
 
 def part_path(out: Path, rank: int, world_size: int) -> Path:
     """Where rank `rank` of `world_size` appends its lines under torchrun."""
-    return out.with_name(f"{out.name}.part-{rank:03d}-of-{world_size:03d}")
+    return rank_file(out, "part", rank, world_size)
 
 
 def leftover_parts(out: Path) -> list[tuple[Path, int]]:
     """(part, its number of ranks) for every part file of OUT in its folder."""
-    found = []
-    for path in sorted(out.parent.glob(glob.escape(out.name) + ".part-*-of-*")):
-        match = PART.search(path.name)
-        if match and path.name[: match.start()] == out.name:
-            found.append((path, int(match.group(2))))
-    return found
+    found = rank_files(out, "part")
+    return sorted((path, ranks) for ranks, paths in found.items() for path in paths)
 
 
 @dataclass
