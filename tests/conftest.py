@@ -51,6 +51,30 @@ batch_size = 16
 """
 
 
+def write_tiny_config(root: Path, demo_cache: dict, images: Path | None = None) -> Path:
+    """root/tiny.toml: TINY_CONFIG on the demo cache (its images unless `images`), runs
+    under root/runs."""
+    config = root / "tiny.toml"
+    config.write_text(
+        TINY_CONFIG.format(
+            captions=demo_cache["captions"],
+            images=images or demo_cache["images"],
+            features=demo_cache["features"],
+            runs=root / "runs",
+        )
+    )
+    return config
+
+
+def error_line(result) -> str:
+    """The single `error:` line of a run that must end with exit 2 and no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> dict[str, Path]:
     """40 demo images + dataset.json + their features.h5 (random-init ResNet50, "auto"

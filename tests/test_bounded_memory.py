@@ -32,6 +32,7 @@ from pipeline.dataset.teacher_forced import split_loss
 from pipeline.decoder.build import build_decoder, parameter_count
 from pipeline.decoder.vocab import build_vocabulary
 from pipeline.extract.images import MAX_ASPECT
+from tests.conftest import error_line, write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--batch-size", "2", "--workers", "0", "--quiet"]
@@ -41,15 +42,6 @@ THIN_REASON = f"aspect ratio 3125:1 is beyond {MAX_ASPECT}:1"
 
 def cli(*args) -> object:
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def error_line(result) -> str:
-    """The single `error:` line of a run that must end with exit 2 and no traceback."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
 
 
 def thin_folder(folder: Path, demo_images: Path) -> Path:
@@ -82,18 +74,8 @@ def test_extract_records_a_thin_image_as_failed_and_reruns(demo_cache, tmp_path)
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, demo_cache) -> Path:
     """A one-epoch checkpoint trained on the demo cache."""
-    from tests.conftest import TINY_CONFIG
-
     root = tmp_path_factory.mktemp("round3")
-    config = root / "tiny.toml"
-    config.write_text(
-        TINY_CONFIG.format(
-            captions=demo_cache["captions"],
-            images=demo_cache["images"],
-            features=demo_cache["features"],
-            runs=root / "runs",
-        )
-    )
+    config = write_tiny_config(root, demo_cache)
     trained = cli("train", "--config", config, "--set", "train.name=r3", "--set", "train.epochs=1")
     assert trained.exit_code == 0, trained.output
     return root / "runs" / "r3" / "best.pt"

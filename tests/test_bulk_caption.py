@@ -21,7 +21,7 @@ from PIL import Image
 from pipeline.checksum import file_sha256
 from pipeline.cli import main
 from pipeline.infer.caption_plan import image_key, rank_of
-from tests.conftest import TINY_CONFIG
+from tests.conftest import write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = [f"demo_0000{i}.jpg" for i in range(6)]
@@ -68,15 +68,7 @@ def write_photos(folder: Path, demo_images: Path) -> list[str]:
 def bulk(tmp_path_factory, demo_cache) -> dict:
     """A checkpoint trained on the demo cache, a folder of photos, and a straight run's output."""
     root = tmp_path_factory.mktemp("bulk")
-    config = root / "tiny.toml"
-    config.write_text(
-        TINY_CONFIG.format(
-            captions=demo_cache["captions"],
-            images=demo_cache["images"],
-            features=demo_cache["features"],
-            runs=root / "runs",
-        )
-    )
+    config = write_tiny_config(root, demo_cache)
     # eval.beam_size = 3: the beam every `caption` below runs at without --beam-size
     trained = cli(
         "train", "--config", config, "--set", "train.name=bulk", "--set", "eval.beam_size=3"

@@ -29,18 +29,10 @@ def cli(*args) -> object:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_cache) -> dict[str, Path]:
     """Two tiny runs (1 and 2 epochs) trained on the shared demo cache."""
-    from tests.conftest import TINY_CONFIG
+    from tests.conftest import write_tiny_config
 
     root = tmp_path_factory.mktemp("trained")
-    config = root / "tiny.toml"
-    config.write_text(
-        TINY_CONFIG.format(
-            captions=demo_cache["captions"],
-            images=demo_cache["images"],
-            features=demo_cache["features"],
-            runs=root / "runs",
-        )
-    )
+    config = write_tiny_config(root, demo_cache)
     for name, epochs in (("one", 1), ("two", 3)):
         result = cli(
             "train",

@@ -31,6 +31,7 @@ from pipeline.extract.cli import extract_command
 from pipeline.extract.extractor import NON_FINITE, drop_non_finite
 from pipeline.extract.images import ImageDataset, ImageError, preprocess_image
 from pipeline.extract.job import job_from_config
+from tests.conftest import error_line
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_CLI = (
@@ -40,15 +41,6 @@ RUN_CLI = (
 
 def run(*args) -> object:
     return CliRunner().invoke(extract_command, [str(a) for a in args])
-
-
-def error_line(result) -> str:
-    """The single `error:` line of a run that must end with exit 2 and no traceback."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
 
 
 def picture(path: Path, seed: int, size: tuple[int, int] = (64, 48)) -> None:

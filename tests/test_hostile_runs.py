@@ -24,7 +24,7 @@ from pipeline.errors import UserError
 from pipeline.infer.evaluate import predictions_json
 from pipeline.infer.files import MANIFEST
 from pipeline.infer.svg import MAX_TICKS, nice_ticks
-from tests.conftest import TINY_CONFIG
+from tests.conftest import write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 EVALUATE_LIMIT_S = 300  # a hang fails the test instead of stalling the suite
@@ -50,15 +50,7 @@ def assert_user_error(result, *fragments: str) -> None:
 def runs(tmp_path_factory, demo_cache) -> dict:
     """Two one-epoch runs of the tiny config: `a`, and `b` with another hidden size."""
     root = tmp_path_factory.mktemp("round3")
-    config = root / "tiny.toml"
-    config.write_text(
-        TINY_CONFIG.format(
-            captions=demo_cache["captions"],
-            images=root / "no-images",
-            features=demo_cache["features"],
-            runs=root / "runs",
-        )
-    )
+    config = write_tiny_config(root, demo_cache, images=root / "no-images")
     for name, extra in (("a", ()), ("b", ("--set", "model.hidden_dim=24"))):
         args = ("--set", f"train.name={name}", "--set", "train.epochs=1", *extra)
         result = cli("train", "--config", config, *args)

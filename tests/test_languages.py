@@ -22,7 +22,7 @@ from pipeline.decoder.cider import CiderD
 from pipeline.decoder.metrics import java_available, score_captions, simple_tokenize
 from pipeline.decoder.vocab import build_vocabulary
 from pipeline.train.scst import CaptionReward
-from tests.conftest import TINY_CONFIG
+from tests.conftest import write_tiny_config
 
 needs_java = pytest.mark.skipif(not java_available(), reason="java is not installed")
 FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
@@ -157,15 +157,7 @@ def chinese_dataset(source: Path, target: Path) -> Path:
 def runs(tmp_path_factory, demo_cache) -> dict[str, Path]:
     """A tiny English run and a tiny Chinese run (characters) on the shared demo cache."""
     root = tmp_path_factory.mktemp("languages")
-    config = root / "tiny.toml"
-    config.write_text(
-        TINY_CONFIG.format(
-            captions=demo_cache["captions"],
-            images=demo_cache["images"],
-            features=demo_cache["features"],
-            runs=root / "runs",
-        )
-    )
+    config = write_tiny_config(root, demo_cache)
     chinese = chinese_dataset(Path(demo_cache["captions"]), root / "chinese.json")
     for name, extra in (
         ("english", []),

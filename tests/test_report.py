@@ -22,7 +22,7 @@ from pipeline.cli import main
 from pipeline.decoder.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.decoder.metrics import METRIC_NAMES
 from pipeline.infer.gallery import THUMBNAIL, TILE
-from tests.conftest import TINY_CONFIG
+from tests.conftest import write_tiny_config
 
 URL_ATTRIBUTE = re.compile(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]*)""", re.IGNORECASE)
 DATA_URI = re.compile(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)")
@@ -53,15 +53,7 @@ def degenerate_copy(run: Path, out: Path, images: str) -> Path:
 def evaluated(tmp_path_factory, demo_cache) -> dict:
     """One tiny run (2 epochs) and a degenerate copy of it, evaluated together."""
     root = tmp_path_factory.mktemp("report")
-    config = root / "tiny.toml"
-    config.write_text(
-        TINY_CONFIG.format(
-            captions=demo_cache["captions"],
-            images=demo_cache["images"],
-            features=demo_cache["features"],
-            runs=root / "runs",
-        )
-    )
+    config = write_tiny_config(root, demo_cache)
     trained = cli("train", "--config", config, "--set", "train.name=tiny")
     assert trained.exit_code == 0, trained.output
     broken = degenerate_copy(
