@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from pipeline import contract, distributed
+from pipeline.capacity import require_space
 from pipeline.errors import UserError
 from pipeline.extract.extractor import (
     ExtractJob,
@@ -30,7 +31,6 @@ from pipeline.extract.extractor import (
     check_output,
     feature_attrs,
     final_size,
-    require_space,
     run_extraction,
 )
 from pipeline.rank_files import rank_file, rank_files

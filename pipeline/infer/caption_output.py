@@ -32,11 +32,11 @@ from pathlib import Path
 import click
 
 from pipeline import contract
+from pipeline.capacity import DISK_FULL
 from pipeline.config import EvalConfig
 from pipeline.decoder.decode import Decoded
 from pipeline.decoder.vocab import Vocabulary
 from pipeline.errors import UserError
-from pipeline.extract.extractor import DISK_FULL
 from pipeline.infer.caption_plan import image_key, rank_of
 from pipeline.infer.files import OutputFolder
 from pipeline.rank_files import rank_file, rank_files
