@@ -38,8 +38,8 @@ import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from benchmarks.extract import link_copies  # noqa: E402
+from pipeline.captions.demo_data import generate_demo_data  # noqa: E402
 from pipeline.cli import main as captioner  # noqa: E402
-from pipeline.data.demo_data import generate_demo_data  # noqa: E402
 from pipeline.decoder.checkpoint import load_checkpoint  # noqa: E402
 from pipeline.extract.backbone import resolve_weights  # noqa: E402
 from pipeline.extract.extractor import ExtractJob, run_extraction  # noqa: E402

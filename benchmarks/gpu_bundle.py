@@ -9,7 +9,7 @@ copied here from this interpreter's site-packages (the .venv's), each with its d
 `importlib.metadata.version` still answers), without `__pycache__`, test folders and
 pycocoevalcap's Java programs and METEOR data (`*.jar`, `*.gz`: about 100 MB). Without those
 files scoring uses the pure-Python tokenizer and reports METEOR as unavailable
-(pipeline.decoder.metrics), as it does without Java.
+(pipeline.metrics.coco), as it does without Java.
 
 `regex` is compiled: its extension module is built for one Python version. For each
 `--python` version other than this interpreter's, the same release's wheel for that version is

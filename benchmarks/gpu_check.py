@@ -59,9 +59,9 @@ from benchmarks.train import end_to_end as end_to_end_epoch  # noqa: E402
 from benchmarks.train import make_trainer  # noqa: E402
 from pipeline import contract  # noqa: E402
 from pipeline.atomic import write_text_atomic  # noqa: E402
+from pipeline.captions.demo_data import generate_demo_data  # noqa: E402
 from pipeline.cli import main as captioner  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data.demo_data import generate_demo_data  # noqa: E402
 from pipeline.dataset.store import FeatureStore  # noqa: E402
 from pipeline.decoder.checkpoint import load_model  # noqa: E402
 from pipeline.decoder.generate import decode_features  # noqa: E402

@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 from pycocoevalcap.cider.cider import Cider  # noqa: E402
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer  # noqa: E402
 
-from pipeline.decoder.cider import CiderD  # noqa: E402
-from pipeline.decoder.metrics import simple_tokenize  # noqa: E402
+from pipeline.metrics.cider import CiderD  # noqa: E402
+from pipeline.metrics.coco import simple_tokenize  # noqa: E402
 
 
 def read_token_file(path: Path) -> dict[str, list[str]]:

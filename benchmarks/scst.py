@@ -39,15 +39,15 @@ import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from pycocoevalcap.cider.cider import Cider  # noqa: E402
 
+from pipeline.captions.demo_data import generate_demo_data  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data.demo_data import generate_demo_data  # noqa: E402
 from pipeline.dataset.batches import build_split  # noqa: E402
 from pipeline.dataset.experiment import load_experiment_data  # noqa: E402
 from pipeline.decoder.checkpoint import load_checkpoint, load_model  # noqa: E402
-from pipeline.decoder.cider import CiderD  # noqa: E402
-from pipeline.decoder.metrics import simple_tokenize  # noqa: E402
 from pipeline.decoder.sample import sample_captions  # noqa: E402
 from pipeline.extract.cli import extract_command  # noqa: E402
+from pipeline.metrics.cider import CiderD  # noqa: E402
+from pipeline.metrics.coco import simple_tokenize  # noqa: E402
 from pipeline.train import scst  # noqa: E402
 from pipeline.train.trainer import train  # noqa: E402
 

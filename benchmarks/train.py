@@ -51,8 +51,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline import contract, distributed  # noqa: E402
+from pipeline.captions.demo_data import generate_demo_data  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data.demo_data import generate_demo_data  # noqa: E402
 from pipeline.dataset.batches import SplitData, plan_epoch  # noqa: E402
 from pipeline.extract.backbone import build_backbone, resolve_weights  # noqa: E402
 from pipeline.extract.extractor import (  # noqa: E402

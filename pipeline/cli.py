@@ -5,12 +5,13 @@ Each subcommand lives next to the code it drives; this module only assembles the
 
 import click
 
-from pipeline.data.cli import demo_data_command, testbed_command
+from pipeline.captions.cli import demo_data_command
 from pipeline.dataset.cli import inspect_command
 from pipeline.demo import demo_command
 from pipeline.extract.cli import extract_command
 from pipeline.infer.cli import caption_command, evaluate_command
 from pipeline.sweep.cli import sweep_command
+from pipeline.testbed.cli import testbed_command
 from pipeline.train.cli import train_command
 
 

@@ -39,7 +39,7 @@ SPLITS = ("train", "val", "test")
 SELECTION_METRICS = ("CIDEr", "Bleu_4", "loss")
 OBJECTIVES = ("xe", "scst")
 SCST_BASELINES = ("mean", "greedy")
-# How captions become tokens (pipeline.data.text); "ascii" is the regex of checkpoints saved
+# How captions become tokens (pipeline.captions.text); "ascii" is the regex of checkpoints saved
 # before vocab.tokenizer existed (see LEGACY_KEYS), kept so they load and score as before.
 TOKENIZERS = ("words", "characters", "ascii")
 DEFAULT_TOKENIZER = "words"
@@ -52,7 +52,7 @@ SEED_LIMIT = 2**32  # seeds are in [0, SEED_LIMIT): what numpy's and torch's gen
 @dataclass
 class DataConfig:
     """Where the captions and images are, and how to split them when the file has no split:
-    by official split lists (`split_lists`, see pipeline.data.captions), else by `split_ratios`."""
+    by official split lists (`split_lists`, see pipeline.captions.readers), else by `split_ratios`."""
 
     captions: str = ""
     images: str = ""

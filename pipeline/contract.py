@@ -15,7 +15,7 @@ Layout (documented for users in features/README.md):
   virtual datasets over shard files next to them; they read exactly like plain ones.
 - attrs        backbone, weights, image_size, resize, mean, std, grid, dtype, precision,
                versions, created, num_images, complete; a testbed's file (written from
-               captions, not images: pipeline/data/testbed_*.py) adds `testbed`.
+               captions, not images: pipeline/testbed/) adds `testbed`.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def demo_command(config_path, n_images, overrides):
 def run_demo(config: Config, n_images: int) -> None:
     """The five demo steps for `config` (its train.name set), then the summary lines."""
     # Imported here so that `captioner --help` does not load torch.
-    from pipeline.data.demo_data import generate_demo_data
+    from pipeline.captions.demo_data import generate_demo_data
     from pipeline.dataset.experiment import load_experiment_data
     from pipeline.extract.job import job_from_config, run_job
     from pipeline.infer.caption import CaptionJob, run_caption

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.data.demo_data import generate_demo_data
+from pipeline.captions.demo_data import generate_demo_data
 from pipeline.extract.cli import extract_command
 
 TINY_CONFIG = """

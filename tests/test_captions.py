@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.data.captions import (
+from pipeline.captions.readers import (
     FORMATS,
     detect_format,
     is_safe_image_name,

@@ -1,4 +1,4 @@
-"""CIDEr-D reward (pipeline.decoder.cider) against pycocoevalcap's Cider on the same captions."""
+"""CIDEr-D reward (pipeline.metrics.cider) against pycocoevalcap's Cider on the same captions."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
-from pipeline.data.demo_data import generate_demo_data
-from pipeline.decoder.cider import CiderD
-from pipeline.decoder.metrics import simple_tokenize
+from pipeline.captions.demo_data import generate_demo_data
 from pipeline.decoder.vocab import build_vocabulary
+from pipeline.metrics.cider import CiderD
+from pipeline.metrics.coco import simple_tokenize
 
 
 def pycocoevalcap_cider(references: list[list[str]], candidates: list[str]) -> np.ndarray:

@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.data.captions import read_captions
-from pipeline.data.cli import demo_data_command
-from pipeline.data.demo_data import COLOURS, generate_demo_data
+from pipeline.captions.cli import demo_data_command
+from pipeline.captions.demo_data import COLOURS, generate_demo_data
+from pipeline.captions.readers import read_captions
 from pipeline.errors import UserError
 
 N_IMAGES = 20

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.data.demo_data import COLOURS, LOCATIONS, SHAPES, demo_scenes, generate_demo_data
-from pipeline.data.demo_grammar import (
+from pipeline.captions.demo_data import COLOURS, LOCATIONS, SHAPES, demo_scenes, generate_demo_data
+from pipeline.captions.demo_grammar import (
     CHINESE,
     ENGLISH,
     GRAMMARS,
@@ -23,7 +22,8 @@ from pipeline.data.demo_grammar import (
     sentence,
     where,
 )
-from pipeline.data.text import join_tokens, tokenize
+from pipeline.captions.text import join_tokens, tokenize
+from pipeline.cli import main
 from tests.conftest import TINY_CONFIG
 
 N_IMAGES = 60

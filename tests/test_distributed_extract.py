@@ -15,7 +15,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from pipeline import contract
-from pipeline.data.demo_data import generate_demo_data
+from pipeline.captions.demo_data import generate_demo_data
 from pipeline.extract.cli import extract_command
 from pipeline.extract.sharded import shard_bounds, shard_path
 

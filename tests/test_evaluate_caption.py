@@ -16,9 +16,9 @@ from pipeline import contract
 from pipeline.cli import main
 from pipeline.config import EvalConfig
 from pipeline.decoder.checkpoint import load_checkpoint
-from pipeline.decoder.metrics import java_available, score_captions
 from pipeline.extract.extractor import FeatureEncoder
 from pipeline.extract.images import preprocess_image
+from pipeline.metrics.coco import java_available, score_captions
 from tests.conftest import install_logging_java, meteor_starts
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.decoder import metrics
+from pipeline.metrics import coco as metrics
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLER = REPO / "benchmarks" / "gpu_bundle.py"

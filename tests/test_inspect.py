@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from pipeline.captions.text import tokenize
 from pipeline.cli import main
-from pipeline.data.text import tokenize
 
 FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 needs_flickr8k = pytest.mark.skipif(

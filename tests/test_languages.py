@@ -15,12 +15,12 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from pipeline.captions.text import tokenize
 from pipeline.cli import main
-from pipeline.data.text import tokenize
 from pipeline.decoder.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.decoder.cider import CiderD
-from pipeline.decoder.metrics import java_available, score_captions, simple_tokenize
 from pipeline.decoder.vocab import build_vocabulary
+from pipeline.metrics.cider import CiderD
+from pipeline.metrics.coco import java_available, score_captions, simple_tokenize
 from pipeline.train.scst import CaptionReward
 from tests.conftest import write_tiny_config
 
@@ -260,7 +260,7 @@ def test_old_checkpoints_resume_and_start_new_runs_with_their_tokenizer(runs, tm
 
 @needs_java
 def test_simple_tokenizer_equals_ptb_on_the_demo_and_on_constructions_it_handles(tmp_path):
-    from pipeline.data.demo_data import generate_demo_data
+    from pipeline.captions.demo_data import generate_demo_data
 
     generate_demo_data(tmp_path / "data", n_images=40, seed=1, size=64)
     images = json.loads((tmp_path / "data" / "dataset.json").read_text())["images"]

@@ -11,11 +11,14 @@ FORBIDDEN = {
     "train": {"infer", "sweep"},
     "infer": {"train", "sweep"},
     "dataset": {"train", "infer", "sweep"},
-    "decoder": {"train", "infer", "dataset", "extract", "sweep"},
-    "data": {"train", "infer", "dataset", "decoder", "extract", "sweep"},
-    "extract": {"train", "infer", "dataset", "decoder", "sweep"},
+    "metrics": {"train", "infer", "dataset", "extract", "sweep", "testbed"},
+    "decoder": {"train", "infer", "dataset", "metrics", "extract", "sweep", "testbed"},
+    "testbed": {"train", "infer", "dataset", "decoder", "metrics", "extract", "sweep"},
+    "captions": {"train", "infer", "dataset", "decoder", "metrics", "extract", "sweep", "testbed"},
+    "extract": {"train", "infer", "dataset", "decoder", "metrics", "sweep", "testbed"},
 }
 SUBPACKAGES = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+assert set(SUBPACKAGES) == set(FORBIDDEN), "a subpackage without a layer rule"
 ON_TOP = {"cli", "__main__", "demo"}  # the commands: they sit on every layer
 GROUND = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ON_TOP)
 

@@ -10,7 +10,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from pipeline.decoder.metrics import (
+from pipeline.metrics.coco import (
     METRIC_NAMES,
     CaptionScorer,
     format_scores,

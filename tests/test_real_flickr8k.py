@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
+from pipeline.captions.readers import read_captions
 from pipeline.config import DataConfig
-from pipeline.data.captions import read_captions
 from pipeline.dataset.splits import new_splits, split_counts
-from pipeline.decoder.cider import CiderD
-from pipeline.decoder.metrics import simple_tokenize
+from pipeline.metrics.cider import CiderD
+from pipeline.metrics.coco import simple_tokenize
 
 FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 CAPTIONS = FLICKR8K / "Flickr8k.token.txt"

@@ -20,8 +20,8 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.decoder.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.decoder.metrics import METRIC_NAMES
 from pipeline.infer.gallery import THUMBNAIL, TILE
+from pipeline.metrics.coco import METRIC_NAMES
 from tests.conftest import write_tiny_config
 
 URL_ATTRIBUTE = re.compile(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]*)""", re.IGNORECASE)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from pipeline.captions.readers import read_captions
 from pipeline.cli import main
-from pipeline.data.captions import read_captions
 from pipeline.dataset.splits import assign_splits
 from pipeline.decoder.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.extract.cli import extract_command

@@ -15,11 +15,11 @@ from pipeline import contract
 from pipeline.cli import main
 from pipeline.config import ModelConfig, ScstConfig
 from pipeline.decoder.build import build_decoder
-from pipeline.decoder.cider import CiderD
 from pipeline.decoder.decode import greedy_decode
 from pipeline.decoder.loss import target_mask
 from pipeline.decoder.sample import sample_captions
 from pipeline.decoder.vocab import build_vocabulary
+from pipeline.metrics.cider import CiderD
 from pipeline.train.scst import BAD_ENDINGS, CaptionReward, Scst, baselines, scst_loss
 
 TINY = ModelConfig(embed_dim=16, hidden_dim=32, attention_dim=16, dropout=0.0)

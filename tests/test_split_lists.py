@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from pipeline.captions.readers import FLICKR8K_SPLIT_FILES, read_captions
 from pipeline.cli import main
 from pipeline.config import DataConfig
-from pipeline.data.captions import FLICKR8K_SPLIT_FILES, read_captions
 from pipeline.dataset.splits import assign_splits, new_splits, split_counts
 from pipeline.errors import UserError
 

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import contract
+from pipeline.captions.demo_data import COLOURS, SHAPES, demo_scenes, generate_demo_data
 from pipeline.cli import main
-from pipeline.data.demo_data import COLOURS, SHAPES, demo_scenes, generate_demo_data
-from pipeline.data.testbed_knobs import SceneKnobs
-from pipeline.data.testbed_language import content_words
-from pipeline.data.testbed_scene import CODE_SIZE, SLOTS, code_to_channels, covered_cells
+from pipeline.testbed.knobs import SceneKnobs
+from pipeline.testbed.language import content_words
+from pipeline.testbed.scene import CODE_SIZE, SLOTS, code_to_channels, covered_cells
 
 FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 needs_flickr8k = pytest.mark.skipif(
@@ -195,8 +195,8 @@ def test_full_recall_writes_every_concept_of_the_references_and_zero_recall_none
 def test_distractors_stop_when_every_concept_is_the_images_own():
     from collections import Counter
 
-    from pipeline.data.testbed_knobs import LanguageKnobs
-    from pipeline.data.testbed_language import seen_words
+    from pipeline.testbed.knobs import LanguageKnobs
+    from pipeline.testbed.language import seen_words
 
     knobs = LanguageKnobs(captions_sha256="-", recall=1.0, distractors=5.0)
     words = ["dog", "grass"]

@@ -1,4 +1,4 @@
-"""Caption tokenizers in many languages (pipeline.data.text), the vocabulary that uses them, and
+"""Caption tokenizers in many languages (pipeline.captions.text), the vocabulary that uses them, and
 the config keys that choose them (vocab.tokenizer, data.language)."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import unicodedata
 import pytest
 from click.testing import CliRunner
 
+from pipeline.captions.demo_data import generate_demo_data
+from pipeline.captions.text import join_tokens, normalize, tokenize
 from pipeline.cli import main
 from pipeline.config import TOKENIZERS, checkpoint_config, load_config
-from pipeline.data.demo_data import generate_demo_data
-from pipeline.data.text import join_tokens, normalize, tokenize
 from pipeline.decoder.vocab import Vocabulary, build_vocabulary
 
 

@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 
 from pipeline import contract
+from pipeline.captions.readers import CaptionTable, read_captions
 from pipeline.checksum import file_sha256
 from pipeline.config import Config
-from pipeline.data.captions import CaptionTable, read_captions
 from pipeline.dataset.batches import filter_to_cache
 from pipeline.dataset.splits import (
     SplitOrigin,

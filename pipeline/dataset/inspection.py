@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.captions.readers import CaptionTable, read_captions
+from pipeline.captions.text import tokenize
 from pipeline.config import Config
-from pipeline.data.captions import CaptionTable, read_captions
-from pipeline.data.text import tokenize
 from pipeline.dataset.splits import (
     SplitOrigin,
     describe_overlap,

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.captions.readers import read_split_lists, split_lists_folder
 from pipeline.config import SPLITS, DataConfig
-from pipeline.data.captions import read_split_lists, split_lists_folder
 from pipeline.errors import UserError
 
 SPLIT_SOURCES = ("karpathy", "listed", "computed")

@@ -1,4 +1,5 @@
-"""The shared decoder layer: models, vocabulary, checkpoints, decoding, metrics, losses.
+"""The shared decoder layer: models, vocabulary, checkpoints, decoding, losses.
 
-Used by both `pipeline.train` and `pipeline.infer`; imports nothing above it.
+Used by both `pipeline.train` and `pipeline.infer`; imports `pipeline.captions` and the ground
+modules, nothing above.
 """

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.captions.text import join_tokens, tokenize
 from pipeline.config import DEFAULT_TOKENIZER, LEGACY_KEYS
-from pipeline.data.text import join_tokens, tokenize
 from pipeline.errors import UserError
 
 PAD, SOS, EOS, UNK = "<pad>", "<sos>", "<eos>", "<unk>"
@@ -21,7 +21,7 @@ SPECIALS = (PAD, SOS, EOS, UNK)
 class Vocabulary:
     """word <-> index; `<pad>` is 0, then `<sos>`, `<eos>`, `<unk>`, then words by frequency.
 
-    `tokenizer` (`vocab.tokenizer`, pipeline.data.text) splits captions into these words and
+    `tokenizer` (`vocab.tokenizer`, pipeline.captions.text) splits captions into these words and
     joins decoded words back into a caption.
     """
 

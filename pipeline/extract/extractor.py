@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from pipeline import contract
 from pipeline.capacity import DISK_FULL, require_space
-from pipeline.data.captions import read_captions
+from pipeline.captions.readers import read_captions
 from pipeline.device import AUTOCAST_DTYPES, cpu_has_native_bf16
 from pipeline.errors import UserError
 from pipeline.extract.backbone import (

@@ -48,7 +48,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
-from pipeline.data.captions import unsafe_name_reason
+from pipeline.captions.readers import unsafe_name_reason
 
 RESIZE = 256
 IMAGE_SIZE = 224

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pipeline.decoder.metrics import CaptionScorer, MetricReport
 from pipeline.decoder.vocab import Vocabulary
+from pipeline.metrics.coco import CaptionScorer, MetricReport
 
 
 @dataclass

@@ -28,7 +28,6 @@ from pipeline.dataset.teacher_forced import split_loss
 from pipeline.decoder.checkpoint import LoadedModel, load_model, resolve_checkpoint
 from pipeline.decoder.decode import Decoded
 from pipeline.decoder.generate import decode_rows, effective_beam_size
-from pipeline.decoder.metrics import METRIC_NAMES, CaptionScorer, format_scores
 from pipeline.decoder.vocab import SPECIALS
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
@@ -39,6 +38,7 @@ from pipeline.infer.gallery import Card, load_crop
 from pipeline.infer.health import decode_health
 from pipeline.infer.report import comparison_report, run_report
 from pipeline.infer.selection import GALLERY_SIZE, select_gallery
+from pipeline.metrics.coco import METRIC_NAMES, CaptionScorer, format_scores
 
 RUN_OUTPUTS = ("predictions.json", "metrics.json", "report.html")
 COMPARISON_OUTPUTS = ("table.md", "table.csv", "comparison.html")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from pipeline.captions.text import tokenize
 from pipeline.config import DEFAULT_TOKENIZER
-from pipeline.data.text import tokenize
 
 TOP_REPEATED = 5  # most repeated captions listed
 # (check, limit, direction, message): flagged when the value is above ("max") / below ("min")

@@ -10,12 +10,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from html import escape
 
-from pipeline.decoder.metrics import DISPLAY_NAMES as DISPLAY
-from pipeline.decoder.metrics import METRIC_NAMES
 from pipeline.infer.curves import cider_comparison_chart, training_charts
 from pipeline.infer.gallery import Card, attention_uris, thumbnail_uri
 from pipeline.infer.health import THRESHOLDS
 from pipeline.infer.svg import series_colour
+from pipeline.metrics.coco import DISPLAY_NAMES as DISPLAY
+from pipeline.metrics.coco import METRIC_NAMES
 
 GENERATOR = "captioner"
 GALLERY_TITLES = {"best": "Best by CIDEr", "worst": "Worst by CIDEr", "random": "A random sample"}

@@ -316,8 +316,8 @@ def score_run(
     checkpoint: Path, folder: Path, split: str, beam: int
 ) -> tuple[dict[str, dict], dict[str, dict[str, float]]]:
     """Scores and per-image CIDEr of `checkpoint` on `split`, greedy and at `beam`."""
-    from pipeline.decoder.metrics import CaptionScorer
     from pipeline.infer.evaluate import evaluate_checkpoint
+    from pipeline.metrics.coco import CaptionScorer
 
     scores, per_image = {}, {}
     with CaptionScorer() as scorer:  # one METEOR start for both decodings

@@ -14,7 +14,7 @@ import statistics
 
 import numpy as np
 
-from pipeline.decoder.metrics import DISPLAY_NAMES
+from pipeline.metrics.coco import DISPLAY_NAMES
 
 REPLICATES = 4000
 CHUNK = 500  # replicates drawn at a time (bounded memory on large test splits)

@@ -6,7 +6,7 @@
 `<eos>`; `scst.max_len` + 1 steps at most, as decoding counts them: up to `scst.max_len` words
 then `<eos>`, or a caption cut after `scst.max_len` + 1 words); each gets the reward r = CIDEr-D against all
 references of its image, with document frequencies from the train split's references
-(`pipeline.decoder.cider`, fixed once per run), minus `scst.bad_ending_penalty` when it ends in
+(`pipeline.metrics.cider`, fixed once per run), minus `scst.bad_ending_penalty` when it ends in
 a function word (`BAD_ENDINGS`). With `scst.eos_token`, `<eos>` is scored as a word of the
 candidate and of every reference (as self-critical.pytorch does), so how a caption ends counts.
 The baseline b (`scst.baseline`) is "mean": the mean reward of the image's other K-1 samples,
@@ -35,12 +35,12 @@ import torch
 from pipeline.config import DEFAULT_LANGUAGE, Config, ScstConfig, checkpoint_config
 from pipeline.dataset.batches import SplitData
 from pipeline.dataset.store import FeatureStore
-from pipeline.decoder.cider import CiderD
 from pipeline.decoder.decode import Decoded, greedy_decode
 from pipeline.decoder.generate import suppressed_tokens
 from pipeline.decoder.sample import sample_captions
 from pipeline.decoder.vocab import Vocabulary
 from pipeline.errors import UserError
+from pipeline.metrics.cider import CiderD
 
 BAD_ENDINGS = ("a", "of", "with", "the")  # a caption ending in one of these is cut short (English)
 MONITOR_SEED = 20_170_711  # the val-reward samples are the same draws every epoch

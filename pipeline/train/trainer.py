@@ -28,10 +28,10 @@ from pipeline.decoder.checkpoint import (
 )
 from pipeline.decoder.embeddings import load_word_vectors
 from pipeline.decoder.generate import decode_rows
-from pipeline.decoder.metrics import score_captions
 from pipeline.decoder.vocab import MOST_FREQUENT, Vocabulary, build_vocabulary
 from pipeline.device import grad_scaler_enabled, resolve_device
 from pipeline.errors import UserError
+from pipeline.metrics.coco import score_captions
 from pipeline.train import scst
 from pipeline.train.loop import train_epoch
 from pipeline.train.objectives import build_objective

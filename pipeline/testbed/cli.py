@@ -1,66 +1,10 @@
-"""`captioner demo-data`: write the embedded demo data set (images + both caption layouts)."""
+"""`captioner testbed scene|language`: write a testbed's caption file and feature file."""
 
 from pathlib import Path
 
 import click
 
-from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER, SEED_LIMIT
-from pipeline.data.demo_grammar import GRAMMARS
-from pipeline.data.testbed_knobs import SCENE_CODES, LanguageKnobs, SceneKnobs
-
-
-@click.command("demo-data")
-@click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--images",
-    "n_images",
-    type=int,
-    default=1500,
-    show_default=True,
-    help="Number of demo images (5 captions each).",
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(0, SEED_LIMIT - 1),
-    default=0,
-    show_default=True,
-    help="Random seed; the same seed writes byte-identical files.",
-)
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    help="Write into OUT_DIR even if it holds files (replacing images/, "
-    "results.csv and dataset.json).",
-)
-@click.option(
-    "--language",
-    type=click.Choice(tuple(GRAMMARS)),
-    default=DEFAULT_LANGUAGE,
-    show_default=True,
-    help="Language of the captions (the same images in every language); train on them with "
-    "--set data.language=LANG --set vocab.tokenizer=TOKENIZER (printed).",
-)
-def demo_data_command(
-    out_dir: Path, n_images: int, seed: int, overwrite: bool, language: str
-) -> None:
-    """Write demo images (coloured shapes) and captions to a new or empty OUT_DIR."""
-    from pipeline.data.captions import read_captions  # pandas, Pillow: not for `--help`
-    from pipeline.data.demo_data import generate_demo_data
-
-    stats = generate_demo_data(
-        out_dir, n_images=n_images, seed=seed, overwrite=overwrite, language=language
-    )
-    click.echo(f"wrote {stats['images']:,} images to {stats['images_dir']}")
-    click.echo(
-        f"wrote {stats['captions']:,} captions to {stats['results_csv']} "
-        f"(Flickr30k csv) and {stats['dataset_json']} (Karpathy json)"
-    )
-    click.echo(read_captions(stats["dataset_json"]).summary())
-    if (stats["language"], stats["tokenizer"]) != (DEFAULT_LANGUAGE, DEFAULT_TOKENIZER):
-        click.echo(
-            f"captions in {stats['language']}: train and evaluate with --set "
-            f"data.language={stats['language']} --set vocab.tokenizer={stats['tokenizer']}"
-        )
+from pipeline.testbed.knobs import SCENE_CODES, LanguageKnobs, SceneKnobs
 
 
 @click.group("testbed")
@@ -73,7 +17,7 @@ def testbed_command() -> None:
 
 
 def knob(name: str, knobs: type, help_text: str = ""):
-    """A --NAME option whose default is the knob's (pipeline/data/testbed_knobs.py)."""
+    """A --NAME option whose default is the knob's (pipeline/testbed/knobs.py)."""
     default = getattr(knobs, name)
     return click.option(
         f"--{name.replace('_', '-')}",
@@ -109,8 +53,8 @@ NOISE_HELP = "Noise std per channel (noise makes each image memorable: decoders 
 def scene_command(out_dir: Path, overwrite: bool, **knobs) -> None:
     """The demo's scenes and captions; grids coding each shape's colour, kind and size in the
     cells it covers, with perception errors (defaults: captions at the demo's level)."""
-    from pipeline.data.testbed_files import describe
-    from pipeline.data.testbed_scene import write_scene_testbed
+    from pipeline.testbed.files import describe
+    from pipeline.testbed.scene import write_scene_testbed
 
     written = write_scene_testbed(out_dir, SceneKnobs(**knobs), overwrite)
     click.echo(("wrote " if written else "already complete: ") + describe(out_dir, "scene", knobs))
@@ -138,8 +82,8 @@ def language_command(
     """Flickr8k's human captions and official splits; grids of the concepts "detected" from
     each image's references (recall grows with how many references use a word) plus
     distractors and noise."""
-    from pipeline.data.testbed_files import describe
-    from pipeline.data.testbed_language import language_knobs, write_language_testbed
+    from pipeline.testbed.files import describe
+    from pipeline.testbed.language import language_knobs, write_language_testbed
 
     settings = language_knobs(captions, **knobs)
     written, stats = write_language_testbed(out_dir, captions, settings, split_lists, overwrite)

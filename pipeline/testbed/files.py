@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline import contract
 from pipeline.atomic import write_text_atomic
-from pipeline.data.demo_data import karpathy_json_text
+from pipeline.captions.demo_data import karpathy_json_text
 from pipeline.errors import UserError
 
 CAPTIONS_FILE = "dataset.json"

@@ -1,4 +1,4 @@
-"""The knobs of the two testbeds (pipeline/data/testbed_scene.py, testbed_language.py): their
+"""The knobs of the two testbeds (pipeline/testbed/scene.py, language.py): their
 defaults, ranges and checks, in one light module the CLI reads its defaults from."""
 
 from __future__ import annotations

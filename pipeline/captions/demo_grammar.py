@@ -1,7 +1,7 @@
 """The demo captions' words and sentence templates, one `Grammar` per language (`GRAMMARS`).
 
 A caption is built once, without words, as a `Phrase`: a function from a grammar to text
-(`noun`, `inventory`, `sentence`, ...). `pipeline.data.demo_data` decides which phrases are
+(`noun`, `inventory`, `sentence`, ...). `pipeline.captions.demo_data` decides which phrases are
 true for a scene and picks five with its random stream; rendering them in English, Spanish
 or Chinese does not touch that stream, so every language describes the same images.
 
@@ -40,7 +40,7 @@ class Grammar:
     """
 
     language: str  # BCP-47 tag, for data.language
-    tokenizer: str  # vocab.tokenizer that splits these captions (pipeline.data.text)
+    tokenizer: str  # vocab.tokenizer that splits these captions (pipeline.captions.text)
     colours: dict[str, tuple[str, str, str, str]]  # demo_data.COLOURS' names -> forms
     nouns: dict[str, Noun]  # demo_data.SHAPES and "shape"
     sizes: dict[str, tuple[str, str]]  # "large", "small"

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import contract
-from pipeline.data.demo_data import COLOURS, IMAGE_SIZE, SHAPES, Shape, demo_scenes
-from pipeline.data.testbed_files import CODE_ENERGY, write_testbed
-from pipeline.data.testbed_knobs import SceneKnobs
+from pipeline.captions.demo_data import COLOURS, IMAGE_SIZE, SHAPES, Shape, demo_scenes
+from pipeline.testbed.files import CODE_ENERGY, write_testbed
+from pipeline.testbed.knobs import SceneKnobs
 
 BLOCK = int(CODE_ENERGY)  # channels of value 1 per code value with code = "blocks"
 # code layout, one slot per value: colours, kinds, small/large, "a shape is here", row, column

@@ -24,8 +24,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.atomic import write_text_atomic
 from pipeline.capacity import DISK_FULL, require_space
-from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER
-from pipeline.data.demo_grammar import (
+from pipeline.captions.demo_grammar import (
     ENGLISH,
     Grammar,
     Phrase,
@@ -40,7 +39,8 @@ from pipeline.data.demo_grammar import (
     sentence,
     where,
 )
-from pipeline.data.text import tokenize
+from pipeline.captions.text import tokenize
+from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER
 from pipeline.errors import UserError
 
 COLOURS = {  # well separated in hue and lightness, none close to the muted backgrounds

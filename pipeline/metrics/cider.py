@@ -14,7 +14,7 @@ the images it is given, `CiderD` fixes them once from a reference corpus (for SC
 split) and scores any batch against it. With the corpus equal to the scored images' references
 the two agree to float rounding (tests/test_cider.py).
 
-Captions are compared as ids of evaluation tokens: `evaluation_tokens` (pipeline.decoder.metrics:
+Captions are compared as ids of evaluation tokens: `evaluation_tokens` (pipeline.metrics.coco:
 for English `simple_tokenize`, the pure-Python stand-in for evaluation's PTB tokenizer, the same
 on ordinary captions; for other languages the run's tokenizer, what evaluation scores them on)
 splits references and vocabulary words alike; `CiderD.vocab_table` maps model vocabulary ids to
@@ -32,8 +32,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER
-from pipeline.decoder.metrics import evaluation_tokens
 from pipeline.decoder.vocab import Vocabulary
+from pipeline.metrics.coco import evaluation_tokens
 
 NGRAMS = 4
 SIGMA = 6.0

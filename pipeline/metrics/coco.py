@@ -21,7 +21,7 @@ A Java failure in the middle of a run never crashes scoring: it becomes a note.
 
 All of this is for English (`data.language` "en" or "en-*") split into words. Captions in other
 languages (or split into characters) are scored on the run's own tokens (`vocab.tokenizer`, see
-pipeline.data.text; no Java): BLEU, ROUGE-L and CIDEr as above, METEOR unavailable with a note
+pipeline.captions.text; no Java): BLEU, ROUGE-L and CIDEr as above, METEOR unavailable with a note
 (pycocoevalcap's METEOR 1.5 ships English paraphrase data only); `MetricReport.tokenizer` is then
 "words" or "characters".
 """
@@ -46,8 +46,8 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
 
+from pipeline.captions.text import tokenize
 from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER
-from pipeline.data.text import tokenize
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 BLEU_NAMES = METRIC_NAMES[:4]

@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import contract
+from pipeline.captions.readers import read_captions, read_split_lists
+from pipeline.captions.text import tokenize
 from pipeline.checksum import file_sha256
 from pipeline.config import SPLITS
-from pipeline.data.captions import read_captions, read_split_lists
-from pipeline.data.testbed_files import CODE_ENERGY, write_testbed
-from pipeline.data.testbed_knobs import LanguageKnobs
-from pipeline.data.text import tokenize
 from pipeline.errors import UserError
+from pipeline.testbed.files import CODE_ENERGY, write_testbed
+from pipeline.testbed.knobs import LanguageKnobs
 
 STOPWORDS = frozenset(
     """a an the and or but of in on at to into onto from with without by for over under
