@@ -4,6 +4,7 @@ silently left behind; --overwrite deletes them. torchrun ranks end together on a
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -105,14 +106,17 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def assert_every_rank_ends_with(done: subprocess.CompletedProcess, line: str) -> None:
-    """Every rank exits 2 through that one user error (`line` is the only error printed; two
-    ranks' lines may merge in the shared pipe) and no rank shows a traceback."""
+    """Every rank reaches that one user error and prints it (`line` is the only error printed;
+    two ranks' lines may merge in the shared pipe) and no rank shows a traceback. Each rank
+    exits 2, except that torchrun may SIGTERM a rank still exiting once another has ended."""
     output = done.stdout + done.stderr
     assert done.returncode != 0
     errors = [x for x in output.splitlines() if x.startswith("error:")]
     assert errors and set(errors) == {line}, output[-3000:]
+    assert output.count(line) == WORLD, output[-3000:]
     assert f'File "{REPO / "pipeline"}' not in output and "RuntimeError" not in output
-    assert output.count("exitcode  : 2") == WORLD, output[-3000:]
+    exit_codes = re.findall(r"exitcode\s+: (-?\d+)", output)
+    assert "2" in exit_codes and set(exit_codes) <= {"2", "-15"}, output[-3000:]
 
 
 def test_torchrun_ranks_end_together_on_a_user_error(tmp_path):
