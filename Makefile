@@ -77,7 +77,7 @@ bench-gpu: install
 gpu-bundle: install
 	$(BIN)/python benchmarks/gpu_bundle.py --python $(GPU_PYTHON)
 
-# The caption-quality ablation on the demo cache (README, "Caption quality").
+# SCST on both testbeds, 3 seeds (README, "Measuring quality"; docs/benchmarks.md).
 quality: install
 	$(BIN)/python benchmarks/quality.py $(ARGS)
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/step.py [--rounds 6]
 
-Sizes as the issue fixes them: embed/hidden/attention 512, vocabulary 10,000, batch 32
+A Flickr30k-sized step: embed/hidden/attention 512, vocabulary 10,000, batch 32
 captions of up to 20 steps (lengths drawn once, seeded; the same batch for every variant),
 49 regions x 2048 channels, Adam (the tutorial's plain one, ours fused as the trainer builds
 it), dropout 0.5, doubly stochastic λ = 1, 2 torch threads.

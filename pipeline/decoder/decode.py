@@ -48,7 +48,7 @@ def greedy_decode(
     _check_arguments(max_len, 1)
     with torch.inference_mode():
         encoded = model.encode(features)  # EncodedBatch of B rows
-        state = model.init_state(encoded)  # State: batch-first tensors, each (B, ...)
+        state = model.init_state(encoded)  # (B, ...) each: LSTM (h, c), Transformer k/v cache
         batch, regions, device = features.shape[0], features.shape[1], features.device
         images = list(range(batch))  # original position of each remaining row
         words = torch.full((batch,), sos, dtype=torch.long, device=device)  # (n,)

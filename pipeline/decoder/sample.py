@@ -54,7 +54,7 @@ def sample_captions(
     encoded = encoded.index_select(
         torch.arange(features.shape[0], device=device).repeat_interleave(samples)
     )  # B*K rows
-    state = model.init_state(encoded)  # State: batch-first tensors, each (B*K, ...)
+    state = model.init_state(encoded)  # (B*K, ...) each: LSTM (h, c), Transformer k/v cache
     active = torch.arange(rows, device=device)  # (n,) rows still sampling
     words = torch.full((rows,), sos, dtype=torch.long, device=device)  # (n,)
     tokens = torch.full((rows, max_len), pad, dtype=torch.long, device=device)  # (B*K, T)

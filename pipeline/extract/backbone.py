@@ -12,7 +12,7 @@ so the exact same network can be rebuilt later (`build_backbone_from_attrs`):
 
 The frozen network's batch norms are folded into the convolutions before them: the same function
 (outputs differ only by float rounding, below the float16 storage step) with one pass over each
-activation fewer; 1.05-1.19x the fp32 images/s on the project's CPU (docs/benchmarks.md).
+activation fewer, so faster (docs/benchmarks.md, "Stage one: extraction").
 """
 
 from __future__ import annotations

@@ -9,9 +9,8 @@ brightness. Every tile has a white label band of LABEL_BAND pixels underneath wi
 
 Output size, deterministic: with n = 1 + len(words) tiles and c = min(columns, n) columns,
     width = c * cell,  height = ceil(n / c) * (cell + LABEL_BAND).
-Images of any Pillow mode are accepted and converted as the extractor converts them
-(`extract.images.to_rgb`): alpha composited on white, 16-bit modes (I;16, I) divided down to
-8 bits, everything else through Image.convert("RGB").
+Images of any Pillow mode are accepted and converted to RGB exactly as the extractor converts
+them (`extract.images.to_rgb`).
 """
 
 import io
