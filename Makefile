@@ -60,26 +60,26 @@ tensorboard: install
 	$(BIN)/tensorboard --logdir $(if $(RUN),$(RUN)/tensorboard,$(RUNS)) --host 127.0.0.1 --port $(PORT)
 
 bench: install
-	$(BIN)/python benchmarks/extract.py
-	$(BIN)/python benchmarks/train.py
-	$(BIN)/python benchmarks/step.py
-	$(BIN)/python benchmarks/decode.py
-	$(BIN)/python benchmarks/scst.py
-	$(BIN)/python benchmarks/caption.py
+	$(BIN)/python -m benchmarks.extract
+	$(BIN)/python -m benchmarks.train
+	$(BIN)/python -m benchmarks.step
+	$(BIN)/python -m benchmarks.decode
+	$(BIN)/python -m benchmarks.scst
+	$(BIN)/python -m benchmarks.caption
 
 # Every CUDA path in one command (< 8 minutes on one GPU); --device cpu --tiny checks it here.
 # On a GPU machine with this .venv; on a bare one (no venv, no registry): make gpu-bundle here,
 # carry gpu-bundle/ with the repository, run `sh benchmarks/gpu_run.sh` there (docs/benchmarks.md).
 bench-gpu: install
-	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
+	$(BIN)/python -m benchmarks.gpu_check $(ARGS)
 
 # gpu-bundle/: the packages a bare GPU machine's python3 (version GPU_PYTHON) lacks, from .venv.
 gpu-bundle: install
-	$(BIN)/python benchmarks/gpu_bundle.py --python $(GPU_PYTHON)
+	$(BIN)/python -m benchmarks.gpu_bundle --python $(GPU_PYTHON)
 
 # SCST on both testbeds, 3 seeds (README, "Measuring quality"; docs/benchmarks.md).
 quality: install
-	$(BIN)/python benchmarks/quality.py $(ARGS)
+	$(BIN)/python -m benchmarks.quality $(ARGS)
 
 lint: install
 	$(BIN)/ruff check pipeline tests benchmarks

@@ -1,9 +1,10 @@
 """Bulk captioning speed and memory: `caption --out` against extraction alone, and peak RSS.
 
-Run standalone: `.venv/bin/python benchmarks/caption.py` (a few minutes on 2 cores).
+Run: `.venv/bin/python -m benchmarks.caption` (a few minutes on 2 cores).
 
-- Demo images (`generate_demo_data`, 224x224 JPEGs) are extracted into a cache once, and the
-  demo decoder (configs/demo.toml) is trained on it for one epoch: a real checkpoint.
+- Demo images (`generate_demo_data`, 224x224 JPEGs) are extracted into a cache once, as
+  `captioner extract` does with configs/demo.toml, and the demo decoder is trained on it for
+  one epoch: a real checkpoint.
 - On the same `--n` images, alternating, `--repeat` times (the best run of each kept: a shared
   machine's other jobs only ever slow a run down): extraction alone (`run_extraction`: decode
   workers + ResNet50 + HDF5 writes) and bulk captioning (`run_caption` with an output file:
@@ -25,73 +26,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
+from benchmarks.common import alternate, demo_cache, in_child, link_copies, quiet, timed, train_demo
+from benchmarks.extract import extract_rate
+from pipeline.decoder.checkpoint import load_checkpoint
+from pipeline.infer.caption import CaptionJob, run_caption
+from pipeline.infer.caption_sources import Source
 
-from benchmarks.extract import link_copies  # noqa: E402
-from pipeline.captions.demo_data import generate_demo_data  # noqa: E402
-from pipeline.cli import main as captioner  # noqa: E402
-from pipeline.decoder.checkpoint import load_checkpoint  # noqa: E402
-from pipeline.extract.backbone import resolve_weights  # noqa: E402
-from pipeline.extract.extractor import ExtractJob, run_extraction  # noqa: E402
-from pipeline.extract.images import list_image_files  # noqa: E402
-from pipeline.infer.caption import CaptionJob, run_caption  # noqa: E402
-from pipeline.infer.caption_sources import Source  # noqa: E402
-
-DEMO_CONFIG = REPO / "configs" / "demo.toml"
 BEAMS = (1, 3)
 
 
-def invoke(args: list[str]) -> None:
-    """Run a captioner command in this process; raise with its output if it fails."""
-    result = CliRunner().invoke(captioner, [str(a) for a in args], catch_exceptions=False)
-    if result.exit_code != 0:
-        raise RuntimeError(f"captioner {args[0]} failed:\n{result.output[-2000:]}")
-
-
-def train_checkpoint(work: Path) -> Path:
-    """Extract the demo images' cache and train the demo decoder on it for one epoch."""
-    settings = [
-        f"data.captions={json.dumps(str(work / 'data' / 'dataset.json'))}",
-        f"data.images={json.dumps(str(work / 'data' / 'images'))}",
-        f"features.path={json.dumps(str(work / 'cache.h5'))}",
-        f"train.out_dir={json.dumps(str(work / 'runs'))}",
-        "train.name=bench",
-        "train.epochs=1",
-        "train.val_images=0",
-        "vocab.min_freq=1",
-    ]
-    overrides = sum((["--set", s] for s in settings), [])
-    invoke(["extract", "--config", DEMO_CONFIG, *overrides, "--quiet"])
-    invoke(["train", "--config", DEMO_CONFIG, *overrides])
-    return work / "runs" / "bench" / "best.pt"
-
-
-def extract_rate(folder: Path, out: Path, precision: str, batch_size: int, workers: int) -> float:
-    """End-to-end images/s of extracting every image of `folder` (the baseline)."""
-    job = ExtractJob(
-        images_root=folder,
-        names=list_image_files(folder),
-        out=out,
-        weights=resolve_weights("none"),
-        device=torch.device("cpu"),
-        precision=precision,
-        dtype="float16",
-        batch_size=batch_size,
-        workers=workers,
-        overwrite=True,
-        progress=False,
-    )
-    return run_extraction(job, log=lambda _: None).images_per_s
+def train_checkpoint(work: Path, images: int) -> Path:
+    """Demo data and its cache under `work`, and the demo decoder trained on it for one epoch."""
+    cache, _, _ = demo_cache(work, images)
+    run = train_demo(cache, "bench", "train.epochs=1", "train.val_images=0", "vocab.min_freq=1")
+    return run / "best.pt"
 
 
 def caption(
@@ -109,30 +62,15 @@ def caption(
         device="cpu",
         progress=False,
     )
-    result = run_caption(job, log=lambda _: None)
+    result = run_caption(job, log=quiet)
     return result.images_per_s, result.lines
 
 
-def vmhwm_mb() -> float:
-    """This process's peak resident memory (VmHWM in /proc/self/status), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def child(folder: str, checkpoint: str, out: str, batch_size: int, workers: int) -> None:
-    """Subprocess body for `peak_rss`: caption the folder, print lines and VmHWM as JSON."""
-    _, lines = caption(Path(folder), Path(checkpoint), Path(out), 3, batch_size, workers)
-    print(json.dumps({"images": lines, "vmhwm_mb": vmhwm_mb()}))
-
-
-def peak_rss(folder: Path, checkpoint: Path, out: Path, batch_size: int, workers: int) -> dict:
-    """Caption every image under `folder` in a child process; its lines and peak RSS (MB)."""
-    command = [sys.executable, __file__, "--child", str(folder), str(checkpoint), str(out)]
-    command += [str(batch_size), str(workers)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def peak_rss(folder: Path, checkpoint: Path, args: argparse.Namespace) -> dict:
+    """Caption every image under `folder` at beam 3 in a child process; its lines and VmHWM."""
+    out = folder.with_suffix(".jsonl")
+    peak = in_child(caption, folder, checkpoint, out, 3, args.batch_size, args.workers)
+    return {"images": peak.result[1], "vmhwm_mb": peak.main_mb}
 
 
 def parse_args() -> argparse.Namespace:
@@ -142,7 +80,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each; the best is kept")
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -150,60 +87,47 @@ def speed_runs(
     work: Path, checkpoint: Path, precision: str, args: argparse.Namespace
 ) -> dict[str, list[float]]:
     """images/s of extraction and of captioning at each beam, alternating, `repeat` times."""
-    runs: dict[str, list[float]] = {"extract": [], **{f"caption_beam{k}": [] for k in BEAMS}}
     folder = work / "speed" / "c0"
-    for _ in range(args.repeat):
-        runs["extract"].append(
-            extract_rate(folder, work / "baseline.h5", precision, args.batch_size, args.workers)
-        )
-        for k in BEAMS:
-            rate, _ = caption(
-                folder, checkpoint, work / "captions.jsonl", k, args.batch_size, args.workers
-            )
-            runs[f"caption_beam{k}"].append(rate)
-        print(
-            ", ".join(f"{mode} {values[-1]:.1f} img/s" for mode, values in runs.items())
-            + f" (load {os.getloadavg()[0]:.1f})",
-            flush=True,
-        )
-    return runs
 
+    def shown(mode: str, rate: float) -> float:
+        print(f"{mode} {rate:.1f} img/s (load {os.getloadavg()[0]:.1f})", flush=True)
+        return rate
 
-def link_first(source: Path, target: Path, count: int) -> Path:
-    """`target`/c0 holding hard links to the first `count` images of `source`."""
-    link_copies(source, target, 1)
-    for path in sorted((target / "c0").iterdir())[count:]:
-        path.unlink()
-    return target
+    def extract(_) -> float:
+        out = work / "baseline.h5"
+        return shown(
+            "extract", extract_rate(folder, None, out, precision, args.batch_size, args.workers)
+        )
+
+    def captioning(beam: int):
+        out = work / "captions.jsonl"
+        return lambda _: shown(
+            f"caption_beam{beam}",
+            caption(folder, checkpoint, out, beam, args.batch_size, args.workers)[0],
+        )
+
+    runs = {"extract": extract, **{f"caption_beam{k}": captioning(k) for k in BEAMS}}
+    return alternate(runs, args.repeat)
 
 
 def main() -> None:
     args = parse_args()
-    if args.child:
-        folder, checkpoint, out, batch_size, workers = args.child
-        child(folder, checkpoint, out, int(batch_size), int(workers))
-        return
     with tempfile.TemporaryDirectory(prefix="bench-caption-") as tmp:
         work = Path(tmp)
-        start = time.perf_counter()
-        generate_demo_data(work / "data", n_images=max(args.n, args.n_rss), seed=0)
-        checkpoint = train_checkpoint(work)
+        seconds, checkpoint = timed(lambda: train_checkpoint(work, max(args.n, args.n_rss)))
         precision = load_checkpoint(checkpoint)["features"]["precision"]
         print(
-            f"demo data, cache and checkpoint in {time.perf_counter() - start:.1f}s; "
+            f"demo data, cache and checkpoint in {seconds:.1f}s; "
             f"{os.cpu_count()} cpus, precision {precision}, batch {args.batch_size}, "
             f"workers {args.workers}",
             flush=True,
         )
         images = work / "data" / "images"
-        link_first(images, work / "speed", args.n)
+        link_copies(images, work / "speed", 1, args.n)
         runs = speed_runs(work, checkpoint, precision, args)
-        small = link_first(images, work / "rss" / "n", args.n_rss)
-        link_copies(small / "c0", work / "rss" / "4n", 4)
-        rss_n = peak_rss(small, checkpoint, work / "rss_n.jsonl", args.batch_size, args.workers)
-        rss_4n = peak_rss(
-            work / "rss" / "4n", checkpoint, work / "rss_4n.jsonl", args.batch_size, args.workers
-        )
+        small = link_copies(images, work / "rss" / "n", 1, args.n_rss)
+        big = link_copies(small / "c0", work / "rss" / "4n", 4)
+        rss_n, rss_4n = (peak_rss(folder, checkpoint, args) for folder in (small, big))
     best = {mode: max(values) for mode, values in runs.items()}
     report = {
         "images": args.n,

@@ -1,7 +1,7 @@
 """Batched beam search vs a loop over single images, for both decoder kinds, and the
 Transformer's key/value cache vs re-running the whole prefix at every step. One run.
 
-    .venv/bin/python benchmarks/decode.py [--images 64] [--beam 3] [--max-len 20] [--threads 2]
+    .venv/bin/python -m benchmarks.decode [--images 64] [--beam 3] [--max-len 20] [--threads 2]
 
 Decoders of realistic size (vocab 3000, width 512, random weights, eval mode) decode random
 (49, 2048) grids: the LSTM (embed/hidden/attention 512, additive attention) and the
@@ -14,19 +14,15 @@ then one line of JSON.
 
 import argparse
 import json
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from pipeline.config import ModelConfig  # noqa: E402
-from pipeline.decoder.decode import beam_search  # noqa: E402
-from pipeline.decoder.lstm import CaptionDecoder  # noqa: E402
-from pipeline.decoder.transformer import PrefixRecompute, TransformerDecoder  # noqa: E402
-from pipeline.decoder.vocab import SPECIALS  # noqa: E402
+from benchmarks.common import alternate, timed
+from pipeline.config import ModelConfig
+from pipeline.decoder.decode import beam_search
+from pipeline.decoder.lstm import CaptionDecoder
+from pipeline.decoder.transformer import PrefixRecompute, TransformerDecoder
+from pipeline.decoder.vocab import SPECIALS
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,14 +36,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def timed(run, repeats: int) -> float:
-    """Best wall time of `repeats` calls, in seconds."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
+def best_seconds(runs: dict, repeats: int) -> dict[str, float]:
+    """Each mode's best wall time of `repeats` calls (alternated), in seconds."""
+    timings = alternate(
+        {mode: lambda _, run=run: timed(run)[0] for mode, run in runs.items()}, repeats
+    )
+    return {mode: min(values) for mode, values in timings.items()}
 
 
 def build_models(vocab: int) -> dict[str, torch.nn.Module]:
@@ -96,14 +90,13 @@ def main() -> None:
         reference = [d.tokens for d in batched(model)]  # also the warm-up
         assert all(len(tokens) == args.max_len for tokens in reference)  # equal work
         same = reference == [d.tokens for d in one_by_one(model)]
-        seconds = {
-            "batched": timed(lambda m=model: batched(m), args.repeats),
-            "loop": timed(lambda m=model: one_by_one(m), args.repeats),
-        }
+        runs = {"batched": lambda m=model: batched(m), "loop": lambda m=model: one_by_one(m)}
         if kind == "transformer":
             uncached = PrefixRecompute(model)
             same_cache = reference == [d.tokens for d in batched(uncached)]
-            seconds["uncached"] = timed(lambda m=uncached: batched(m), args.repeats)
+            runs["uncached"] = lambda m=uncached: batched(m)
+        seconds = best_seconds(runs, args.repeats)
+        if kind == "transformer":
             result["speedup_kv_cache"] = round(seconds["uncached"] / seconds["batched"], 2)
             result["same_captions_kv_cache"] = same_cache
         suffix = "" if kind == "lstm" else f"_{kind}"  # the LSTM keeps the historical keys

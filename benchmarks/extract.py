@@ -1,6 +1,6 @@
 """Stage-one speed and memory: end-to-end `extract` vs model-only forward, and peak RSS.
 
-Run standalone: `.venv/bin/python benchmarks/extract.py` (about 2-4 minutes on 2 cores).
+Run: `.venv/bin/python -m benchmarks.extract` (about 2-4 minutes on 2 cores).
 
 - Writes photo-like 500x375 JPEGs (gradients + blurred and fine noise, quality 90) to a temp dir.
 - For fp32 and bf16 (`--precisions`): model-only forward images/s on pre-made uint8 batches
@@ -18,7 +18,7 @@ Run standalone: `.venv/bin/python benchmarks/extract.py` (about 2-4 minutes on 2
 - fp32 also times the forward of the backbone as torchvision builds it, batch norms not folded:
   `ratio_forward_folded_vs_unfolded_fp32` is what `build_backbone`'s folding gains.
 - Peak RSS (in the last of `--precisions`) of an extraction of N and of 4N images, each in its
-  own subprocess (VmHWM of the main process and the largest decode worker).
+  own child process: its VmHWM, and the largest decode worker's private memory (sampled).
 
 Prints a table, then one line of JSON.
 """
@@ -26,12 +26,10 @@ Prints a table, then one line of JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,20 +39,10 @@ import torch
 import torchvision
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.extract.backbone import GridEncoder, build_backbone, resolve_weights  # noqa: E402
-from pipeline.extract.extractor import (  # noqa: E402
-    ExtractJob,
-    FeatureEncoder,
-    run_extraction,
-    torch_threads,
-)
-from pipeline.extract.images import (  # noqa: E402
-    list_image_files,
-    preprocess_image,
-    resize_crop_tensor,
-)
+from benchmarks.common import alternate, folder_job, in_child, link_copies, quiet, timed
+from pipeline.extract.backbone import GridEncoder, build_backbone, resolve_weights
+from pipeline.extract.extractor import FeatureEncoder, run_extraction, torch_threads
+from pipeline.extract.images import list_image_files, preprocess_image, resize_crop_tensor
 
 WIDTH, HEIGHT = 500, 375
 
@@ -84,15 +72,6 @@ def make_images(folder: Path, count: int, seed: int = 0) -> None:
         make_photo(rng).save(folder / f"{i:05d}.jpg", quality=90)
 
 
-def link_copies(source: Path, target: Path, copies: int) -> None:
-    """`copies` hard-linked copies of every file in `source`, in target/c0, target/c1, ..."""
-    for c in range(copies):
-        sub = target / f"c{c}"
-        sub.mkdir(parents=True, exist_ok=True)
-        for path in sorted(source.iterdir()):
-            os.link(path, sub / path.name)
-
-
 def unfolded_backbone() -> GridEncoder:
     """The grid encoder as torchvision builds it, batch norms not folded (the comparison)."""
     resnet = torchvision.models.resnet50(weights=None)
@@ -113,11 +92,10 @@ def forward_rate(
         batch = torch.stack([preprocess_image(folder / n) for n in names[:batch_size]])
         encoder.encode(batch)  # warm-up: oneDNN primitive creation
         steps = math.ceil(len(names) / batch_size)
-        start, cpu = time.perf_counter(), time.process_time()
-        for _ in range(steps):
-            encoder.encode(batch)  # (B, 49, 2048)
+        cpu = time.process_time()
+        seconds, _ = timed(lambda: [encoder.encode(batch) for _ in range(steps)])  # (B, 49, 2048)
         images = steps * batch_size
-        return images / (time.perf_counter() - start), (time.process_time() - cpu) / images
+        return images / seconds, (time.process_time() - cpu) / images
 
 
 def decode_cpu_seconds(folder: Path, names: list[str]) -> dict[str, float]:
@@ -145,56 +123,48 @@ def decode_cpu_seconds(folder: Path, names: list[str]) -> dict[str, float]:
 
 
 def extract_rate(
-    folder: Path, names: list[str], out: Path, precision: str, batch_size: int, workers: int
+    folder: Path, names: list[str] | None, out: Path, precision: str, batch_size: int, workers: int
 ) -> float:
-    """End-to-end images/s of run_extraction (decode, forward, HDF5 writes)."""
-    job = ExtractJob(
-        images_root=folder,
-        names=names,
-        out=out,
-        weights=resolve_weights("none"),
-        device=torch.device("cpu"),
-        precision=precision,
-        dtype="float16",
-        batch_size=batch_size,
-        workers=workers,
-        overwrite=True,
-        progress=False,
-    )
-    result = run_extraction(job, log=lambda _: None)
-    return result.images_per_s
+    """End-to-end images/s of run_extraction (decode, forward, HDF5 writes) of `names` (every
+    image under `folder` when None)."""
+    job = folder_job(folder, out, precision=precision, batch_size=batch_size, workers=workers)
+    if names is not None:
+        job = dataclasses.replace(job, names=names)
+    return run_extraction(job, log=quiet).images_per_s
 
 
-def peak_rss_mb(folder: Path, out: Path, precision: str, batch_size: int, workers: int) -> dict:
-    """Run one extraction of every image under `folder` in a subprocess; its peak RSS in MB."""
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        str(folder),
-        str(out),
-        precision,
-        str(batch_size),
-        str(workers),
-    ]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def peak_rss_mb(folder: Path, precision: str, args: argparse.Namespace) -> dict:
+    """Peak memory (MB) of extracting every image under `folder` in a child process."""
+    out = folder.with_suffix(".h5")
+    peak = in_child(extract_rate, folder, None, out, precision, args.batch_size, args.workers)
+    images = len(list_image_files(folder))
+    return {"images": images, "main_mb": peak.main_mb, "worker_mb": peak.workers_mb}
 
 
-def child(folder: str, out: str, precision: str, batch_size: int, workers: int) -> None:
-    """Subprocess body for `peak_rss_mb`: extract, then print peak RSS (MB) as JSON."""
-    names = list_image_files(folder)
-    extract_rate(Path(folder), names, Path(out), precision, batch_size, workers)
-    main_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    workers_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(
-        json.dumps(
-            {"images": len(names), "main_mb": main_kb / 1024, "worker_mb": workers_kb / 1024}
-        )
-    )
+def measure_precision(
+    images: Path, names: list[str], precision: str, args: argparse.Namespace
+) -> dict:
+    """Forward (folded, and unfolded for fp32) and extraction runs, alternated, `repeat` each."""
+
+    def forward(folded: bool):
+        rate, cpu = forward_rate(images, names, precision, args.batch_size, folded)
+        what = "forward" if folded else "forward without folded batch norms"
+        print(f"{precision}: {what} {rate:.1f} img/s ({cpu * 1e3:.1f} CPU-ms/img)", flush=True)
+        return rate, cpu
+
+    def extract(_):
+        out = images.parent / f"{precision}.h5"
+        rate = extract_rate(images, names, out, precision, args.batch_size, args.workers)
+        print(f"{precision}: extract {rate:.1f} img/s (load {os.getloadavg()[0]:.1f})", flush=True)
+        return rate
+
+    runs = {"forward": lambda _: forward(True)}
+    if precision == "fp32":  # what folding the batch norms gains
+        runs["forward_unfolded"] = lambda _: forward(False)
+    return alternate({**runs, "extract": extract}, args.repeat)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-fp32", type=int, default=96)
     parser.add_argument("--n-bf16", type=int, default=256)
@@ -208,27 +178,26 @@ def main() -> None:
         default="fp32,bf16",
         help="comma-separated (bf16 is slow without native bf16)",
     )
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        folder, out, precision, batch_size, workers = args.child
-        child(folder, out, precision, int(batch_size), int(workers))
-        return
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
         tmp = Path(tmp)
+        images = tmp / "images"
         count = max(args.n_fp32, args.n_bf16, args.n_rss, args.n_decode)
-        start = time.perf_counter()
-        make_images(tmp / "images", count)
+        seconds, _ = timed(lambda: make_images(images, count))
         print(
-            f"made {count} JPEGs {WIDTH}x{HEIGHT} in {time.perf_counter() - start:.1f}s; "
+            f"made {count} JPEGs {WIDTH}x{HEIGHT} in {seconds:.1f}s; "
             f"{os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, "
             f"batch {args.batch_size}, workers {args.workers}",
             flush=True,
         )
-        names = list_image_files(tmp / "images")
+        names = list_image_files(images)
         rows, report = [], {}
         cores = len(os.sched_getaffinity(0))
-        decode = decode_cpu_seconds(tmp / "images", names[: args.n_decode])
+        decode = decode_cpu_seconds(images, names[: args.n_decode])
         print(
             f"decode CPU-s per image: Pillow policy {decode['pillow'] * 1e3:.2f} ms, "
             f"torchvision decode_jpeg + tensor resize {decode['torchvision'] * 1e3:.2f} ms",
@@ -241,34 +210,10 @@ def main() -> None:
         precisions = args.precisions.split(",")
         for precision in precisions:
             n = sizes[precision]
-            fwds, exts, cpus, unfolded = [], [], [], []
-            for _ in range(args.repeat):  # alternate, keep the best: the machine may be shared
-                rate, cpu = forward_rate(tmp / "images", names[:n], precision, args.batch_size)
-                fwds.append(rate)
-                cpus.append(cpu)
-                if precision == "fp32":  # what folding the batch norms gains
-                    unfolded.append(
-                        forward_rate(
-                            tmp / "images", names[:n], precision, args.batch_size, folded=False
-                        )[0]
-                    )
-                    print(f"fp32: forward without folded batch norms {unfolded[-1]:.1f} img/s")
-                exts.append(
-                    extract_rate(
-                        tmp / "images",
-                        names[:n],
-                        tmp / f"{precision}.h5",
-                        precision,
-                        args.batch_size,
-                        args.workers,
-                    )
-                )
-                print(
-                    f"{precision}: forward {fwds[-1]:.1f} img/s ({cpu * 1e3:.1f} CPU-ms/img), "
-                    f"extract {exts[-1]:.1f} img/s (load {os.getloadavg()[0]:.1f})",
-                    flush=True,
-                )
-            fwd, ext, cpu = max(fwds), max(exts), min(cpus)
+            runs = measure_precision(images, names[:n], precision, args)
+            fwds = [rate for rate, _ in runs["forward"]]
+            exts = runs["extract"]
+            fwd, ext, cpu = max(fwds), max(exts), min(cpu for _, cpu in runs["forward"])
             bound = cores / (decode["pillow"] + cpu)
             rows.append((precision, n, fwd, ext, ext / fwd, bound, ext / bound))
             report[f"images_per_s_{precision}"] = round(ext, 2)
@@ -281,20 +226,14 @@ def main() -> None:
                 "forward": [round(v, 2) for v in fwds],
                 "extract": [round(v, 2) for v in exts],
             }
-            if unfolded:
+            if "forward_unfolded" in runs:
+                unfolded = [rate for rate, _ in runs["forward_unfolded"]]
                 report["ratio_forward_folded_vs_unfolded_fp32"] = round(fwd / max(unfolded), 3)
                 report["runs_fp32"]["forward_unfolded"] = [round(v, 2) for v in unfolded]
-        (tmp / "rss").mkdir()
-        link_copies(tmp / "images", tmp / "rss" / "n", 1)
-        small = tmp / "rss" / "n"
-        for path in sorted((small / "c0").iterdir())[args.n_rss :]:
-            path.unlink()
-        link_copies(small / "c0", tmp / "rss" / "4n", 4)
+        small = link_copies(images, tmp / "rss" / "n", 1, args.n_rss)
+        big = link_copies(small / "c0", tmp / "rss" / "4n", 4)
         rss_precision = precisions[-1]
-        rss_n = peak_rss_mb(small, tmp / "rss_n.h5", rss_precision, args.batch_size, args.workers)
-        rss_4n = peak_rss_mb(
-            tmp / "rss" / "4n", tmp / "rss_4n.h5", rss_precision, args.batch_size, args.workers
-        )
+        rss_n, rss_4n = (peak_rss_mb(folder, rss_precision, args) for folder in (small, big))
         print(
             f"\n{'precision':>9} {'images':>6} {'forward/s':>10} {'extract/s':>10} {'ratio':>6} "
             f"{'bound/s':>8} {'vs bound':>8}"
@@ -305,9 +244,9 @@ def main() -> None:
                 f"{vs_bound:>8.3f}"
             )
         print(
-            f"peak RSS {rss_precision} (main / largest worker): N={rss_n['images']}: "
-            f"{rss_n['main_mb']:.0f} / {rss_n['worker_mb']:.0f} MB; 4N={rss_4n['images']}: "
-            f"{rss_4n['main_mb']:.0f} / {rss_4n['worker_mb']:.0f} MB"
+            f"peak RSS {rss_precision} (main VmHWM / largest worker's private memory): "
+            f"N={rss_n['images']}: {rss_n['main_mb']:.0f} / {rss_n['worker_mb']:.0f} MB; "
+            f"4N={rss_4n['images']}: {rss_4n['main_mb']:.0f} / {rss_4n['worker_mb']:.0f} MB"
         )
         report.update(
             {

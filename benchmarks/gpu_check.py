@@ -1,7 +1,7 @@
 """One GPU check: every CUDA path of captioner in one command, a table and one JSON line.
 
-    .venv/bin/python benchmarks/gpu_check.py                 # on a GPU machine, < 8 minutes
-    .venv/bin/python benchmarks/gpu_check.py --device cpu --tiny   # the same paths, seconds
+    .venv/bin/python -m benchmarks.gpu_check                 # on a GPU machine, < 8 minutes
+    .venv/bin/python -m benchmarks.gpu_check --device cpu --tiny   # the same paths, seconds
     sh benchmarks/gpu_run.sh [ARGS]     # a bare GPU machine: its python3 + `make gpu-bundle`
 
 `make bench-gpu` runs the first form. The third is for a GPU machine without the .venv or a
@@ -40,44 +40,33 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from importlib.metadata import version as metadata_version
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import h5py
+import numpy as np
+import torch
+import torchvision
+from click.testing import CliRunner
+from torch.utils.data import DataLoader
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+from benchmarks.common import DEMO_CONFIG, REPO, DemoCache, demo_data, extract_cache, timed
+from benchmarks.gpu_bundle import PACKAGES as BUNDLED_PACKAGES
+from benchmarks.train import end_to_end as end_to_end_epoch
+from benchmarks.train import make_trainer
+from pipeline import contract
+from pipeline.atomic import write_text_atomic
+from pipeline.cli import main as captioner
+from pipeline.config import load_config
+from pipeline.dataset.store import FeatureStore
+from pipeline.decoder.checkpoint import load_model
+from pipeline.decoder.generate import decode_features
+from pipeline.extract.backbone import build_backbone, resolve_weights
+from pipeline.extract.extractor import FeatureEncoder, list_images, resolve_precision
+from pipeline.extract.images import ImageDataset, collate_images, preprocess_image
+from pipeline.infer.caption import CaptionJob, run_caption
+from pipeline.infer.caption_sources import Source
 
-from benchmarks.gpu_bundle import PACKAGES as BUNDLED_PACKAGES  # noqa: E402
-from benchmarks.train import end_to_end as end_to_end_epoch  # noqa: E402
-from benchmarks.train import make_trainer  # noqa: E402
-from pipeline import contract  # noqa: E402
-from pipeline.atomic import write_text_atomic  # noqa: E402
-from pipeline.captions.demo_data import generate_demo_data  # noqa: E402
-from pipeline.cli import main as captioner  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.dataset.store import FeatureStore  # noqa: E402
-from pipeline.decoder.checkpoint import load_model  # noqa: E402
-from pipeline.decoder.generate import decode_features  # noqa: E402
-from pipeline.extract.backbone import build_backbone, resolve_weights  # noqa: E402
-from pipeline.extract.extractor import (  # noqa: E402
-    ExtractJob,
-    FeatureEncoder,
-    list_images,
-    resolve_precision,
-    run_extraction,
-)
-from pipeline.extract.images import ImageDataset, collate_images, preprocess_image  # noqa: E402
-from pipeline.infer.caption import CaptionJob, run_caption  # noqa: E402
-from pipeline.infer.caption_sources import Source  # noqa: E402
-
-DEMO_CONFIG = REPO / "configs" / "demo.toml"
 SMI_TIMEOUT_S = 20  # nvidia-smi's answer, for the driver's version
 SIZES = {  # full: a real GPU run; tiny: the same paths in seconds on a CPU
     "full": {
@@ -106,18 +95,9 @@ SIZES = {  # full: a real GPU run; tiny: the same paths in seconds on a CPU
 }
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device) -> tuple[float, object]:
-    """(seconds, result) of fn(), with the device synchronised around it."""
-    synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    synchronize(device)
-    return time.perf_counter() - start, result
+def demo(work: Path) -> DemoCache:
+    """The demo data under `work`; the features that stage two reads are the CPU-decoded ones."""
+    return DemoCache.under(work, features="cpu_decode.h5")
 
 
 # ---------------------------------------------------------------- stage one
@@ -125,8 +105,9 @@ def timed(fn, device: torch.device) -> tuple[float, object]:
 
 def stage_one(work: Path, device: torch.device, size: dict) -> dict:
     """Forward-only, loader-only and end-to-end extraction rates; device vs CPU decoding."""
-    images, captions = work / "data" / "images", work / "data" / "dataset.json"
-    names, _ = list_images(images, captions)
+    cache = demo(work)
+    images = cache.images
+    names, _ = list_images(images, cache.captions)
     precision = resolve_precision("auto", device)
     workers = len(os.sched_getaffinity(0))
     batch = size["batch"]
@@ -145,7 +126,7 @@ def stage_one(work: Path, device: torch.device, size: dict) -> dict:
         num_workers=workers,
         collate_fn=collate_images,
     )
-    seconds, count = timed(lambda: sum(len(b.rows) for b in loader), torch.device("cpu"))
+    seconds, count = timed(lambda: sum(len(b.rows) for b in loader))
     out = {
         "precision": precision,
         "workers": workers,
@@ -153,21 +134,16 @@ def stage_one(work: Path, device: torch.device, size: dict) -> dict:
         "forward_images_per_s": forward,
         "loader_images_per_s": count / seconds,
     }
-    for mode, on_device in (("device_decode", True), ("cpu_decode", False)):
-        job = ExtractJob(
-            images_root=images,
-            names=names,
-            out=work / f"{mode}.h5",
-            weights=resolve_weights("none"),
-            device=device,
+    for mode, decode in (("device_decode", "device"), ("cpu_decode", "cpu")):
+        _, result = extract_cache(
+            cache,
+            f'features.decode="{decode}"',
+            out=str(work / f"{mode}.h5"),
+            device=device.type,
             precision=precision,
-            dtype="float16",
             batch_size=batch,
             workers=workers,
-            progress=False,
-            device_decode=on_device,
         )
-        result = run_extraction(job, log=lambda _: None)
         out[f"extract_{mode}_images_per_s"] = result.images_per_s
         out[f"extract_{mode}_failed"] = len(result.failed)
     out["device_vs_cpu_decode_max_rel_diff"] = feature_difference(
@@ -196,10 +172,7 @@ def feature_rows(path: Path) -> int:
 def settings(work: Path, device: torch.device, size: dict, name: str) -> list[str]:
     """--set overrides of configs/demo.toml for a run named `name` in `work`."""
     return [
-        f"data.captions={json.dumps(str(work / 'data' / 'dataset.json'))}",
-        f"data.images={json.dumps(str(work / 'data' / 'images'))}",
-        f"features.path={json.dumps(str(work / 'cpu_decode.h5'))}",
-        f"train.out_dir={json.dumps(str(work / 'runs'))}",
+        *demo(work).settings(),
         f"train.name={name}",
         f"train.device={device.type}",
         f"train.epochs={size['epochs']}",
@@ -245,7 +218,7 @@ def training(work: Path, device: torch.device, size: dict) -> dict:
 def end_to_end(work: Path, device: torch.device, size: dict) -> dict:
     """The cached epoch vs the seed's end-to-end epoch (benchmarks/train.py's measurement)."""
     config = load_config(
-        DEMO_CONFIG, settings(work, device, size, "e2e") + ['features.in_memory="true"']
+        DEMO_CONFIG, (*settings(work, device, size, "e2e"), 'features.cache="ram"')
     )
     trainer = make_trainer(config)
     encoder = FeatureEncoder(
@@ -253,7 +226,7 @@ def end_to_end(work: Path, device: torch.device, size: dict) -> dict:
     )
     count = min(len(trainer.train_split.image_names), 4 * size["batch"])
     result = end_to_end_epoch(
-        trainer, work / "data" / "images", encoder, count, trainer.config.train.batching, repeats=1
+        trainer, demo(work).images, encoder, count, trainer.config.train.batching, repeats=1
     )
     return {"speedup_cached_vs_end_to_end": result["speedup"]}
 
@@ -283,7 +256,7 @@ def bulk_caption(work: Path, device: torch.device, size: dict) -> dict:
     """`caption --out` images/s over every demo image in each of CAPTION_MODES, with the fp32
     run's best.pt; how many captions the device and the CPU decode paths share."""
     sources = {
-        "images": Source(folder=str(work / "data" / "images")),
+        "images": Source(folder=str(demo(work).images)),
         "features": Source(features=str(work / "cpu_decode.h5")),
     }
     out = {}
@@ -390,7 +363,7 @@ def run_checks(work: Path, device: torch.device, size: dict, out: Path) -> dict:
     show(f"gpu check on {report['device']}")
     for key, value in report["environment"].items():
         show(f"  {key:<42}{value}")
-    generate_demo_data(work / "data", n_images=size["images"], seed=0)
+    demo_data(work, size["images"])
     for section in SECTIONS:
         name = section.__name__
         try:

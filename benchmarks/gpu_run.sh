@@ -4,7 +4,7 @@
 # carried with the repository; GPU_BUNDLE names another folder). Writes $OUT/gpu_check.json
 # (./gpu-out/ when OUT is unset) after every section.
 #
-#   sh benchmarks/gpu_run.sh [ARGS]      # ARGS go to benchmarks/gpu_check.py, e.g. --device cpu --tiny
+#   sh benchmarks/gpu_run.sh [ARGS]      # ARGS go to `python3 -m benchmarks.gpu_check`, e.g. --device cpu --tiny
 set -eu
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,4 +18,4 @@ fi
 mkdir -p "$RESULTS"
 PYTHONPATH="$BUNDLE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH
-exec python3 "$REPO/benchmarks/gpu_check.py" --out "$RESULTS/gpu_check.json" "$@"
+exec python3 -m benchmarks.gpu_check --out "$RESULTS/gpu_check.json" "$@"

@@ -1,8 +1,8 @@
 """Caption quality where the features carry information: SCST's gain on both testbeds.
 
-    .venv/bin/python benchmarks/quality.py [--jobs 2] [--seeds 3] [--flickr8k DIR]
-                                          [--sweeps scene,language] [--out DIR]
-                                          [-- SWEEP OPTIONS]
+    .venv/bin/python -m benchmarks.quality [--jobs 2] [--seeds 3] [--flickr8k DIR]
+                                           [--sweeps scene,language] [--out DIR]
+                                           [-- SWEEP OPTIONS]
 
 1. Makes the testbeds when missing (`captioner testbed scene demo/testbeds/scene`, and
    `captioner testbed language demo/testbeds/language --captions DIR/Flickr8k.token.txt`: the
@@ -26,7 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import FLICKR8K, REPO
+
 TESTBEDS = {
     "scene": (REPO / "demo" / "testbeds" / "scene", ["scene"]),
     "language": (REPO / "demo" / "testbeds" / "language", ["language"]),
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (sweep --jobs)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--flickr8k", default=str(REPO.parent / "shared" / "data" / "flickr8k"))
+    parser.add_argument("--flickr8k", default=str(FLICKR8K))
     parser.add_argument("--sweeps", default="scene,language", help="which testbeds")
     parser.add_argument(
         "--out", help="runs under OUT/sweep-<testbed> (default: each sweep's own, reused)"

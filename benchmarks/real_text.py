@@ -1,7 +1,7 @@
 """Real human captions: our no-Java tokenizer against coco-caption's PTB, our CIDEr-D against
 pycocoevalcap's, on the whole Flickr8k caption file.
 
-    .venv/bin/python benchmarks/real_text.py [--flickr8k DIR]
+    .venv/bin/python -m benchmarks.real_text [--flickr8k DIR]
 
 1. `tokens_identical_share`: the share of Flickr8k's 40,460 captions whose tokens from
    `simple_tokenize` (the stand-in used without Java, and by the SCST reward) equal those of
@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import numpy as np
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-import numpy as np  # noqa: E402
-from pycocoevalcap.cider.cider import Cider  # noqa: E402
-from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer  # noqa: E402
-
-from pipeline.metrics.cider import CiderD  # noqa: E402
-from pipeline.metrics.coco import simple_tokenize  # noqa: E402
+from benchmarks.common import FLICKR8K
+from pipeline.metrics.cider import CiderD
+from pipeline.metrics.coco import simple_tokenize
 
 
 def read_token_file(path: Path) -> dict[str, list[str]]:
@@ -65,7 +62,7 @@ def cider_difference(by_image: dict[str, list[str]]) -> tuple[int, float, float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--flickr8k", default=str(REPO.parent / "shared" / "data" / "flickr8k"))
+    parser.add_argument("--flickr8k", default=str(FLICKR8K))
     path = Path(parser.parse_args().flickr8k) / "Flickr8k.token.txt"
     if not path.is_file():
         raise SystemExit(f"the Flickr8k captions are not at {path}")

@@ -1,10 +1,11 @@
 """Self-critical training's reward: exactness against pycocoevalcap, speed, share of a step.
 
-    .venv/bin/python benchmarks/scst.py [--images 600] [--xe-epochs 2]
+    .venv/bin/python -m benchmarks.scst [--images 600] [--xe-epochs 2]
 
-Data: `--images` demo images (`generate_demo_data`, seed 0), grids extracted once with a
-random-init ResNet50, a cross-entropy run of configs/demo.toml (`--xe-epochs`) to sample
-captions from, all kept under demo/bench-scst/ (git-ignored) and reused by later runs. Then:
+Data: `--images` demo images (`generate_demo_data`, seed 0), grids extracted once as
+`captioner extract` does with configs/demo.toml (random-init ResNet50), a cross-entropy run of
+configs/demo.toml (`--xe-epochs`) to sample captions from, all kept under demo/bench-scst/
+(git-ignored) and reused by later runs. Then:
 
 1. `reward_equals_pycocoevalcap`: 32 train images x 5 captions sampled from the XE model, scored
    by `CiderD` built from the same 160 reference sets as pycocoevalcap's `Cider` sees: max
@@ -22,90 +23,45 @@ Prints the three, then one line of JSON. What SCST gains is measured by `make qu
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import shutil
 import statistics
-import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
+from pycocoevalcap.cider.cider import Cider
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-from pycocoevalcap.cider.cider import Cider  # noqa: E402
-
-from pipeline.captions.demo_data import generate_demo_data  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.dataset.batches import build_split  # noqa: E402
-from pipeline.dataset.experiment import load_experiment_data  # noqa: E402
-from pipeline.decoder.checkpoint import load_checkpoint, load_model  # noqa: E402
-from pipeline.decoder.sample import sample_captions  # noqa: E402
-from pipeline.extract.cli import extract_command  # noqa: E402
-from pipeline.metrics.cider import CiderD  # noqa: E402
-from pipeline.metrics.coco import simple_tokenize  # noqa: E402
-from pipeline.train import scst  # noqa: E402
-from pipeline.train.trainer import train  # noqa: E402
+from benchmarks.common import REPO, DemoCache, alternate, demo_cache, timed, train_demo
+from pipeline.dataset.batches import build_split
+from pipeline.dataset.experiment import load_experiment_data
+from pipeline.decoder.checkpoint import load_checkpoint, load_model
+from pipeline.decoder.sample import sample_captions
+from pipeline.metrics.cider import CiderD
+from pipeline.metrics.coco import simple_tokenize
+from pipeline.train import scst
 
 ROOT = REPO / "demo" / "bench-scst"
+SCST_CONFIG = REPO / "configs" / "demo-scst.toml"
 BATCH_IMAGES = 32
 
 
-def prepare_xe(images: int, xe_epochs: int) -> tuple[Path, list[str]]:
+def prepare_xe(images: int, xe_epochs: int) -> tuple[DemoCache, Path]:
     """Demo data, its cache and a finished XE run (each reused when already there)."""
-    root = ROOT / f"n{images}"
-    data = root / "data"
-    if not (data / "dataset.json").is_file():
-        generate_demo_data(data, n_images=images, seed=0, overwrite=True)
-    features = root / "features.h5"
-    if not features.is_file():
-        result = CliRunner().invoke(
-            extract_command,
-            [
-                "--images",
-                str(data / "images"),
-                "--captions",
-                str(data / "dataset.json"),
-                "--out",
-                str(features),
-                "--weights",
-                "none",
-                "--workers",
-                "1",
-                "--quiet",
-            ],
-        )
-        if result.exit_code != 0:
-            raise SystemExit(result.output)
-    common = [
-        f"data.captions={data / 'dataset.json'}",
-        f"data.images={data / 'images'}",
-        f"features.path={features}",
-        f"train.out_dir={root / 'runs'}",
-    ]
-    run = root / "runs" / f"xe-{xe_epochs}"
+    cache, _, _ = demo_cache(ROOT / f"n{images}", images)
+    run = cache.runs / f"xe-{xe_epochs}"
     if (
         not (run / "best.pt").is_file()
         or load_checkpoint(run / "last.pt")["state"]["epoch"] < xe_epochs
     ):
         shutil.rmtree(run, ignore_errors=True)
-        with contextlib.redirect_stdout(io.StringIO()):
-            train(
-                load_config(
-                    REPO / "configs/demo.toml",
-                    [*common, f"train.name={run.name}", f"train.epochs={xe_epochs}"],
-                )
-            )
-    return run, common
+        train_demo(cache, run.name, f"train.epochs={xe_epochs}")
+    return cache, run
 
 
-def reward_measures(run: Path, common: list[str]) -> dict:
+def reward_measures(cache: DemoCache, run: Path) -> dict:
     """Exactness, speed vs pycocoevalcap and share of an SCST step, on sampled captions."""
-    config = load_config(REPO / "configs/demo-scst.toml", common)
+    config = cache.config(base=SCST_CONFIG)
     loaded = load_model(run / "best.pt", torch.device("cpu"))
     vocab = loaded.vocab
     payload = load_checkpoint(run / "best.pt")
@@ -138,14 +94,15 @@ def reward_measures(run: Path, common: list[str]) -> dict:
     _, expected = Cider().compute_score(gts, res)
     same_df = CiderD(refs).score_texts(range(len(texts)), texts)
     difference = float(np.abs(same_df - expected).max())
-    ours, theirs = [], []
-    for _ in range(5):
-        started = time.perf_counter()
-        self_critical.reward(owners, tokens)
-        ours.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        Cider().compute_score(gts, res)  # references tokenized once, before: not timed
-        theirs.append(time.perf_counter() - started)
+    runs = alternate(
+        {
+            "ours": lambda _: timed(lambda: self_critical.reward(owners, tokens))[0],
+            # references tokenized once, before: not timed
+            "theirs": lambda _: timed(lambda: Cider().compute_score(gts, res))[0],
+        },
+        5,
+    )
+    ours, theirs = runs["ours"], runs["theirs"]
     share = step_share(loaded.model, features, images, self_critical, vocab)
     return {
         "reward_equals_pycocoevalcap": difference <= 1e-6
@@ -169,25 +126,26 @@ def step_share(
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     model.train()
     generator = torch.Generator().manual_seed(1)
-    reward, timed = self_critical.reward, []
+    reward, rewarded = self_critical.reward, []
 
     def timed_reward(*args):
-        started = time.perf_counter()
-        out = reward(*args)
-        timed[-1][0] += time.perf_counter() - started
+        seconds, out = timed(lambda: reward(*args))
+        rewarded[-1] += seconds
         return out
 
     self_critical.reward = timed_reward
     shares, steps = [], []
-    for _ in range(5):
-        timed.append([0.0])
-        started = time.perf_counter()
+
+    def step() -> None:
         loss, _ = scst.scst_loss(model, features, images, self_critical, vocab, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        steps.append(time.perf_counter() - started)
-        shares.append(timed[-1][0] / steps[-1])
+
+    for _ in range(5):
+        rewarded.append(0.0)
+        steps.append(timed(step)[0])
+        shares.append(rewarded[-1] / steps[-1])
     self_critical.reward = reward
     return {
         "reward_share_of_step": statistics.median(shares),
@@ -201,13 +159,12 @@ def main() -> None:
     parser.add_argument("--xe-epochs", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    started = time.perf_counter()
-    xe_run, common = prepare_xe(args.images, args.xe_epochs)
+    seconds, measured = timed(lambda: reward_measures(*prepare_xe(args.images, args.xe_epochs)))
     result = {
-        **reward_measures(xe_run, common),
+        **measured,
         "images": args.images,
         "xe_epochs": args.xe_epochs,
-        "total_seconds": time.perf_counter() - started,
+        "total_seconds": seconds,
     }
     print(
         f"reward equals pycocoevalcap: {result['reward_equals_pycocoevalcap']} "

@@ -1,6 +1,6 @@
 """The teacher-forced training step: captioner's LSTM decoder vs the public tutorial's step.
 
-    .venv/bin/python benchmarks/step.py [--rounds 6]
+    .venv/bin/python -m benchmarks.step [--rounds 6]
 
 A Flickr30k-sized step: embed/hidden/attention 512, vocabulary 10,000, batch 32
 captions of up to 20 steps (lengths drawn once, seeded; the same batch for every variant),
@@ -24,24 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from pipeline.config import Config, ModelConfig  # noqa: E402
-from pipeline.contract import CHANNELS, REGIONS  # noqa: E402
-from pipeline.decoder.loss import caption_loss  # noqa: E402
-from pipeline.decoder.lstm import CaptionDecoder  # noqa: E402
-from pipeline.device import cpu_has_native_bf16  # noqa: E402
-from pipeline.train.trainer import build_optimizer  # noqa: E402
+from benchmarks.common import timed
+from pipeline.config import Config, ModelConfig
+from pipeline.contract import CHANNELS, REGIONS
+from pipeline.decoder.loss import caption_loss
+from pipeline.decoder.lstm import CaptionDecoder
+from pipeline.device import cpu_has_native_bf16
+from pipeline.train.trainer import build_optimizer
 
 VOCAB, WIDTH, BATCH, MAX_STEPS = 10_000, 512, 32, 20
 PAD = 0
@@ -175,14 +170,8 @@ def matmul_flops_per_s(size: int = 1024, repeats: int = 5) -> float:
     """Best fp32 FLOP/s of a size^3 matrix product on this machine, now."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    best = min(timed(lambda: torch.mm(a, b))[0] for _ in range(repeats))
     return 2 * size**3 / best
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def measure(rounds: int) -> dict:
@@ -205,7 +194,7 @@ def measure(rounds: int) -> dict:
         for name in names:
             model, loss_of = variants[name]
             model.train()
-            seconds = _timed(lambda: train_step(model, optimizers[name], loss_of, batch))  # noqa: B023
+            seconds, _ = timed(lambda: train_step(model, optimizers[name], loss_of, batch))  # noqa: B023
             if round_index:
                 times[name].append(seconds)
         peak.append(matmul_flops_per_s())

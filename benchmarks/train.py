@@ -1,16 +1,16 @@
 """Stage-two training speed and memory: cached grids vs the seed's per-step CNN, streamed vs RAM.
 
-    .venv/bin/python benchmarks/train.py [--quick]
+    .venv/bin/python -m benchmarks.train [--quick]
 
 About 3 minutes on a quiet 2-core CPU (--quick about 1). Another busy process makes the
 2-thread decoder several times slower (see `others` below), so compare ratios within one run.
 
-Data: N demo images (`generate_demo_data`) extracted once by `run_extraction` (random-init
-ResNet50, the auto precision, float16 grids); a 4N cache is built from it with
-`contract.create_feature_file` (rows repeated, each copy scaled slightly) plus a matching
-Karpathy dataset.json. Decoder: configs/demo.toml (additive attention, embed 128, hidden 256,
-attention 128), train.batch_size 64 captions of whole images, Adam, CPU fp32. Every timed
-epoch is the training loop's own `train_epoch` on a `build_trainer` Trainer.
+Data: N demo images (`generate_demo_data`) extracted once as `captioner extract` does with
+configs/demo.toml (random-init ResNet50, the auto precision, float16 grids); a 4N cache is
+built from it with `contract.create_feature_file` (rows repeated, each copy scaled slightly)
+plus a matching Karpathy dataset.json. Decoder: configs/demo.toml (additive attention, embed
+128, hidden 256, attention 128), train.batch_size 64 captions of whole images, Adam, CPU fp32.
+Every timed epoch is the training loop's own `train_epoch` on a `build_trainer` Trainer.
 
 1. Epochs: in memory (features.in_memory = true) vs streamed from HDF5 (false) with
    train.workers 0 and 2; one Trainer per mode, the same epoch index (so the same batches and
@@ -20,8 +20,8 @@ epoch is the training loop's own `train_epoch` on a `build_trainer` Trainer.
    ResNet50 fp32 on every read, vs the in-memory cache, on the same fixed batches (first K
    train images, same epoch index), alternated, best of each. Also with the seed's batch
    composition (batching = "random": 64 images, one caption each) unless --quick.
-3. Memory of one training epoch, each in its own subprocess: streamed (train.workers 2) on the
-   N and the 4N cache, and (for contrast) in memory: the main process's VmHWM and the
+3. Memory of one training epoch, each in its own child process: streamed (train.workers 2) on
+   the N and the 4N cache, and (for contrast) in memory: the main process's VmHWM and the
    largest DataLoader worker's private memory.
 
 "others" is the CPU time other processes took during a timing, in cores (0 = quiet machine,
@@ -37,36 +37,23 @@ import dataclasses
 import io
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from benchmarks.common import DemoCache, alternate, demo_cache, in_child, status_mb
+from pipeline import contract, distributed
+from pipeline.config import Config
+from pipeline.dataset.batches import SplitData, plan_epoch
+from pipeline.extract.backbone import build_backbone, resolve_weights
+from pipeline.extract.extractor import FeatureEncoder
+from pipeline.extract.images import preprocess_image
+from pipeline.train.loop import train_epoch
+from pipeline.train.trainer import Trainer, build_trainer
 
-from pipeline import contract, distributed  # noqa: E402
-from pipeline.captions.demo_data import generate_demo_data  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.dataset.batches import SplitData, plan_epoch  # noqa: E402
-from pipeline.extract.backbone import build_backbone, resolve_weights  # noqa: E402
-from pipeline.extract.extractor import (  # noqa: E402
-    ExtractJob,
-    FeatureEncoder,
-    list_images,
-    resolve_precision,
-    run_extraction,
-)
-from pipeline.extract.images import preprocess_image  # noqa: E402
-from pipeline.train.loop import train_epoch  # noqa: E402
-from pipeline.train.trainer import Trainer, build_trainer  # noqa: E402
-
-DEMO_CONFIG = REPO / "configs" / "demo.toml"
 CPU = torch.device("cpu")
 RSS_WORKERS = 2  # train.workers of the streamed RSS runs: the trainer's default, with workers
 
@@ -74,42 +61,17 @@ RSS_WORKERS = 2  # train.workers of the streamed RSS runs: the trainer's default
 # ---------------------------------------------------------------- data
 
 
-def make_cache(root: Path, n_images: int) -> dict:
-    """Demo JPEGs + dataset.json under root/data and their features.h5 (run_extraction)."""
-    generate_demo_data(root / "data", n_images=n_images, seed=0)
-    names, _ = list_images(root / "data" / "images", root / "data" / "dataset.json")
-    job = ExtractJob(
-        images_root=root / "data" / "images",
-        names=names,
-        out=root / "features.h5",
-        weights=resolve_weights("none"),
-        device=CPU,
-        precision=resolve_precision("auto", CPU),
-        dtype="float16",
-        batch_size=32,
-        workers=1,
-        progress=False,
-    )
-    result = run_extraction(job, log=lambda _: None)
-    return {
-        "images": root / "data" / "images",
-        "captions": root / "data" / "dataset.json",
-        "features": root / "features.h5",
-        "precision": job.precision,
-        "extract_images_per_s": result.images_per_s,
-    }
-
-
-def make_copies_cache(source: dict, out_dir: Path, copies: int) -> dict:
-    """A cache of `copies` x N rows ("c<k>/<image>", copy k scaled by 1 + k/100) + captions."""
-    with contract.open_complete(source["features"]) as f:
+def make_copies_cache(source: DemoCache, copies: int) -> DemoCache:
+    """A cache of `copies` x N rows ("c<k>/<image>", copy k scaled by 1 + k/100) + captions,
+    beside `source`'s."""
+    with contract.open_complete(source.features) as f:
         attrs = contract.read_attrs(f)
         names = contract.read_image_ids(f)
         features = f[contract.FEATURES][:]  # (N, 49, 2048) float16
     for key in ("num_images", "complete"):
         attrs.pop(key, None)
     ids = [f"c{k}/{name}" for k in range(copies) for name in names]
-    path = out_dir / f"features_x{copies}.h5"
+    path = source.features.with_name(f"features_x{copies}.h5")
     contract.create_feature_file(path, ids, attrs, str(features.dtype))
     with contract.open_h5(path, "r+") as f:
         for k in range(copies):
@@ -120,9 +82,9 @@ def make_copies_cache(source: dict, out_dir: Path, copies: int) -> dict:
             contract.FAILED, data=np.zeros((0, 2), dtype=object), dtype=contract.STRING_DTYPE
         )
         f.attrs["complete"] = True
-    captions = out_dir / f"dataset_x{copies}.json"
-    captions.write_text(json.dumps(copied_karpathy(source["captions"], copies)), "utf-8")
-    return {"features": path, "captions": captions, "rows": len(ids)}
+    captions = source.features.with_name(f"dataset_x{copies}.json")
+    captions.write_text(json.dumps(copied_karpathy(source.captions, copies)), "utf-8")
+    return dataclasses.replace(source, captions=captions, features=path)
 
 
 def copied_karpathy(path: Path, copies: int) -> dict:
@@ -151,32 +113,18 @@ def copied_karpathy(path: Path, copies: int) -> dict:
 # ---------------------------------------------------------------- trainers
 
 
-def bench_config(
-    features: Path,
-    captions: Path,
-    runs: Path,
-    name: str,
-    in_memory: bool,
-    workers: int,
-    extra: tuple[str, ...] = (),
-):
+def bench_config(cache: DemoCache, name: str, in_memory: bool, workers: int, *extra: str) -> Config:
     """configs/demo.toml pointed at a cache, on the CPU, with this mode's features/workers."""
-    return load_config(
-        DEMO_CONFIG,
-        (
-            f"data.captions={json.dumps(str(captions))}",
-            f"features.path={json.dumps(str(features))}",
-            f"features.in_memory={'true' if in_memory else 'false'}",
-            f"train.out_dir={json.dumps(str(runs))}",
-            f"train.name={name}",
-            "train.device=cpu",
-            f"train.workers={workers}",
-            *extra,
-        ),
+    return cache.config(
+        f"features.cache={'ram' if in_memory else 'stream'}",
+        f"train.name={name}",
+        "train.device=cpu",
+        f"train.workers={workers}",
+        *extra,
     )
 
 
-def make_trainer(config) -> Trainer:
+def make_trainer(config: Config) -> Trainer:
     """build_trainer, with its progress lines swallowed."""
     with contextlib.redirect_stdout(io.StringIO()):
         return build_trainer(config, None, (), distributed.DistInfo())
@@ -205,19 +153,21 @@ def timed_epoch(trainer: Trainer, epoch: int) -> dict:
 
 
 def alternate_epochs(trainers: dict[str, Trainer], rounds: int) -> dict[str, list[dict]]:
-    """Round r runs epoch r of every trainer, order reversed every other round."""
-    records: dict[str, list[dict]] = {name: [] for name in trainers}
-    names = list(trainers)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            records[name].append(timed_epoch(trainers[name], r))
-            rec = records[name][-1]
+    """Round r runs epoch r of every trainer, the order reversed every other round."""
+
+    def epoch_of(name: str):
+        def run(r: int) -> dict:
+            rec = timed_epoch(trainers[name], r)
             print(
                 f"  round {r} {name:<22} {rec['epoch_seconds']:6.2f} s "
                 f"{rec['tokens_per_s']:6.0f} tok/s  others {rec['others']:.2f}",
                 flush=True,
             )
-    return records
+            return rec
+
+        return run
+
+    return alternate({name: epoch_of(name) for name in trainers}, rounds)
 
 
 # ---------------------------------------------------------------- end to end
@@ -289,10 +239,13 @@ def end_to_end(
     seed_way = dataclasses.replace(cached, data=dataclasses.replace(trainer.data, store=store))
     first_batch, _ = plan_epoch(cached.train_split, cached.config.train.batch_size, mode, None)[0]
     store.read(cached.train_split.image_rows[first_batch])  # warm-up: oneDNN primitives
-    runs: dict[str, list[dict]] = {"cached": [], "end_to_end": []}
-    for _ in range(repeats):
-        runs["end_to_end"].append(timed_epoch(seed_way, 0))
-        runs["cached"].append(timed_epoch(cached, 0))
+    runs = alternate(
+        {
+            "end_to_end": lambda _: timed_epoch(seed_way, 0),
+            "cached": lambda _: timed_epoch(cached, 0),
+        },
+        repeats,
+    )
     best = {k: min(v, key=lambda r: r["epoch_seconds"]) for k, v in runs.items()}
     tokens = best["cached"]["tokens_per_s"] * best["cached"]["epoch_seconds"]
     return {
@@ -309,116 +262,25 @@ def end_to_end(
 # ---------------------------------------------------------------- peak RSS
 
 
-def status_mb(field: str, pid: int | str = "self") -> float:
-    """A /proc/<pid>/status memory field (VmRSS, VmHWM) in MB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        return next(int(line.split()[1]) for line in handle if line.startswith(field + ":")) / 1024
-
-
-def private_mb(pid: int) -> float:
-    """Memory only `pid` holds (USS: private clean + dirty pages), MB; 0 once it has exited."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
-            return (
-                sum(
-                    int(line.split()[1])
-                    for line in handle
-                    if line.startswith(("Private_Clean:", "Private_Dirty:"))
-                )
-                / 1024
-            )
-    except OSError:
-        return 0.0
-
-
-def child_pids() -> list[int]:
-    """Processes whose parent is this process (DataLoader workers)."""
-    me, pids = os.getpid(), []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == me:
-                        pids.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    return pids
-
-
-class WorkerMemory(threading.Thread):
-    """Samples the private memory of this process's children every 0.2 s; keeps the peak.
-
-    A forked worker's RSS (and its ru_maxrss) counts the pages it shares with the main
-    process; its private memory is what it allocated itself (read buffers, batches).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak_mb = 0.0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.2):
-            for pid in child_pids():
-                self.peak_mb = max(self.peak_mb, private_mb(pid))
-
-
-def child_rss(args: dict) -> None:
-    """Subprocess body: build a trainer, train one epoch, print memory (MB) as JSON.
-
-    VmHWM, not ru_maxrss: ru_maxrss survives exec, so a subprocess of a big parent would
-    report the parent's size.
-    """
-    config = bench_config(
-        Path(args["features"]),
-        Path(args["captions"]),
-        Path(args["runs"]),
-        args["name"],
-        args["in_memory"],
-        args["workers"],
-        (f"data.subset={args['subset']}",),
-    )
-    trainer = make_trainer(config)
+def epoch_memory(cache: DemoCache, name: str, in_memory: bool, workers: int, subset: float) -> dict:
+    """`peak_rss`'s child: build a trainer, train one epoch; VmRSS before it, and its figures."""
+    trainer = make_trainer(bench_config(cache, name, in_memory, workers, f"data.subset={subset}"))
     before = status_mb("VmRSS")
-    sampler = WorkerMemory()
-    sampler.start()
     record = train_epoch(trainer, trainer.objective, 0)
-    sampler.done.set()
-    sampler.join()
-    print(
-        json.dumps(
-            {
-                "before_epoch_mb": before,
-                "main_mb": status_mb("VmHWM"),
-                "workers_mb": sampler.peak_mb,
-                "train_images": len(trainer.train_split.image_names),
-                "epoch_seconds": record["epoch_seconds"],
-            }
-        )
-    )
+    return {
+        "before_epoch_mb": before,
+        "train_images": len(trainer.train_split.image_names),
+        "epoch_seconds": record["epoch_seconds"],
+    }
 
 
 def peak_rss(
-    cache: dict, runs: Path, name: str, in_memory: bool, workers: int, subset: float = 1.0
+    cache: DemoCache, rows: int, name: str, in_memory: bool, workers: int, subset: float = 1.0
 ) -> dict:
-    """One training epoch in a fresh subprocess; its peak RSS (main, largest worker) in MB."""
-    args = {
-        "features": str(cache["features"]),
-        "captions": str(cache["captions"]),
-        "runs": str(runs),
-        "name": name,
-        "in_memory": in_memory,
-        "workers": workers,
-        "subset": subset,
-    }
-    done = subprocess.run(
-        [sys.executable, __file__, "--child-rss", json.dumps(args)], capture_output=True, text=True
-    )
-    if done.returncode:
-        raise RuntimeError(f"RSS subprocess failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["rows"] = cache["rows"]
-    return result
+    """One training epoch in a fresh child process; its peak memory (main VmHWM, largest
+    worker's private memory) in MB."""
+    peak = in_child(epoch_memory, cache, name, in_memory, workers, subset)
+    return {**peak.result, "main_mb": peak.main_mb, "workers_mb": peak.workers_mb, "rows": rows}
 
 
 # ---------------------------------------------------------------- report
@@ -485,7 +347,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, help="N demo images (default 300, quick 120)")
     parser.add_argument("--rounds", type=int, help="measured epoch rounds (default 3, quick 2)")
     parser.add_argument("--e2e-batches", type=int, help="batches timed end to end (3, quick 2)")
-    parser.add_argument("--child-rss", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.images = args.images or (120 if args.quick else 300)
     args.rounds = args.rounds or (2 if args.quick else 3)
@@ -496,12 +357,11 @@ def parse_args() -> argparse.Namespace:
 def measure(args: argparse.Namespace, tmp: Path) -> dict:
     """Every measurement of the benchmark; prints as it goes, returns the JSON report."""
     start = time.perf_counter()
-    cache = make_cache(tmp / "n", args.images)
-    cache["rows"] = args.images
-    big = make_copies_cache(cache, tmp, 4)
+    cache, job, extracted = demo_cache(tmp / "n", args.images)
+    big = make_copies_cache(cache, 4)
     print(
-        f"data: {args.images} demo images extracted ({cache['precision']}, "
-        f"{cache['extract_images_per_s']:.1f} img/s) and a 4N cache of {big['rows']} rows, "
+        f"data: {args.images} demo images extracted ({job.precision}, "
+        f"{extracted.images_per_s:.1f} img/s) and a 4N cache of {4 * args.images} rows, "
         f"in {time.perf_counter() - start:.0f} s; {os.cpu_count()} cpus, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         flush=True,
@@ -512,9 +372,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
         "streamed, workers 2": (False, 2),
     }
     trainers = {
-        name: make_trainer(
-            bench_config(cache["features"], cache["captions"], tmp / "runs", f"m{i}", mem, workers)
-        )
+        name: make_trainer(bench_config(cache, f"m{i}", mem, workers))
         for i, (name, (mem, workers)) in enumerate(modes.items())
     }
     first = trainers["in memory"]
@@ -530,14 +388,15 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
     records = alternate_epochs(trainers, args.rounds + 1)
     encoder = FeatureEncoder(build_backbone(resolve_weights("none"), CPU), CPU, "fp32", "float32")
     per_batch = len(plan_epoch(first.train_split, t.batch_size, "images", None)[0][0])  # images
-    e2e = [end_to_end(first, cache["images"], encoder, per_batch * args.e2e_batches, "images", 2)]
+    e2e = [end_to_end(first, cache.images, encoder, per_batch * args.e2e_batches, "images", 2)]
     if not args.quick:
-        e2e.append(end_to_end(first, cache["images"], encoder, t.batch_size, "random", 2))
+        e2e.append(end_to_end(first, cache.images, encoder, t.batch_size, "random", 2))
+    n, n4 = args.images, 4 * args.images
     rss = {
-        "stream_n": peak_rss(cache, tmp / "runs", "rss1", False, RSS_WORKERS),
-        "stream_4n": peak_rss(big, tmp / "runs", "rss2", False, RSS_WORKERS),
-        "memory_n": peak_rss(cache, tmp / "runs", "rss3", True, 0),
-        "memory_4n": peak_rss(big, tmp / "runs", "rss4", True, 0, subset=0.25),
+        "stream_n": peak_rss(cache, n, "rss1", False, RSS_WORKERS),
+        "stream_4n": peak_rss(big, n4, "rss2", False, RSS_WORKERS),
+        "memory_n": peak_rss(cache, n, "rss3", True, 0),
+        "memory_4n": peak_rss(big, n4, "rss4", True, 0, subset=0.25),
     }
     return report(records, e2e, rss, t.batch_size, time.perf_counter() - start)
 
@@ -615,9 +474,6 @@ def report(records: dict, e2e: list[dict], rss: dict, batch_size: int, seconds: 
 
 def main() -> None:
     args = parse_args()
-    if args.child_rss:
-        child_rss(json.loads(args.child_rss))
-        return
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         result = measure(args, Path(tmp))
     print(json.dumps(result))
