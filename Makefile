@@ -17,7 +17,7 @@ RUNS ?=
 PORT ?= 6006
 GPU_PYTHON ?= 3.12
 
-.PHONY: install test demo extract train evaluate caption tensorboard bench bench-gpu gpu-bundle quality lint clean
+.PHONY: install test demo extract train evaluate caption tensorboard bench bench-gpu bench-scale gpu-bundle quality lint clean
 
 install: $(STAMP)
 
@@ -72,6 +72,11 @@ bench: install
 # carry gpu-bundle/ with the repository, run `sh benchmarks/gpu_run.sh` there (docs/benchmarks.md).
 bench-gpu: install
 	$(BIN)/python -m benchmarks.gpu_check $(ARGS)
+
+# Stage two at Flickr30k and COCO size on this CPU: writes ~25 GB under build/ (deleted
+# after), about 20 minutes; ARGS="--images 3000" for a small run (docs/benchmarks.md).
+bench-scale: install
+	$(BIN)/python -m benchmarks.scale $(ARGS)
 
 # gpu-bundle/: the packages a bare GPU machine's python3 (version GPU_PYTHON) lacks, from .venv.
 gpu-bundle: install
