@@ -56,14 +56,14 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import FLICKR8K, REPO, status_mb
 from pipeline import capacity, contract
 from pipeline.captions.readers import read_captions
 from pipeline.config import load_config
 from pipeline.dataset.store import choose_cache
 from pipeline.testbed import files as testbed_files
 
-REPO = Path(__file__).resolve().parents[1]
-FLICKR8K_TOKENS = REPO.parent / "shared" / "data" / "flickr8k" / "Flickr8k.token.txt"
+FLICKR8K_TOKENS = FLICKR8K / "Flickr8k.token.txt"
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
 CAPTIONS_PER_IMAGE = 5
 GROWTH_TOLERANCE = 1.25  # a figure is flagged when it grows 25% faster than the images
@@ -95,14 +95,8 @@ SIZES = {
 
 
 # ---------------------------------------------------------------- measuring helpers
-# Small on purpose, so shared ones (a timer, the peak RSS of a child) can replace them.
-
-
-def status_mb(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB."""
-    with open("/proc/self/status", encoding="ascii") as handle:
-        line = next(line for line in handle if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024  # the file counts kB
+# A phase runs as its own command (`--child PHASE`, output to a log) and reads its VmHWM with
+# benchmarks.common.status_mb; the SCST reward's memory needs the peak reset within a phase.
 
 
 def reset_peak_rss() -> None:
