@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from benchmarks.extract import link_copies  # noqa: E402
+from pipeline import output  # noqa: E402
 from pipeline.captions.demo_data import generate_demo_data  # noqa: E402
 from pipeline.cli import main as captioner  # noqa: E402
 from pipeline.decoder.checkpoint import load_checkpoint  # noqa: E402
@@ -91,7 +92,8 @@ def extract_rate(folder: Path, out: Path, precision: str, batch_size: int, worke
         overwrite=True,
         progress=False,
     )
-    return run_extraction(job, log=lambda _: None).images_per_s
+    with output.quiet():
+        return run_extraction(job).images_per_s
 
 
 def caption(
@@ -109,7 +111,8 @@ def caption(
         device="cpu",
         progress=False,
     )
-    result = run_caption(job, log=lambda _: None)
+    with output.quiet():
+        result = run_caption(job)
     return result.images_per_s, result.lines
 
 

@@ -43,6 +43,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline import output  # noqa: E402
 from pipeline.extract.backbone import GridEncoder, build_backbone, resolve_weights  # noqa: E402
 from pipeline.extract.extractor import (  # noqa: E402
     ExtractJob,
@@ -161,7 +162,8 @@ def extract_rate(
         overwrite=True,
         progress=False,
     )
-    result = run_extraction(job, log=lambda _: None)
+    with output.quiet():
+        result = run_extraction(job)
     return result.images_per_s
 
 

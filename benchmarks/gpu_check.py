@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from benchmarks.gpu_bundle import PACKAGES as BUNDLED_PACKAGES  # noqa: E402
 from benchmarks.train import end_to_end as end_to_end_epoch  # noqa: E402
 from benchmarks.train import make_trainer  # noqa: E402
-from pipeline import contract  # noqa: E402
+from pipeline import contract, output  # noqa: E402
 from pipeline.atomic import write_text_atomic  # noqa: E402
 from pipeline.captions.demo_data import generate_demo_data  # noqa: E402
 from pipeline.cli import main as captioner  # noqa: E402
@@ -126,7 +126,8 @@ def timed(fn, device: torch.device) -> tuple[float, object]:
 def stage_one(work: Path, device: torch.device, size: dict) -> dict:
     """Forward-only, loader-only and end-to-end extraction rates; device vs CPU decoding."""
     images, captions = work / "data" / "images", work / "data" / "dataset.json"
-    names, _ = list_images(images, captions)
+    with output.quiet():
+        names, _ = list_images(images, captions)
     precision = resolve_precision("auto", device)
     workers = len(os.sched_getaffinity(0))
     batch = size["batch"]
@@ -167,7 +168,8 @@ def stage_one(work: Path, device: torch.device, size: dict) -> dict:
             progress=False,
             device_decode=on_device,
         )
-        result = run_extraction(job, log=lambda _: None)
+        with output.quiet():
+            result = run_extraction(job)
         out[f"extract_{mode}_images_per_s"] = result.images_per_s
         out[f"extract_{mode}_failed"] = len(result.failed)
     out["device_vs_cpu_decode_max_rel_diff"] = feature_difference(
@@ -299,7 +301,8 @@ def bulk_caption(work: Path, device: torch.device, size: dict) -> dict:
             device_decode=on_device,
             progress=False,
         )
-        _, result = timed(lambda job=job: run_caption(job, log=lambda _: None), device)
+        with output.quiet():
+            _, result = timed(lambda job=job: run_caption(job), device)
         out[f"caption_{name}_images_per_s"] = result.images_per_s
         out[f"caption_{name}_failed"] = result.failed
     on_device, on_cpu = (

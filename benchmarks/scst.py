@@ -39,6 +39,7 @@ import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from pycocoevalcap.cider.cider import Cider  # noqa: E402
 
+from pipeline import output  # noqa: E402
 from pipeline.captions.demo_data import generate_demo_data  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.dataset.batches import build_split  # noqa: E402
@@ -109,9 +110,8 @@ def reward_measures(run: Path, common: list[str]) -> dict:
     loaded = load_model(run / "best.pt", torch.device("cpu"))
     vocab = loaded.vocab
     payload = load_checkpoint(run / "best.pt")
-    data = load_experiment_data(
-        config, loaded.features, echo=False, saved_splits=payload.get("splits")
-    )
+    with output.quiet():
+        data = load_experiment_data(config, loaded.features, saved_splits=payload.get("splits"))
     split = build_split(data.frame, "train", vocab, config.vocab.max_len, data.row_of)
     self_critical = scst.build_scst(config, split.references, vocab)
     images = np.arange(BATCH_IMAGES)

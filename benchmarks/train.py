@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline import contract, distributed  # noqa: E402
+from pipeline import contract, distributed, output  # noqa: E402
 from pipeline.captions.demo_data import generate_demo_data  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.dataset.batches import SplitData, plan_epoch  # noqa: E402
@@ -77,7 +77,8 @@ RSS_WORKERS = 2  # train.workers of the streamed RSS runs: the trainer's default
 def make_cache(root: Path, n_images: int) -> dict:
     """Demo JPEGs + dataset.json under root/data and their features.h5 (run_extraction)."""
     generate_demo_data(root / "data", n_images=n_images, seed=0)
-    names, _ = list_images(root / "data" / "images", root / "data" / "dataset.json")
+    with output.quiet():
+        names, _ = list_images(root / "data" / "images", root / "data" / "dataset.json")
     job = ExtractJob(
         images_root=root / "data" / "images",
         names=names,
@@ -90,7 +91,8 @@ def make_cache(root: Path, n_images: int) -> dict:
         workers=1,
         progress=False,
     )
-    result = run_extraction(job, log=lambda _: None)
+    with output.quiet():
+        result = run_extraction(job)
     return {
         "images": root / "data" / "images",
         "captions": root / "data" / "dataset.json",
