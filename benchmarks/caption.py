@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import alternate, demo_cache, in_child, link_copies, quiet, timed, train_demo
+from benchmarks.common import alternate, demo_cache, in_child, link_copies, timed, train_demo
 from benchmarks.extract import extract_rate
+from pipeline import output
 from pipeline.decoder.checkpoint import load_checkpoint
 from pipeline.infer.caption import CaptionJob, run_caption
 from pipeline.infer.caption_sources import Source
@@ -62,7 +63,8 @@ def caption(
         device="cpu",
         progress=False,
     )
-    result = run_caption(job, log=quiet)
+    with output.quiet():
+        result = run_caption(job)
     return result.images_per_s, result.lines
 
 

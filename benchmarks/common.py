@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import torch
 
+from pipeline import output
 from pipeline.captions.demo_data import generate_demo_data
 from pipeline.config import Config, load_config
 from pipeline.extract.extractor import ExtractJob, ExtractResult, run_extraction
@@ -31,10 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"  # the real captions, when there
 T = TypeVar("T")
-
-
-def quiet(_: str) -> None:
-    """A `log` that drops every line."""
 
 
 # ---------------------------------------------------------------- timing
@@ -109,10 +106,11 @@ def extract_cache(cache: DemoCache, *settings: str, **job) -> tuple[ExtractJob, 
     """The feature file of `cache` as `captioner extract` makes it from configs/demo.toml (plus
     `settings`; `job`: job_from_config's keywords, device "cpu" unless given); a complete file
     is reused."""
-    job = job_from_config(
-        cache.config(*settings), **{"device": "cpu", "progress": False, "log": quiet, **job}
-    )
-    return job, run_extraction(job, log=quiet)
+    with output.quiet():
+        job = job_from_config(
+            cache.config(*settings), **{"device": "cpu", "progress": False, **job}
+        )
+        return job, run_extraction(job)
 
 
 def demo_cache(root: Path, n_images: int) -> tuple[DemoCache, ExtractJob, ExtractResult]:
@@ -133,9 +131,10 @@ def folder_job(images: Path, out: Path, **job) -> ExtractJob:
     """job_from_config for every image under `images` (no caption file) into `out`: random-init
     weights, the CPU, overwrite, quiet; `job` as job_from_config takes it."""
     defaults = {"weights": "none", "device": "cpu", "overwrite": True, "progress": False}
-    return job_from_config(
-        Config(), images=str(images), captions="", out=str(out), log=quiet, **defaults | job
-    )
+    with output.quiet():
+        return job_from_config(
+            Config(), images=str(images), captions="", out=str(out), **defaults | job
+        )
 
 
 def link_copies(source: Path, target: Path, copies: int, count: int | None = None) -> Path:

@@ -39,7 +39,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from benchmarks.common import alternate, folder_job, in_child, link_copies, quiet, timed
+from benchmarks.common import alternate, folder_job, in_child, link_copies, timed
+from pipeline import output
 from pipeline.extract.backbone import GridEncoder, build_backbone, resolve_weights
 from pipeline.extract.extractor import FeatureEncoder, run_extraction, torch_threads
 from pipeline.extract.images import list_image_files, preprocess_image, resize_crop_tensor
@@ -130,7 +131,8 @@ def extract_rate(
     job = folder_job(folder, out, precision=precision, batch_size=batch_size, workers=workers)
     if names is not None:
         job = dataclasses.replace(job, names=names)
-    return run_extraction(job, log=quiet).images_per_s
+    with output.quiet():
+        return run_extraction(job).images_per_s
 
 
 def peak_rss_mb(folder: Path, precision: str, args: argparse.Namespace) -> dict:

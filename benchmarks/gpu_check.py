@@ -54,7 +54,7 @@ from benchmarks.common import DEMO_CONFIG, REPO, DemoCache, demo_data, extract_c
 from benchmarks.gpu_bundle import PACKAGES as BUNDLED_PACKAGES
 from benchmarks.train import end_to_end as end_to_end_epoch
 from benchmarks.train import make_trainer
-from pipeline import contract
+from pipeline import contract, output
 from pipeline.atomic import write_text_atomic
 from pipeline.cli import main as captioner
 from pipeline.config import load_config
@@ -272,7 +272,8 @@ def bulk_caption(work: Path, device: torch.device, size: dict) -> dict:
             device_decode=on_device,
             progress=False,
         )
-        _, result = timed(lambda job=job: run_caption(job, log=lambda _: None), device)
+        with output.quiet():
+            _, result = timed(lambda job=job: run_caption(job), device)
         out[f"caption_{name}_images_per_s"] = result.images_per_s
         out[f"caption_{name}_failed"] = result.failed
     on_device, on_cpu = (

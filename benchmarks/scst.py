@@ -33,6 +33,7 @@ import torch
 from pycocoevalcap.cider.cider import Cider
 
 from benchmarks.common import REPO, DemoCache, alternate, demo_cache, timed, train_demo
+from pipeline import output
 from pipeline.dataset.batches import build_split
 from pipeline.dataset.experiment import load_experiment_data
 from pipeline.decoder.checkpoint import load_checkpoint, load_model
@@ -65,9 +66,8 @@ def reward_measures(cache: DemoCache, run: Path) -> dict:
     loaded = load_model(run / "best.pt", torch.device("cpu"))
     vocab = loaded.vocab
     payload = load_checkpoint(run / "best.pt")
-    data = load_experiment_data(
-        config, loaded.features, echo=False, saved_splits=payload.get("splits")
-    )
+    with output.quiet():
+        data = load_experiment_data(config, loaded.features, saved_splits=payload.get("splits"))
     split = build_split(data.frame, "train", vocab, config.vocab.max_len, data.row_of)
     self_critical = scst.build_scst(config, split.references, vocab)
     images = np.arange(BATCH_IMAGES)

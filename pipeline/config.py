@@ -16,8 +16,6 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
-
 from pipeline.errors import UserError
 
 CAPTION_FORMATS = ("auto", "flickr30k-csv", "flickr8k-csv", "flickr8k-token", "karpathy", "coco")
@@ -206,31 +204,6 @@ RENAMED_KEYS = {
 }
 # Keys a checkpoint saved before they existed lacks -> what that checkpoint was trained with.
 LEGACY_KEYS = {("vocab", "tokenizer"): "ascii", ("data", "language"): "en"}
-
-
-def config_options(config_help: str, default: str | None = None):
-    """Click decorator for a command that reads a config: `--config PATH` (-> `config_path`)
-    and `--set SECTION.KEY=VALUE`, repeatable (-> `overrides`), the two arguments of
-    `load_config`."""
-
-    def decorate(command):
-        command = click.option(
-            "--set",
-            "overrides",
-            multiple=True,
-            metavar="SECTION.KEY=VALUE",
-            help="Override a config key; repeatable.",
-        )(command)
-        return click.option(
-            "--config",
-            "config_path",
-            default=default,
-            show_default=default is not None,
-            type=click.Path(dir_okay=False),
-            help=config_help,
-        )(command)
-
-    return decorate
 
 
 def load_config(

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import Config, config_options, load_config
+from pipeline import output
+from pipeline.cli_options import config_options
+from pipeline.config import Config, load_config
 from pipeline.errors import UserError
 
 CAPTIONED_IMAGES = 3
-
-
-def echo_err(message: str) -> None:
-    click.echo(message, err=True)
 
 
 class StepClock:
@@ -37,7 +35,7 @@ class StepClock:
     def step(self, name: str, title: str) -> None:
         """End the running step (if any), print `title` and start timing `name`."""
         self.stop()
-        click.secho(f"\n== {title}", bold=True)
+        output.say(f"\n== {title}", bold=True)
         self._current = (name, time.perf_counter())
 
     def stop(self) -> None:
@@ -90,13 +88,13 @@ def run_demo(config: Config, n_images: int) -> None:
 
     clock.step("data", f"1/5 demo data -> {data_dir}")
     if Path(config.data.captions).is_file() and images_dir.is_dir():
-        click.echo(f"reusing {config.data.captions}")
+        output.say(f"reusing {config.data.captions}")
     else:
         stats = generate_demo_data(data_dir, n_images=n_images, seed=0)
-        click.echo(f"wrote {stats['images']} images and {stats['captions']} captions")
+        output.say(f"wrote {stats['images']} images and {stats['captions']} captions")
 
     clock.step("extract", f"2/5 extract -> {config.features.path}")
-    run_job(job_from_config(config, log=echo_err), log=echo_err)
+    run_job(job_from_config(config))
 
     clock.step("train", f"3/5 train -> {config.train.out_dir}/{config.train.name}")
     run_dir = train(config)
@@ -108,7 +106,8 @@ def run_demo(config: Config, n_images: int) -> None:
     baseline = result["baseline"]
     if baseline is None:
         raise UserError("the demo data has no training captions for the baseline")
-    data = load_experiment_data(config, echo=False)
+    with output.quiet():  # the training step printed what the data holds
+        data = load_experiment_data(config)
 
     clock.step("captions", "5/5 caption three test images with attention maps")
     test_names = data.frame.loc[data.frame["split"] == "test", "image"].drop_duplicates()
@@ -120,22 +119,22 @@ def run_demo(config: Config, n_images: int) -> None:
         attention_dir=run_dir / "attention",
         workers=config.features.workers,
     )
-    captioned = run_caption(job, log=echo_err)
+    captioned = run_caption(job)
     if captioned.failed:
         raise UserError(f"captioning failed for {captioned.failed} demo images")
 
-    click.echo(f"\noutputs ({clock.summary()}):")
-    click.echo(f"  data          {data_dir}")
-    click.echo(f"  features      {config.features.path}")
-    click.echo(f"  run           {run_dir} (best.pt, last.pt, config.toml, metrics.jsonl)")
-    click.echo(
+    output.say(f"\noutputs ({clock.summary()}):")
+    output.say(f"  data          {data_dir}")
+    output.say(f"  features      {config.features.path}")
+    output.say(f"  run           {run_dir} (best.pt, last.pt, config.toml, metrics.jsonl)")
+    output.say(
         f"  evaluation    {run_dir / 'eval-test'} (predictions.json, metrics.json, report.html)"
     )
-    click.echo(f"  attention     {run_dir / 'attention'} (one PNG and .npy per image)")
-    click.echo(
+    output.say(f"  attention     {run_dir / 'attention'} (one PNG and .npy per image)")
+    output.say(
         f"next: make evaluate RUN={run_dir}   |   make caption IMAGES='your.jpg' "
         f"CHECKPOINT={run_dir / 'best.pt'}"
     )
-    click.echo(f"report: {run_dir / 'eval-test' / 'report.html'}")
+    output.say(f"report: {run_dir / 'eval-test' / 'report.html'}")
     model_cider = result["scores"]["CIDEr"]
-    click.echo(f"demo: CIDEr model={model_cider:.3f} baseline={baseline['scores']['CIDEr']:.3f}")
+    output.say(f"demo: CIDEr model={model_cider:.3f} baseline={baseline['scores']['CIDEr']:.3f}")

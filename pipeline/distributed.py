@@ -5,8 +5,8 @@ WORLD_SIZE and LOCAL_RANK set):
 - training: each rank takes every world_size-th batch of the epoch's seeded plan (the same
   plan on every rank: a distributed sampler reseeded each epoch), every rank starts from the
   same seeded weights, the training loop all-reduces the gradients after each backward
-  (`average_gradients`), and only rank 0 prints, logs and writes
-  checkpoints;
+  (`average_gradients`), only rank 0 logs and writes checkpoints, and only rank 0 prints
+  (pipeline/output.py, for every command);
 - extraction: each rank extracts a contiguous shard of the image list into its own file and
   rank 0 finishes the file as virtual datasets over the shards (pipeline.extract.sharded);
 - captioning (`caption --out`): each rank captions its share of the images into its own part
@@ -27,6 +27,7 @@ import torch
 import torch.distributed as torch_dist
 
 from pipeline.errors import UserError
+from pipeline.launch import launched_by_torchrun
 
 ERROR_KEY = "captioner/user-error"  # in the job's store: the first UserError a rank ended with
 
@@ -43,16 +44,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def launched_by_torchrun() -> bool:
-    """Whether torchrun (or another launcher using its variables) started this process."""
-    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-
-
-def launch_rank() -> int:
-    """This process's RANK as torchrun set it (0 without torchrun), before any setup."""
-    return int(os.environ.get("RANK", "0"))
 
 
 def setup(backend: str | None = None, timeout: timedelta | None = None) -> DistInfo:

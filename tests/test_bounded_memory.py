@@ -125,7 +125,7 @@ def test_running_out_of_memory_fails_that_image_only(tmp_path):
 
 def test_split_loss_is_the_same_in_small_and_large_batches(workspace):
     config = load_config(workspace["config"])
-    data = load_experiment_data(config, echo=False)
+    data = load_experiment_data(config)
     vocab, _ = build_vocabulary(data.frame["caption"], 1)
     val = data.frame[data.frame["split"] == "val"]
     many = pd.DataFrame(  # 120 more references for the first val image

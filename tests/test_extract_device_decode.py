@@ -103,7 +103,7 @@ def test_features_decode_is_checked():
         load_config(None, ["features.decode=gpu"])
 
 
-def extract(folder: Path, out: Path, device_decode: bool, log=lambda _: None) -> dict:
+def extract(folder: Path, out: Path, device_decode: bool) -> dict:
     names = sorted(p.name for p in folder.iterdir())
     job = ExtractJob(
         images_root=folder,
@@ -118,8 +118,8 @@ def extract(folder: Path, out: Path, device_decode: bool, log=lambda _: None) ->
         progress=False,
         device_decode=device_decode,
     )
-    result = run_extraction(job, log=log)
-    report(result, job, log)
+    result = run_extraction(job)
+    report(result, job)
     with h5py.File(out) as f:
         return {
             "result": result,
@@ -129,10 +129,11 @@ def extract(folder: Path, out: Path, device_decode: bool, log=lambda _: None) ->
         }
 
 
-def test_device_decode_extraction_matches_the_cpu_path(folder, tmp_path):
+def test_device_decode_extraction_matches_the_cpu_path(folder, tmp_path, capsys):
     cpu = extract(folder, tmp_path / "cpu.h5", device_decode=False)
-    lines: list[str] = []
-    dev = extract(folder, tmp_path / "dev.h5", device_decode=True, log=lines.append)
+    capsys.readouterr()
+    dev = extract(folder, tmp_path / "dev.h5", device_decode=True)
+    lines = capsys.readouterr().err.splitlines()
     assert dev["result"].decode.fallbacks == 1  # truncated.jpg: refused, then failed on the CPU
     summary = next(line for line in lines if line.startswith("done: "))
     assert f"JPEGs decoded on cpu by {jpeg_decoder().name}, 1 fell back to the CPU" in summary

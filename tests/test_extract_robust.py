@@ -285,7 +285,7 @@ def test_job_from_config_applies_overrides(tmp_path):
             "features.weights=none",
         ],
     )
-    job = job_from_config(config, workers=0, dtype="float32", log=lambda _: None)
+    job = job_from_config(config, workers=0, dtype="float32")
     assert job.names == ["a.png"] and job.batch_size == 7 and job.workers == 0
     assert job.dtype == "float32" and job.out == tmp_path / "x.h5"
     assert job.weights.tag == "none:seed=0" and not job.strict

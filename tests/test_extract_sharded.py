@@ -51,9 +51,7 @@ def sharded_file(folder: Path, count: int) -> tuple[Path, list[Path]]:
     shards = []
     for rank, (start, stop) in enumerate(shard_bounds(count, WORLD)):
         shards.append(shard_path(out, rank, WORLD))
-        run_extraction(
-            replace(job, names=job.names[start:stop], out=shards[-1]), log=lambda _: None
-        )
+        run_extraction(replace(job, names=job.names[start:stop], out=shards[-1]))
     join_shards(job, WORLD)
     return out, shards
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from pipeline import output
 from pipeline.captions.demo_grammar import GRAMMARS
 from pipeline.config import DEFAULT_LANGUAGE, DEFAULT_TOKENIZER, SEED_LIMIT
 
@@ -49,14 +50,14 @@ def demo_data_command(
     stats = generate_demo_data(
         out_dir, n_images=n_images, seed=seed, overwrite=overwrite, language=language
     )
-    click.echo(f"wrote {stats['images']:,} images to {stats['images_dir']}")
-    click.echo(
+    output.say(f"wrote {stats['images']:,} images to {stats['images_dir']}")
+    output.say(
         f"wrote {stats['captions']:,} captions to {stats['results_csv']} "
         f"(Flickr30k csv) and {stats['dataset_json']} (Karpathy json)"
     )
-    click.echo(read_captions(stats["dataset_json"]).summary())
+    output.say(read_captions(stats["dataset_json"]).summary())
     if (stats["language"], stats["tokenizer"]) != (DEFAULT_LANGUAGE, DEFAULT_TOKENIZER):
-        click.echo(
+        output.say(
             f"captions in {stats['language']}: train and evaluate with --set "
             f"data.language={stats['language']} --set vocab.tokenizer={stats['tokenizer']}"
         )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import click
 import numpy as np
 import pandas as pd
 import torch
 
+from pipeline import output
 from pipeline.dataset.store import FeatureStore
 from pipeline.decoder.vocab import Vocabulary
 from pipeline.errors import UserError
@@ -39,10 +39,9 @@ def filter_to_cache(
     dropped = int((~usable).sum())
     if dropped:
         images = frame.loc[~usable, "image"].nunique()
-        click.echo(
-            f"warning: dropped {dropped} captions of {images} images that are missing "
-            "from the feature file or failed extraction",
-            err=True,
+        output.warn(
+            f"dropped {dropped} captions of {images} images that are missing "
+            "from the feature file or failed extraction"
         )
     kept = frame[usable]
     if kept.empty:

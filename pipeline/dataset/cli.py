@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import config_options, load_config
+from pipeline import output
+from pipeline.cli_options import config_options
+from pipeline.config import load_config
 from pipeline.errors import UserError
 
 
@@ -30,10 +32,10 @@ def inspect_command(
 
     report = inspect_captions(captions, load_config(config_path, overrides), images_dir)
     if as_json:
-        click.echo(json.dumps(report.to_json(), ensure_ascii=False))
+        output.say(json.dumps(report.to_json(), ensure_ascii=False))
     else:
-        click.echo("\n".join(inspection_lines(report)))
+        output.say("\n".join(inspection_lines(report)))
     if report.problems:
         raise UserError(f"{captions} is not usable: {'; '.join(report.problems)}")
     if not as_json:
-        click.echo("usable: yes")
+        output.say("usable: yes")

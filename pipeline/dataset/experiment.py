@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import click
 import pandas as pd
 import torch
 
-from pipeline import contract
+from pipeline import contract, output
 from pipeline.captions.readers import CaptionTable, read_captions
 from pipeline.checksum import file_sha256
 from pipeline.config import Config
@@ -85,7 +84,6 @@ def check_cache(
 def load_experiment_data(
     config: Config,
     expected_fingerprint: dict | None = None,
-    echo: bool = True,
     saved_splits: dict | None = None,
     device: torch.device | None = None,
 ) -> ExperimentData:
@@ -94,6 +92,7 @@ def load_experiment_data(
     `expected_fingerprint` and `saved_splits` come from a checkpoint (evaluate, --resume):
     the cache must then hold the same images, and the saved split lists are used as they are.
     `device` is where the model runs: features.cache = "device" holds the grids there (CUDA).
+    Prints what it read (`output.quiet()` drops it; its warnings show).
     """
     path = config.features.path
     fingerprint, row_of, failed = open_cache(path, expected_fingerprint)
@@ -108,19 +107,17 @@ def load_experiment_data(
     store = FeatureStore(path, cache, device)
     if store.cache != cache:
         why = f"{cache} asked for, but the model is not on a CUDA device: the grids are in RAM"
-    if echo:
-        click.echo(f"captions: {table.summary()}")
-        click.echo(
-            f"{splits_line(split_counts(frame), where)}; features: {path} "
-            f"({CACHE_WORDS[store.cache]})"
-        )
-        if why:
-            click.echo(f"features.cache: {store.cache} ({why})")
-        for line in notes:
-            click.echo(line)
-        note = table.language_note(config.data.language)
-        if note:
-            click.echo(f"warning: {config.data.captions}: {note}", err=True)
+    output.say(f"captions: {table.summary()}")
+    output.say(
+        f"{splits_line(split_counts(frame), where)}; features: {path} ({CACHE_WORDS[store.cache]})"
+    )
+    if why:
+        output.say(f"features.cache: {store.cache} ({why})")
+    for line in notes:
+        output.say(line)
+    note = table.language_note(config.data.language)
+    if note:  # part of the summary above: quiet with it
+        output.say(f"warning: {config.data.captions}: {note}", err=True)
     return ExperimentData(
         frame=frame, fingerprint=fingerprint, row_of=row_of, store=store, splits=splits
     )
@@ -147,10 +144,9 @@ def frozen_splits(
     """The run's saved splits on today's caption file; one warning line if the file changed."""
     frame, notes = apply_saved_splits(frame, saved)
     if saved.get("captions_sha256") not in (None, captions_sha256):
-        click.echo(
-            f"warning: {captions_path} changed since this run was trained; using the "
-            f"run's saved splits{': ' + '; '.join(notes) if notes else ''}",
-            err=True,
+        output.warn(
+            f"{captions_path} changed since this run was trained; using the "
+            f"run's saved splits{': ' + '; '.join(notes) if notes else ''}"
         )
     if frame.empty:
         raise UserError(f"no image of the run's saved splits is left in {captions_path}")

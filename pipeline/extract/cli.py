@@ -12,24 +12,17 @@ from pathlib import Path
 
 import click
 
+from pipeline import output
+from pipeline.cli_options import config_options
 from pipeline.config import (
     CAPTION_FORMATS,
     DEVICES,
     FEATURE_DTYPES,
     PRECISIONS,
-    config_options,
     load_config,
 )
 
 EXIT_INTERRUPTED = 130
-
-
-def _echo(message: str) -> None:
-    """Progress and warnings on stderr; under torchrun only rank 0 speaks."""
-    from pipeline.distributed import launch_rank
-
-    if launch_rank() == 0:
-        click.echo(message, err=True)
 
 
 @click.command("extract")
@@ -89,7 +82,7 @@ def extract_command(
 
     config = load_config(config_path, overrides)
     if consolidate:
-        consolidate_file(Path(out or config.features.path), log=_echo)
+        consolidate_file(Path(out or config.features.path))
         return
     job = job_from_config(
         config,
@@ -106,12 +99,11 @@ def extract_command(
         overwrite=overwrite,
         strict=strict,
         progress=not quiet,
-        log=_echo,
     )
     try:
-        code = run_job(job, log=_echo)
+        code = run_job(job)
     except KeyboardInterrupt:
-        _echo("stopped: rerun the same command to resume where it left off")
+        output.say("stopped: rerun the same command to resume where it left off", err=True)
         sys.stdout.flush()
         ctx.exit(EXIT_INTERRUPTED)
     if code:

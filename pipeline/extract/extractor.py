@@ -28,7 +28,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +41,7 @@ import torchvision
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline import contract
+from pipeline import contract, output
 from pipeline.capacity import DISK_FULL, require_space
 from pipeline.captions.readers import read_captions
 from pipeline.device import AUTOCAST_DTYPES, cpu_has_native_bf16
@@ -226,11 +226,10 @@ def list_images(
     images_root: str | Path,
     captions: str | Path | None = None,
     fmt: str = "auto",
-    log: Callable[[str], None] | None = None,
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Sorted unique image names to extract, and caption-file names rejected as unsafe.
 
-    With `captions`, the images it names (and `log` gets the file's statistics: images,
+    With `captions`, the images it names (printing the file's statistics: images,
     captions, captions per image); without, every image file under `images_root`.
     """
     root = Path(images_root)
@@ -239,8 +238,7 @@ def list_images(
     if captions:
         table = read_captions(captions, fmt)
         names, rejected = sorted(set(table.images())), list(table.rejected)
-        if log is not None:
-            log(f"captions: {table.summary()}")
+        output.say(f"captions: {table.summary()}", err=True)
     else:
         names, rejected = list_image_files(root), []
     if not names:
@@ -575,8 +573,8 @@ def torch_threads(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def run_extraction(job: ExtractJob, log: Callable[[str], None] = print) -> ExtractResult:
-    """Extract (or finish) `job.out`. KeyboardInterrupt: log how far, re-raise."""
+def run_extraction(job: ExtractJob) -> ExtractResult:
+    """Extract (or finish) `job.out`. KeyboardInterrupt: say how far, re-raise."""
     attrs = feature_attrs(job)
     state = check_output(job, attrs)
     stale: list[int] = []
@@ -587,14 +585,17 @@ def run_extraction(job: ExtractJob, log: Callable[[str], None] = print) -> Extra
             failed = list(contract.read_failed(f).items())
         return ExtractResult("complete", total=len(job.names), failed=failed)
     if stale:
-        log(f"{len(stale)} images changed or disappeared since they were read: re-extracting them")
+        output.say(
+            f"{len(stale)} images changed or disappeared since they were read: re-extracting them",
+            err=True,
+        )
         mark_pending(job.out, stale)
         state = "resume"
     check_free_space(job, state)
     if state == "new":
         _ensure_folder(job.out.parent)  # fail early, before a possible weights download
     if job.weights.warning:
-        log(f"warning: {job.weights.warning}")
+        output.warn(job.weights.warning)
     with torch_threads(job.device):
         encoder = FeatureEncoder(
             build_backbone(job.weights, job.device), job.device, job.precision, job.dtype
@@ -608,7 +609,7 @@ def run_extraction(job: ExtractJob, log: Callable[[str], None] = print) -> Extra
             "done", total=len(job.names), reused=len(job.names) - len(todo), stale=len(stale)
         )
         if todo:
-            _extract_rows(job, encoder, todo, result, log)
+            _extract_rows(job, encoder, todo, result)
         _finish(job, result)
     return result
 
@@ -635,7 +636,6 @@ def _extract_rows(
     encoder: FeatureEncoder,
     todo: list[int],
     result: ExtractResult,
-    log: Callable[[str], None],
 ) -> None:
     """Run the decode -> forward -> write loop over `todo` rows, filling `result`."""
     start = time.perf_counter()
@@ -664,7 +664,10 @@ def _extract_rows(
             writer.stop()  # what was computed is written
             rows_file.close()
     except KeyboardInterrupt:
-        log(f"interrupted: {_done(result, writer)}/{result.total} rows done and saved in {job.out}")
+        output.say(
+            f"interrupted: {_done(result, writer)}/{result.total} rows done and saved in {job.out}",
+            err=True,
+        )
         raise
     if isinstance(writer.error, OSError):
         what = (

@@ -1,18 +1,18 @@
 """From a config (plus command-line overrides) to a finished extraction: no click here.
 
 `job_from_config` resolves and validates everything a run needs into an `ExtractJob`;
-`run_job` runs it (sharded under torchrun, else in this process), reports on `log`, and
-returns the exit status. `captioner extract` and `captioner demo` both call these.
+`run_job` runs it (sharded under torchrun, else in this process), reports on stderr
+(pipeline/output.py), and returns the exit status. `captioner extract` and `captioner demo`
+both call these.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
+from pipeline import output
 from pipeline.config import Config
 from pipeline.device import resolve_device
-from pipeline.distributed import launched_by_torchrun
 from pipeline.errors import UserError
 from pipeline.extract.backbone import resolve_weights
 from pipeline.extract.extractor import (
@@ -22,6 +22,7 @@ from pipeline.extract.extractor import (
     resolve_precision,
 )
 from pipeline.extract.sharded import run_sharded_extraction, run_single_process
+from pipeline.launch import launched_by_torchrun
 
 EXIT_OK = 0
 EXIT_STRICT = 1
@@ -45,18 +46,17 @@ def job_from_config(
     overwrite: bool = False,
     strict: bool = False,
     progress: bool = True,
-    log: Callable[[str], None] = print,
 ) -> ExtractJob:
     """The job for `config` ([data], [features]); a non-None keyword overrides its key.
 
-    Lists the images (reading the caption file; its statistics go to `log`).
+    Lists the images (reading the caption file; its statistics are printed).
     """
     data, feat = config.data, config.features
     images = images or data.images
     captions = captions if captions is not None else data.captions
     if not images:
         raise UserError("no images folder: pass --images DIR or set data.images in the config")
-    names, rejected = list_images(images, captions or None, fmt or data.format, log=log)
+    names, rejected = list_images(images, captions or None, fmt or data.format)
     device_ = resolve_device(device or feat.device)
     return ExtractJob(
         images_root=Path(images),
@@ -76,31 +76,33 @@ def job_from_config(
     )
 
 
-def run_job(job: ExtractJob, log: Callable[[str], None] = print) -> int:
+def run_job(job: ExtractJob) -> int:
     """Run `job` (one shard per rank under torchrun) and report; EXIT_STRICT when `job.strict`
     and images failed or caption names were rejected, else EXIT_OK.
 
     KeyboardInterrupt propagates (what was computed is saved; the same job resumes).
     """
     for name, reason in job.rejected[:SHOW_FAILURES]:
-        log(f"warning: caption image name {name!r} skipped: {reason}")
+        output.warn(f"caption image name {name!r} skipped: {reason}")
     if len(job.rejected) > SHOW_FAILURES:
-        log(f"warning: ... and {len(job.rejected) - SHOW_FAILURES} more unsafe caption image names")
-    log(
+        output.warn(f"... and {len(job.rejected) - SHOW_FAILURES} more unsafe caption image names")
+    output.say(
         f"extract: {len(job.names)} images -> {job.out} (weights {job.weights.tag}, "
-        f"{job.device.type} {job.precision}, stored {job.dtype})"
+        f"{job.device.type} {job.precision}, stored {job.dtype})",
+        err=True,
     )
     if launched_by_torchrun():
-        result = run_sharded_extraction(job, log=log)
+        result = run_sharded_extraction(job)
     else:
-        result = run_single_process(job, log=log)
+        result = run_single_process(job)
     if result.state == "shard":
         return EXIT_OK  # ranks other than 0 under torchrun: rank 0 reports for the whole job
-    report(result, job, log)
+    report(result, job)
     if job.strict and (result.failed or job.rejected):
-        log(
+        output.say(
             f"error: --strict: {len(result.failed)} images failed and {len(job.rejected)} "
-            f"caption names were rejected (the file {job.out} is complete and keeps the rest)"
+            f"caption names were rejected (the file {job.out} is complete and keeps the rest)",
+            err=True,
         )
         return EXIT_STRICT
     return EXIT_OK
@@ -120,27 +122,28 @@ def decode_note(result: ExtractResult, job: ExtractJob) -> str:
     return f"{note}, {result.decode.fallbacks} fell back to the CPU"
 
 
-def report(result: ExtractResult, job: ExtractJob, log: Callable[[str], None]) -> None:
+def report(result: ExtractResult, job: ExtractJob) -> None:
     """End-of-run summary: counts, speed, and the failures."""
     if result.state == "complete":
-        log(
+        output.say(
             f"{job.out} is already complete ({result.total} images, {len(result.failed)} "
-            "failed): nothing to do (--overwrite recomputes it)"
+            "failed): nothing to do (--overwrite recomputes it)",
+            err=True,
         )
         return
     ok = result.total - len(result.failed)
     stale = f", {result.stale} of them because their image changed" if result.stale else ""
-    log(
+    output.say(
         f"done: {ok}/{result.total} images in {job.out} ({result.written} extracted now"
         f"{stale}, {result.reused} from an earlier run; {result.images_per_s:.1f} images/s"
-        f"{decode_note(result, job)})"
+        f"{decode_note(result, job)})",
+        err=True,
     )
     if result.failed:
-        log(
-            f"warning: {len(result.failed)} images failed (listed in the file's 'failed' "
-            "dataset; training skips them):"
-        )
-        for name, reason in result.failed[:SHOW_FAILURES]:
-            log(f"  {name}: {reason}")
+        lines = [f"  {name}: {reason}" for name, reason in result.failed[:SHOW_FAILURES]]
         if len(result.failed) > SHOW_FAILURES:
-            log(f"  ... and {len(result.failed) - SHOW_FAILURES} more")
+            lines.append(f"  ... and {len(result.failed) - SHOW_FAILURES} more")
+        output.warn(
+            f"{len(result.failed)} images failed (listed in the file's 'failed' "
+            "dataset; training skips them):\n" + "\n".join(lines)
+        )

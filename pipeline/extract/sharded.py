@@ -14,7 +14,6 @@ one self-contained file, atomically, and then deletes the shards.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline import contract, distributed
+from pipeline import contract, distributed, output
 from pipeline.capacity import require_space
 from pipeline.errors import UserError
 from pipeline.extract.extractor import (
@@ -89,18 +88,21 @@ def discard_shards(out: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def run_single_process(job: ExtractJob, log: Callable[[str], None]) -> ExtractResult:
+def run_single_process(job: ExtractJob) -> ExtractResult:
     """Extract `job` without torchrun. The shards an interrupted torchrun extract left are
     finished here, one after the other, and joined; --overwrite deletes them first."""
     if job.overwrite:
         check_output(job, feature_attrs(job))  # refuses an --out that is no feature file
         discard_shards(job.out)
-        return run_extraction(job, log)
+        return run_extraction(job)
     world_size = unfinished_shards(job.out)
     if world_size is None:
-        return run_extraction(job, log)
-    log(f"{job.out}: finishing the {world_size} shard files an interrupted torchrun run left")
-    done = [run_extraction(shard_job(job, r, world_size), log) for r in range(world_size)]
+        return run_extraction(job)
+    output.say(
+        f"{job.out}: finishing the {world_size} shard files an interrupted torchrun run left",
+        err=True,
+    )
+    done = [run_extraction(shard_job(job, r, world_size)) for r in range(world_size)]
     return replace(
         join_shards(job, world_size),
         reused=sum(r.total if r.state == "complete" else r.reused for r in done),
@@ -110,7 +112,7 @@ def run_single_process(job: ExtractJob, log: Callable[[str], None]) -> ExtractRe
     )
 
 
-def run_sharded_extraction(job: ExtractJob, log: Callable[[str], None]) -> ExtractResult:
+def run_sharded_extraction(job: ExtractJob) -> ExtractResult:
     """Extract this rank's shard, wait for all ranks, and (rank 0) join them into `job.out`.
 
     A UserError on any rank ends every rank with its line (`distributed.process_group`).
@@ -135,7 +137,7 @@ def run_sharded_extraction(job: ExtractJob, log: Callable[[str], None]) -> Extra
             device=distributed.device_for(dist, job.device),
             progress=job.progress and dist.is_main,
         )
-        result = run_extraction(shard, log if dist.is_main else (lambda _: None))
+        result = run_extraction(shard)
         distributed.barrier(dist)
         if dist.is_main:
             joined = join_shards(job, dist.world_size)
@@ -210,7 +212,7 @@ def _virtual_dataset(
     out.create_virtual_dataset(name, layout)
 
 
-def consolidate_file(path: Path, log: Callable[[str], None]) -> None:
+def consolidate_file(path: Path) -> None:
     """Replace a sharded (virtual) feature file by one self-contained file; delete its shards.
 
     The copy is written under a temporary name and renamed over `path` (atomic); the shards
@@ -218,7 +220,7 @@ def consolidate_file(path: Path, log: Callable[[str], None]) -> None:
     """
     with contract.open_complete(path) as f:
         if not contract.is_virtual(f):
-            log(f"{path} is already self-contained: nothing to do")
+            output.say(f"{path} is already self-contained: nothing to do", err=True)
             return
         shards = sorted(
             {
@@ -245,7 +247,7 @@ def consolidate_file(path: Path, log: Callable[[str], None]) -> None:
     os.replace(copying, path)
     for shard in shards:
         shard.unlink(missing_ok=True)
-    log(f"{path} now holds all {len(ids)} rows; deleted {len(shards)} shard files")
+    output.say(f"{path} now holds all {len(ids)} rows; deleted {len(shards)} shard files", err=True)
 
 
 def _copy_rows(source: h5py.File, target: h5py.File, count: int) -> None:

@@ -23,7 +23,7 @@ ends every rank with the same one line (`distributed.process_group`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -31,7 +31,7 @@ import torch
 import torchvision.transforms.functional as TF
 from tqdm import tqdm
 
-from pipeline import contract, distributed
+from pipeline import contract, distributed, output
 from pipeline.checksum import file_sha256
 from pipeline.config import EvalConfig, FeaturesConfig, validate, with_flags
 from pipeline.dataset.experiment import check_cache
@@ -62,6 +62,7 @@ from pipeline.infer.caption_plan import Planner
 from pipeline.infer.caption_sources import Input, Source
 from pipeline.infer.gallery import load_crop
 from pipeline.infer.selection import HTML_LIMIT
+from pipeline.launch import launched_by_torchrun
 
 CHECKPOINT_ID_HEX = 16  # digits of the checkpoint's sha256 that identify it in the output
 FEATURES_ADVICE = (
@@ -123,12 +124,12 @@ class Setup:
     images_root: str  # where a feature file's images were (crops for the pictures)
 
 
-def run_caption(job: CaptionJob, log: Callable[[str], None]) -> CaptionResult:
+def run_caption(job: CaptionJob) -> CaptionResult:
     """Caption every input of `job` (under torchrun, this rank's share; rank 0 reports the
     whole job). KeyboardInterrupt propagates: every line written so far stays."""
     check_job(job)
     with distributed.process_group(backend="gloo", timeout=WAIT_FOR_RANKS) as dist:
-        return _run(job, dist, log)
+        return _run(job, dist)
 
 
 def check_job(job: CaptionJob) -> None:
@@ -137,7 +138,7 @@ def check_job(job: CaptionJob) -> None:
         check_keep_beams(job.keep_beams, job.beam_size)
     if job.out is None and (job.overwrite or job.keep_beams):
         raise UserError("--overwrite and --keep-beams go with --out")
-    if distributed.launched_by_torchrun():
+    if launched_by_torchrun():
         if job.out is None:
             raise UserError("under torchrun, pass --out: each rank writes its own part of it")
         if not job.source.rereadable:
@@ -152,15 +153,15 @@ def check_keep_beams(keep_beams: int, beam_size: int) -> None:
         raise UserError(f"--keep-beams {keep_beams} needs --beam-size {keep_beams} or more")
 
 
-def _run(job: CaptionJob, dist: DistInfo, log: Callable[[str], None]) -> CaptionResult:
+def _run(job: CaptionJob, dist: DistInfo) -> CaptionResult:
     """The phases, each ended on every rank before the next begins (rank 0 has prepared OUT
     before any rank opens its part; every part is complete before rank 0 joins them)."""
-    setup = _setup(job, dist, log)
+    setup = _setup(job, dist)
     distributed.barrier(dist)
-    lines, scan = _open_lines(job, dist, log)
+    lines, scan = _open_lines(job, dist)
     distributed.barrier(dist)
     try:
-        result = _caption_all(job, setup, lines, scan, dist, log)
+        result = _caption_all(job, setup, lines, scan, dist)
     finally:
         lines.close()
     distributed.barrier(dist)
@@ -178,7 +179,7 @@ def _write_page(setup: Setup, gathered: tuple, job: CaptionJob, dist: DistInfo) 
     return setup.pictures.write_page(gathered, str(setup.loaded.path), setup.decoding.beam_size)
 
 
-def _setup(job: CaptionJob, dist: DistInfo, log: Callable[[str], None]) -> Setup:
+def _setup(job: CaptionJob, dist: DistInfo) -> Setup:
     """Load the checkpoint, check the input against it, prepare OUT (rank 0), build the CNN."""
     pictures = Pictures(job.attention_dir, job.html_path, job.html_limit)  # refuses first
     if job.source.rereadable:  # (stdin: each batch's maps are checked when they are drawn)
@@ -202,7 +203,7 @@ def _setup(job: CaptionJob, dist: DistInfo, log: Callable[[str], None]) -> Setup
         settings = output_settings(
             identity, job.source.kind, jpeg_decode, decoding, decoding.beam_size, job.keep_beams
         )
-        prepare_output(job.out, settings, job.overwrite, dist.world_size, log)
+        prepare_output(job.out, settings, job.overwrite, dist.world_size)
     encoder = None
     if not job.source.features:
         encoder = FeatureEncoder.from_attrs(loaded.features, device)
@@ -219,16 +220,14 @@ def check_feature_file(path: str, expected: dict) -> str:
     return images_root
 
 
-def _open_lines(
-    job: CaptionJob, dist: DistInfo, log: Callable[[str], None]
-) -> tuple[LineFile | TerminalLines, Scan]:
+def _open_lines(job: CaptionJob, dist: DistInfo) -> tuple[LineFile | TerminalLines, Scan]:
     """Where this rank's lines go, and what its output already holds."""
     if job.out is None:
         return TerminalLines(), Scan()
     if dist.world_size == 1:
-        return open_for_append(job.out, log), scan_output(job.out)
+        return open_for_append(job.out), scan_output(job.out)
     part = part_path(job.out, dist.rank, dist.world_size)
-    lines = open_for_append(part, log)
+    lines = open_for_append(part)
     scan = scan_output(job.out, dist.rank, dist.world_size)
     return lines, scan_output(part, dist.rank, dist.world_size, into=scan)
 
@@ -239,7 +238,6 @@ def _caption_all(
     lines: LineFile | TerminalLines,
     scan: Scan,
     dist: DistInfo,
-    log: Callable[[str], None],
 ) -> CaptionResult:
     """The loop: plan, decode and encode images, beam-search, write each batch's lines."""
     planner = Planner(scan.keys, dist.rank, dist.world_size, stems=setup.pictures.stems)
@@ -250,8 +248,7 @@ def _caption_all(
     start = time.perf_counter()
     try:
         with torch_threads(setup.device):
-            warn = log if dist.is_main else (lambda _: None)  # every rank walks the same folders
-            batches = planner.batches(job.source.inputs(warn=warn), job.batch_size)
+            batches = planner.batches(job.source.inputs(warn=output.warn), job.batch_size)
             for batch in _grids(job, setup, batches):
                 records = _caption_batch(batch, job, setup)
                 lines.append(records)

@@ -25,13 +25,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
-
-from pipeline import contract
+from pipeline import contract, output
 from pipeline.capacity import DISK_FULL
 from pipeline.config import EvalConfig
 from pipeline.decoder.decode import Decoded
@@ -185,9 +183,7 @@ def parse_line(line: bytes, path: Path, number: int) -> dict:
     return record
 
 
-def prepare_output(
-    out: Path, settings: dict, overwrite: bool, world_size: int, warn: Callable[[str], None]
-) -> None:
+def prepare_output(out: Path, settings: dict, overwrite: bool, world_size: int) -> None:
     """Make OUT ready before any rank writes (rank 0 only): refuse a foreign file, other
     settings or another run's parts (or, with `overwrite`, delete OUT and its parts); drop a
     torn last line; write OUT.meta.json and claim the files this run appends to."""
@@ -198,13 +194,13 @@ def prepare_output(
         folder.check(path.name)
     if overwrite:
         if out.exists():
-            open_for_append(out, warn).close()  # refused while another process writes it
+            open_for_append(out).close()  # refused while another process writes it
         for path in (*(part for part, _ in parts), out):
             folder.remove(path.name)
     else:
         check_settings(out, settings, parts, world_size)
     if out.exists():
-        open_for_append(out, warn).close()  # drops a torn last line
+        open_for_append(out).close()  # drops a torn last line
     folder.write_text(meta.name, json.dumps(settings, indent=1) + "\n")
     names = [part_path(out, r, world_size).name for r in range(world_size)]
     folder.claim([out.name] + (names if world_size > 1 else []))
@@ -303,14 +299,16 @@ class LineFile:
             ) from None
 
 
-def open_for_append(path: Path, warn: Callable[[str], None]) -> LineFile:
-    """`LineFile(path)` with a torn last line dropped (and `warn` told)."""
+def open_for_append(path: Path) -> LineFile:
+    """`LineFile(path)` with a torn last line dropped (with a warning from the rank that
+    opens it: under torchrun each rank opens its own part)."""
     lines = LineFile(path)
     dropped = lines.drop_torn_tail()
     if dropped:
-        warn(
-            f"warning: {path}: dropped a torn last line ({dropped} bytes) left by an "
-            "interrupted run; its image is captioned again"
+        output.warn(
+            f"{path}: dropped a torn last line ({dropped} bytes) left by an "
+            "interrupted run; its image is captioned again",
+            every_rank=True,
         )
     return lines
 
@@ -340,9 +338,9 @@ class TerminalLines:
         """Print each record as today's `caption` prints it."""
         for record in records:
             if "error" in record:
-                click.echo(f"{record['image']}: error: {record['error']}", err=True)
+                output.say(f"{record['image']}: error: {record['error']}", err=True)
             else:
-                click.echo(f"{record['image']}: {record['caption']}")
+                output.say(f"{record['image']}: {record['caption']}")
 
     def close(self) -> None:
         """Nothing to release."""

@@ -62,7 +62,8 @@ class Source:
         return self.list_file != STDIN
 
     def inputs(self, warn: Callable[[str], None] = lambda _: None) -> Iterator[Input]:
-        """Every input in order; `warn` hears about sub-folders that cannot be read."""
+        """Every input in order; `warn` (e.g. `output.warn`) hears about sub-folders that
+        cannot be read."""
         if self.features:
             return feature_inputs(self.features)
         if self.folder is not None:
@@ -134,7 +135,7 @@ def _listing(
                 elif entry.is_file() and matches(entry.name, globs):
                     files.append(entry.name)
     except OSError as exc:
-        warn(f"warning: cannot read the folder {folder} ({exc.strerror or exc}): skipped")
+        warn(f"cannot read the folder {folder} ({exc.strerror or exc}): skipped")
     return sorted(files), sorted(folders)
 
 

@@ -4,9 +4,11 @@ from pathlib import Path
 
 import click
 
+from pipeline import output
 from pipeline.config import DEVICES, SPLITS, FeaturesConfig
 from pipeline.extract.cli import EXIT_INTERRUPTED
 from pipeline.infer.selection import GALLERY_SIZE, HTML_LIMIT
+from pipeline.launch import launch_rank
 
 
 @click.command("evaluate")
@@ -53,10 +55,6 @@ def evaluate_command(checkpoints, split, beam_size, out, features_path, examples
     evaluate_many(
         list(checkpoints), split, beam_size, Path(out), features_path, examples, device, gallery
     )
-
-
-def _echo_err(message: str) -> None:
-    click.echo(message, err=True)
 
 
 @click.command("caption")
@@ -169,7 +167,6 @@ def caption_command(
 ):
     """Caption images: extract each grid exactly as the checkpoint's features were made,
     then beam-search a caption. Exits 1 if any image failed (with --out: any in the file)."""
-    from pipeline.distributed import launch_rank
     from pipeline.infer.caption import CaptionJob, run_caption
     from pipeline.infer.caption_sources import make_source
 
@@ -190,17 +187,17 @@ def caption_command(
         progress=not quiet,
     )
     try:
-        result = run_caption(job, log=_echo_err)
+        result = run_caption(job)
     except KeyboardInterrupt:
         if out:
-            _echo_err("stopped: rerun the same command to resume where it left off")
+            output.say("stopped: rerun the same command to resume where it left off", err=True)
         ctx.exit(EXIT_INTERRUPTED)
     if launch_rank() != 0:
-        return  # rank 0 reports for the whole torchrun job
+        return  # rank 0 reports (and exits 1 on failures) for the whole torchrun job
     if job.out is not None:
         _report(result, job.out)
     if result.html is not None:
-        click.echo(f"html: {result.html}")
+        output.say(f"html: {result.html}")
     if result.failed or result.failed_lines:
         ctx.exit(1)
 
@@ -215,6 +212,6 @@ def _report(result, out: Path) -> None:
         now = ", ".join([done, *skipped]) + f"; {result.images_per_s:.1f} images/s"
     else:
         now = ", ".join(["nothing new", *skipped])
-    _echo_err(f"caption: {result.lines} images in {out} ({now})")
+    output.say(f"caption: {result.lines} images in {out} ({now})", err=True)
     if result.failed_lines:
-        _echo_err(f"warning: {result.failed_lines} images failed: their lines in {out} say why")
+        output.warn(f"{result.failed_lines} images failed: their lines in {out} say why")

@@ -18,9 +18,9 @@ from html import escape
 from importlib.metadata import version
 from pathlib import Path
 
-import click
 import pandas as pd
 
+from pipeline import output
 from pipeline.config import with_flags
 from pipeline.dataset.batches import SplitData, build_split
 from pipeline.dataset.experiment import load_experiment_data
@@ -95,9 +95,10 @@ def evaluate_checkpoint(
     split, beam_size = config.eval.split, config.eval.beam_size
     if features_path:
         config.features.path = features_path
-    data = load_experiment_data(
-        config, expected_fingerprint=loaded.features, echo=False, saved_splits=loaded.splits
-    )
+    with output.quiet():  # what the data holds was said when the run was trained
+        data = load_experiment_data(
+            config, expected_fingerprint=loaded.features, saved_splits=loaded.splits
+        )
     split_data = build_split(data.frame, split, loaded.vocab, config.vocab.max_len, data.row_of)
     if not split_data.image_names:
         raise UserError(f"split {split!r} has no images in {config.data.captions}")
@@ -185,7 +186,7 @@ def evaluate_checkpoint(
     html = run_report(result, sections, read_history(loaded.path.parent), images_note)
     report_path = folder.write_text("report.html", html)
     print_result(result, split_data, captions, config.eval.examples)
-    click.echo(f"  report: {report_path}")
+    output.say(f"  report: {report_path}")
     return result
 
 
@@ -230,25 +231,25 @@ def gallery_cards(
 
 def print_result(result: dict, split_data: SplitData, captions: list[str], examples: int) -> None:
     """The seed's evaluation printout: scores, loss, and references vs generated."""
-    click.echo(
+    output.say(
         f"{result['run']} (epoch {result['epoch']}) on {result['split']}, "
         f"{result['num_images']} images, beam {result['beam_size']}:"
     )
-    click.echo(f"  {format_scores(result['scores'])}  loss {result['loss']:.4f}")
+    output.say(f"  {format_scores(result['scores'])}  loss {result['loss']:.4f}")
     if result["baseline"]:
-        click.echo(
+        output.say(
             f"  image-blind baseline ({result['baseline']['caption']!r} for every "
             f"image): {format_scores(result['baseline']['scores'])}"
         )
     for note in result["notes"]:
-        click.echo(f"  note: {note}")
+        output.say(f"  note: {note}")
     for flag in result["health"]["flags"].values():
-        click.echo(f"  warning: decoding looks degenerate: {flag}")
+        output.say(f"  warning: decoding looks degenerate: {flag}")
     for i in range(min(examples, len(captions))):
-        click.echo(f"  {split_data.image_names[i]}")
-        click.echo(f"    generated: {captions[i]}")
+        output.say(f"  {split_data.image_names[i]}")
+        output.say(f"    generated: {captions[i]}")
         for reference in split_data.references[i][:3]:
-            click.echo(f"    reference: {reference}")
+            output.say(f"    reference: {reference}")
 
 
 def run_label(path: Path) -> str:
@@ -369,7 +370,7 @@ def evaluate_many(
         ]
     if len(results) > 1:
         table = write_comparison(results, folder)
-        click.echo(
+        output.say(
             f"\ncomparison ({out / 'table.md'}, {out / 'comparison.html'}):\n"
             f"{markdown_table(table)}"
         )

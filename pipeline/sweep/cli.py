@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from pipeline import output
 from pipeline.errors import UserError
 
 
@@ -67,21 +68,21 @@ def sweep_command(sweep_file, overrides, seeds, first_seed, only, jobs, out):
     with lock_out(out):
         runs = plan_runs(sweep, names, out)
         check_folders(runs)
-        click.echo(
+        output.say(
             f"sweep {sweep.name}: {len(names)} variants x {sweep.seeds} seeds = {len(runs)} runs, "
             f"{jobs} at a time; {sweep.split} split, greedy and beam {sweep.beam_size}; in {out}"
         )
         for name in names:
             variant = sweep.variants[name]
             start = f" (from {variant.start})" if variant.start else ""
-            click.echo(
+            output.say(
                 f"  {name}{start}: {variant.about or ', '.join(variant.overrides) or 'base'}"
             )
-        results, failures = execute(runs, sweep, jobs, click.echo)
+        results, failures = execute(runs, sweep, jobs)
         summary = summarise(sweep, names, runs_by_variant(runs, results))
         table = write_summary(out, sweep, summary)
-        click.echo(f"\n{table}\n(written to {out / 'summary.md'} and {out / 'summary.json'})")
-        click.echo(json_line(sweep, summary, (time.perf_counter() - started) / 60, failures))
+        output.say(f"\n{table}\n(written to {out / 'summary.md'} and {out / 'summary.json'})")
+        output.say(json_line(sweep, summary, (time.perf_counter() - started) / 60, failures))
     if failures:
         raise UserError(
             f"{len(failures)} of {len(runs)} runs failed: "

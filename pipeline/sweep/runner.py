@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import contract
+from pipeline import contract, output
 from pipeline.atomic import write_text_atomic
 from pipeline.checksum import file_sha256
 from pipeline.config import Config, config_to_dict, load_config
@@ -177,13 +177,13 @@ def check_folders(runs: dict[str, PlannedRun]) -> None:
 
 
 def execute(
-    runs: dict[str, PlannedRun], sweep: Sweep, jobs: int, echo
+    runs: dict[str, PlannedRun], sweep: Sweep, jobs: int
 ) -> tuple[dict[str, dict], dict[str, str]]:
     """Train and score every run, `jobs` at a time, starts before the runs that need them.
 
     Returns key -> result, and key -> why it failed (a failed run's dependants fail too).
     Ctrl-C stops the runs in flight (each resumes from its last epoch) and exits with 130."""
-    queue = RunQueue(runs, sweep, max(1, len(os.sched_getaffinity(0)) // jobs), echo)
+    queue = RunQueue(runs, sweep, max(1, len(os.sched_getaffinity(0)) // jobs))
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
         jobs, mp_context=context, initializer=ignore_interrupts
@@ -194,7 +194,7 @@ def execute(
             # the runs in flight: an executor has no public way to stop a running task
             for process in list(pool._processes.values()):
                 process.kill()
-            echo("sweep interrupted: finished runs are kept; rerun the same command to go on")
+            output.say("sweep interrupted: finished runs are kept; rerun the same command to go on")
             raise SystemExit(130) from None
     return queue.results, queue.failures
 
@@ -211,7 +211,6 @@ class RunQueue:
     runs: dict[str, PlannedRun]
     sweep: Sweep
     threads: int  # torch threads per run
-    echo: object
     results: dict[str, dict] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
 
@@ -246,9 +245,9 @@ class RunQueue:
             self.results[run.key] = future.result()
         except Exception as error:  # noqa: BLE001 - one run's failure is reported, not raised
             self.failures[run.key] = f"{type(error).__name__}: {error}".splitlines()[0]
-            self.echo(f"  {run.folder.name}: FAILED ({self.failures[run.key]}; see log.txt)")
+            output.say(f"  {run.folder.name}: FAILED ({self.failures[run.key]}; see log.txt)")
             return
-        self.echo(progress_line(run, self.results[run.key], self.sweep.beam_size))
+        output.say(progress_line(run, self.results[run.key], self.sweep.beam_size))
 
 
 def progress_line(run: PlannedRun, result: dict, beam: int) -> str:

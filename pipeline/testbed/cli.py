@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from pipeline import output
 from pipeline.testbed.knobs import SCENE_CODES, LanguageKnobs, SceneKnobs
 
 
@@ -57,7 +58,7 @@ def scene_command(out_dir: Path, overwrite: bool, **knobs) -> None:
     from pipeline.testbed.scene import write_scene_testbed
 
     written = write_scene_testbed(out_dir, SceneKnobs(**knobs), overwrite)
-    click.echo(("wrote " if written else "already complete: ") + describe(out_dir, "scene", knobs))
+    output.say(("wrote " if written else "already complete: ") + describe(out_dir, "scene", knobs))
 
 
 @testbed_command.command("language")
@@ -87,13 +88,13 @@ def language_command(
 
     settings = language_knobs(captions, **knobs)
     written, stats = write_language_testbed(out_dir, captions, settings, split_lists, overwrite)
-    click.echo(
+    output.say(
         ("wrote " if written else "already complete: ") + describe(out_dir, "language", knobs)
     )
     images = ", ".join(f"{split} {count:,}" for split, count in stats["images"].items())
     dropped = "; ".join(f"{count:,} {why}" for why, count in stats["dropped"].items() if count)
-    click.echo(f"images: {images}; concept vocabulary {stats['concepts']:,} words")
+    output.say(f"images: {images}; concept vocabulary {stats['concepts']:,} words")
     if stats["words_seen_per_image"] is not None:
-        click.echo(f"words seen per image: {stats['words_seen_per_image']:.1f} on average")
+        output.say(f"words seen per image: {stats['words_seen_per_image']:.1f} on average")
     if dropped:
-        click.echo(f"left out of {captions}: {dropped}")
+        output.say(f"left out of {captions}: {dropped}")

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import config_options, load_config
+from pipeline.cli_options import config_options
+from pipeline.config import load_config
 from pipeline.errors import UserError
 
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import click
-
+from pipeline import output
 from pipeline.atomic import write_text_atomic
 from pipeline.config import Config, load_config, save_config
 from pipeline.decoder.checkpoint import RUN_CONFIG, TEMP_PATTERN, temp_path
@@ -107,7 +106,7 @@ def _make_exclusive(run_dir: Path) -> RunLock:
             f"({', '.join(foreign[:3])}): choose another train.name"
         )
     remove_leftovers(run_dir)
-    click.echo(f"reusing {run_dir}: it holds no checkpoint (its run stopped in its first epoch)")
+    output.say(f"reusing {run_dir}: it holds no checkpoint (its run stopped in its first epoch)")
     return lock
 
 
@@ -116,7 +115,7 @@ def restart_config(run_dir: Path, overrides: tuple[str, ...] = ()) -> Config:
     `--set` overrides), writing into that same folder."""
     if not (run_dir / RUN_CONFIG).is_file():
         raise UserError(f"nothing to resume: {run_dir} holds no last.pt and no {RUN_CONFIG}")
-    click.echo(
+    output.say(
         f"{run_dir} has no checkpoint yet (its run stopped in its first epoch): "
         f"starting it over from its {RUN_CONFIG}"
     )
@@ -149,14 +148,14 @@ def lock_run(run_dir: Path) -> RunLock:
     return RunLock(Path(run_dir), handle)
 
 
-def remove_leftovers(run_dir: Path, echo: bool = True) -> list[str]:
+def remove_leftovers(run_dir: Path) -> list[str]:
     """Delete temporary checkpoint files of a killed run (call only while holding the lock)."""
     removed = []
     for path in sorted(Path(run_dir).glob(TEMP_PATTERN)):
         path.unlink(missing_ok=True)
         removed.append(path.name)
-    if removed and echo:
-        click.echo(
+    if removed:
+        output.say(
             f"removed {len(removed)} temporary file(s) left by an interrupted run: "
             f"{', '.join(removed)}"
         )
@@ -191,7 +190,7 @@ def append_metrics(run_dir: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def truncate_metrics(run_dir: Path, epochs_done: int, echo: bool = True) -> None:
+def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
     """Keep the metric lines of the epochs the checkpoint holds; drop torn or later ones.
 
     A crash can leave a torn last line or lines of an epoch whose checkpoint was never
@@ -212,9 +211,6 @@ def truncate_metrics(run_dir: Path, epochs_done: int, echo: bool = True) -> None
             continue
         if epoch <= epochs_done:
             kept.append(line)
-    if torn and echo:
-        click.echo(
-            f"warning: dropped {torn} unreadable line(s) of {path} (left by an interrupted run)",
-            err=True,
-        )
+    if torn:
+        output.warn(f"dropped {torn} unreadable line(s) of {path} (left by an interrupted run)")
     write_text_atomic(path, "".join(line + "\n" for line in kept), temp_path(path))

@@ -10,10 +10,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import torch
 
-from pipeline import distributed
+from pipeline import distributed, output
 from pipeline.config import Config, checkpoint_config, config_to_dict
 from pipeline.dataset.batches import SplitData, build_split
 from pipeline.dataset.experiment import ExperimentData, load_experiment_data
@@ -124,21 +123,19 @@ def build_trainer(
     else:
         run_dir = Path(config.train.out_dir) / (config.train.name or default_run_name(config))
     device = distributed.device_for(dist, resolve_device(config.train.device))
-    echo = dist.is_main
     source = checkpoint or (load_checkpoint(init) if init is not None else None)
     data = load_experiment_data(
         config,
         source["features"] if source else None,
-        echo,
         saved_splits=source.get("splits") if source else None,
         device=device,
     )
     if checkpoint:
         vocab = Vocabulary(checkpoint["vocab"], config.vocab.tokenizer)
     elif source:
-        vocab = init_vocabulary(config, source, echo)
+        vocab = init_vocabulary(config, source)
     else:
-        vocab = make_vocabulary(data, config, echo)
+        vocab = make_vocabulary(data, config)
     train_split = build_split(data.frame, "train", vocab, config.vocab.max_len, data.row_of)
     val_split = build_split(data.frame, "val", vocab, config.vocab.max_len, data.row_of)
     if not train_split.tokens or not val_split.tokens:
@@ -148,7 +145,7 @@ def build_trainer(
         )
     check_model_fits(config.model, vocab, device)  # before allocating any weight
     torch.manual_seed(config.train.seed)  # the initial weights, the same on every rank
-    model = build_model(config, vocab, echo).to(device)
+    model = build_model(config, vocab).to(device)
     if init is not None and not checkpoint:
         scst.load_init_weights(model, config, source, str(init))
     optimizer = build_optimizer(config, model, device)
@@ -168,10 +165,9 @@ def build_trainer(
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         state = RunState(**checkpoint["state"])
-        if echo:
-            click.echo(
-                f"resuming {run_dir} after epoch {state.epoch} (until epoch {config.train.epochs})"
-            )
+        output.say(
+            f"resuming {run_dir} after epoch {state.epoch} (until epoch {config.train.epochs})"
+        )
     elif dist.is_main:
         run_dir, lock = start_run(config, vocab, data.splits)
     run = run_record(run_dir) if dist.is_main else {}
@@ -207,7 +203,7 @@ def check_same_objective(checkpoint: dict, config: Config, run_dir: Path) -> Non
         )
 
 
-def init_vocabulary(config: Config, source: dict, echo: bool) -> Vocabulary:
+def init_vocabulary(config: Config, source: dict) -> Vocabulary:
     """The vocabulary of the --init checkpoint, with the tokenizer and language it was built
     with: the new run takes `vocab.tokenizer` and `data.language` into its config (and says
     so when they differ), so its reward and scores read the captions the same way."""
@@ -215,48 +211,42 @@ def init_vocabulary(config: Config, source: dict, echo: bool) -> Vocabulary:
     for section, key in (("vocab", "tokenizer"), ("data", "language")):
         theirs, ours = getattr(getattr(saved, section), key), getattr(getattr(config, section), key)
         if theirs != ours:
-            if echo:
-                click.echo(
-                    f"{section}.{key}: {theirs!r}, as the --init checkpoint's (not {ours!r})"
-                )
+            output.say(f"{section}.{key}: {theirs!r}, as the --init checkpoint's (not {ours!r})")
             setattr(getattr(config, section), key, theirs)
     return Vocabulary(source["vocab"], config.vocab.tokenizer)
 
 
-def make_vocabulary(data: ExperimentData, config: Config, echo: bool) -> Vocabulary:
+def make_vocabulary(data: ExperimentData, config: Config) -> Vocabulary:
     """Vocabulary from the train split's captions; prints size and the 10 most frequent words."""
     train_captions = data.frame.loc[data.frame["split"] == "train", "caption"]
     vocab, counts = build_vocabulary(train_captions, config.vocab.min_freq, config.vocab.tokenizer)
-    if echo:
-        top = ", ".join(f"{w} ({c})" for w, c in counts.most_common(MOST_FREQUENT))
-        click.echo(
-            f"vocabulary: {len(vocab)} tokens (min_freq {config.vocab.min_freq}, "
-            f"{len(counts)} distinct train words); most frequent: {top}"
-        )
+    top = ", ".join(f"{w} ({c})" for w, c in counts.most_common(MOST_FREQUENT))
+    output.say(
+        f"vocabulary: {len(vocab)} tokens (min_freq {config.vocab.min_freq}, "
+        f"{len(counts)} distinct train words); most frequent: {top}"
+    )
     return vocab
 
 
-def build_model(config: Config, vocab: Vocabulary, echo: bool) -> torch.nn.Module:
+def build_model(config: Config, vocab: Vocabulary) -> torch.nn.Module:
     """The decoder, with pretrained word vectors if configured; prints parameter counts."""
     vectors = None
     if config.model.pretrained_embeddings:
         vectors, coverage = load_word_vectors(
             config.model.pretrained_embeddings, vocab.itos, config.model.embed_dim
         )
-        if echo:
-            click.echo(
-                f"embeddings: {config.model.pretrained_embeddings} covers "
-                f"{coverage:.1%} of the vocabulary"
-                f"{' (frozen)' if config.model.freeze_embeddings else ''}"
-            )
-    model = build_decoder(config.model, vocab, pretrained_embeddings=vectors)
-    if echo:
-        total, trainable = model.parameter_counts()
-        click.echo(
-            f"decoder ({describe_decoder(config)}): {total / 1e6:.2f} M parameters, "
-            f"{trainable / 1e6:.2f} M trainable. No CNN here: the grids come from the "
-            "feature file."
+        output.say(
+            f"embeddings: {config.model.pretrained_embeddings} covers "
+            f"{coverage:.1%} of the vocabulary"
+            f"{' (frozen)' if config.model.freeze_embeddings else ''}"
         )
+    model = build_decoder(config.model, vocab, pretrained_embeddings=vectors)
+    total, trainable = model.parameter_counts()
+    output.say(
+        f"decoder ({describe_decoder(config)}): {total / 1e6:.2f} M parameters, "
+        f"{trainable / 1e6:.2f} M trainable. No CNN here: the grids come from the "
+        "feature file."
+    )
     return model
 
 
@@ -370,12 +360,12 @@ def run_epochs(trainer: Trainer) -> None:
     if trainer.dist.is_main:
         truncate_metrics(trainer.run_dir, state.epoch)
     if state.epoch >= config.train.epochs:
-        click.echo(
+        output.say(
             f"{trainer.run_dir} has already trained {state.epoch} epochs; "
             "extend it with --set train.epochs=N"
         )
     elif stopped_early(config, state):
-        click.echo(
+        output.say(
             f"{trainer.run_dir} stopped early after epoch {state.epoch} (no "
             f"{config.train.selection_metric} improvement for {config.train.patience} epochs); "
             "raise train.patience to train on"
@@ -416,17 +406,15 @@ def run_epochs(trainer: Trainer) -> None:
             report_epoch(trainer, record, samples, improved)
             save_run_checkpoints(trainer, improved)
         if stopped_early(config, state):
-            if trainer.dist.is_main:
-                click.echo(
-                    f"early stopping: no {config.train.selection_metric} improvement "
-                    f"for {config.train.patience} epochs (best epoch {state.best_epoch})"
-                )
+            output.say(
+                f"early stopping: no {config.train.selection_metric} improvement "
+                f"for {config.train.patience} epochs (best epoch {state.best_epoch})"
+            )
             break
-    if trainer.dist.is_main:
-        click.echo(
-            f"run folder: {trainer.run_dir} (best epoch {state.best_epoch}, "
-            f"{config.train.selection_metric} {state.best_value})"
-        )
+    output.say(
+        f"run folder: {trainer.run_dir} (best epoch {state.best_epoch}, "
+        f"{config.train.selection_metric} {state.best_value})"
+    )
 
 
 def step_scheduler(trainer: Trainer, value: float) -> None:
@@ -450,9 +438,9 @@ def report_epoch(trainer: Trainer, record: dict, samples: list, improved: bool) 
         if record.get(k) is not None
     ]
     parts.append(f"{record['tokens_per_s']:.0f} tok/s")
-    click.echo("  ".join(parts) + ("  *best*" if improved else ""))
+    output.say("  ".join(parts) + ("  *best*" if improved else ""))
     for image, generated, references in samples:
-        click.echo(f"  {image}: {generated!r}  (reference: {references[0]!r})")
+        output.say(f"  {image}: {generated!r}  (reference: {references[0]!r})")
     append_metrics(trainer.run_dir, record)
     log_tensorboard(trainer.run_dir, record)
 
