@@ -114,7 +114,8 @@ def _echo_err(message: str) -> None:
 @click.option(
     "--attention-dir",
     type=click.Path(file_okay=False),
-    help="Write IMAGE_STEM.png (attention per word) and IMAGE_STEM.npy (T, 49).",
+    help="Write IMAGE_STEM.png (attention per word) and IMAGE_STEM.npy (T, R), R regions "
+    "(49 for ResNet50).",
 )
 @click.option(
     "--html",
