@@ -40,6 +40,7 @@ from pipeline.extract.job import job_from_config
 from pipeline.infer.attention_maps import attention_npy, attention_png
 from pipeline.sweep.extraction import extract_backbones
 from pipeline.sweep.spec import load_sweep
+from pipeline.sweep.summary import ranking, ranking_line
 
 ISSUE_LIST = (
     "resnet50",
@@ -312,3 +313,28 @@ def test_the_sweep_backbone_axis(tiny_images, tmp_path):
     again: list[str] = []
     extract_backbones(sweep, list(sweep.variants), again.append)
     assert sum("already complete" in line for line in again) == 2
+
+
+def test_the_backbone_axis_ranks_by_cider_at_the_beam(tmp_path):
+    (tmp_path / "base.toml").write_text('[features]\npath = "f.h5"\n')
+    spec = tmp_path / "axis.toml"
+    spec.write_text(
+        '[sweep]\nconfig = "base.toml"\nbackbones = ["resnet50", "swin_t", "vit_b_16"]\n'
+    )
+    sweep = load_sweep(spec, ("features.grid=0",))
+    assert 'features.path="f-vit_b_16.h5"' in sweep.variants["vit_b_16"].overrides
+    rows = {
+        "resnet50": {"CIDEr_beam3": [40.0, 1.0]},
+        "swin_t": {"CIDEr_beam3": [52.5, 2.0]},
+        "vit_b_16": {"CIDEr_beam3": [47.0, 0.5]},
+    }
+    assert ranking(rows, list(rows), "beam3") == ["swin_t", "vit_b_16", "resnet50"]
+    versus = {"against": "resnet50", "difference": 0.125, "difference_ci": [0.1, 0.15]}
+    summary = {
+        "variants": rows,
+        "ranking": ["swin_t", "vit_b_16", "resnet50"],
+        "comparisons": {"beam3": {"swin_t": versus}},
+    }
+    line = ranking_line(sweep, summary)
+    assert line.startswith("backbones by CIDEr beam 3 (vs resnet50): swin_t 52.5 (+12.5")
+    assert line.endswith("vit_b_16 47.0 > resnet50 40.0")
