@@ -17,7 +17,7 @@ RUNS ?=
 PORT ?= 6006
 GPU_PYTHON ?= 3.12
 
-.PHONY: install test demo extract train evaluate caption tensorboard bench bench-gpu bench-scale gpu-bundle quality lint clean
+.PHONY: install test demo extract train evaluate caption tensorboard bench bench-backbones bench-gpu bench-scale gpu-bundle quality lint clean
 
 install: $(STAMP)
 
@@ -66,6 +66,10 @@ bench: install
 	$(BIN)/python -m benchmarks.decode
 	$(BIN)/python -m benchmarks.scst
 	$(BIN)/python -m benchmarks.caption
+
+# Every backbone's extraction images/s and bytes per image, as ratios to resnet50 (random init).
+bench-backbones: install
+	$(BIN)/python -m benchmarks.backbones $(ARGS)
 
 # Every CUDA path in one command (< 8 minutes on one GPU); --device cpu --tiny checks it here.
 # On a GPU machine with this .venv; on a bare one (no venv, no registry): make gpu-bundle here,

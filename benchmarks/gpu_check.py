@@ -12,7 +12,9 @@ on machines without a GPU.
 What runs, on `--device` (demo images generated here, random-init ResNet50, nothing fetched):
 1. Stage one: model-only forward (fp16 on CUDA, batch 128) on pre-decoded images; the decode
    loader alone (workers = cores); extraction with JPEGs decoded on the device and with them
-   decoded on the CPU; the two files' features compared.
+   decoded on the CPU; the two files' features compared. Then one line per backbone of
+   pipeline/backbones.py (not with --tiny): its model-only forward images/s and stored bytes
+   per image.
 2. Stage two: one epoch of the demo decoder at train.precision fp32 and auto (AMP), tokens/s;
    the cached epoch vs the seed's end-to-end epoch (JPEG decode + ResNet50 fp32 per batch) on
    the same batches.
@@ -56,6 +58,7 @@ from benchmarks.train import end_to_end as end_to_end_epoch
 from benchmarks.train import make_trainer
 from pipeline import contract, output
 from pipeline.atomic import write_text_atomic
+from pipeline.backbones import BACKBONES
 from pipeline.cli import main as captioner
 from pipeline.config import load_config
 from pipeline.dataset.store import FeatureStore
@@ -76,6 +79,7 @@ SIZES = {  # full: a real GPU run; tiny: the same paths in seconds on a CPU
         "beam_images": 500,
         "forward_batches": 8,
         "model": [],
+        "backbones": tuple(BACKBONES),
     },
     "tiny": {
         "images": 48,
@@ -83,6 +87,7 @@ SIZES = {  # full: a real GPU run; tiny: the same paths in seconds on a CPU
         "epochs": 1,
         "beam_images": 12,
         "forward_batches": 2,
+        "backbones": (),  # every backbone's build and forward: minutes on a CPU
         "model": [
             "model.embed_dim=16",
             "model.hidden_dim=32",
@@ -149,6 +154,32 @@ def stage_one(work: Path, device: torch.device, size: dict) -> dict:
     out["device_vs_cpu_decode_max_rel_diff"] = feature_difference(
         work / "device_decode.h5", work / "cpu_decode.h5"
     )
+    return {**out, **backbone_forwards(crops, device, precision, size)}
+
+
+def backbone_forwards(
+    crops: torch.Tensor, device: torch.device, precision: str, size: dict
+) -> dict:
+    """Per backbone of size["backbones"] (random init, its own grid): model-only forward
+    images/s on `crops` (B, 3, 224, 224), and the bytes one image's float16 grid takes."""
+    from pipeline.extract.extractor import extractor_attrs, native_grid
+
+    out = {}
+    for name in size["backbones"]:
+        grid = native_grid(name)
+        model = build_backbone(resolve_weights("none", name), device, name, grid)
+        shape = contract.feature_shape(extractor_attrs(name, grid, False))
+        encoder = FeatureEncoder(model, device, precision, "float16", shape=shape)
+        encoder.encode(crops)  # warm-up
+        seconds, _ = timed(
+            lambda e=encoder, c=crops: [e.encode(c) for _ in range(size["forward_batches"])],
+            device,
+        )
+        out[f"backbone_{name}_forward_images_per_s"] = (
+            size["forward_batches"] * len(crops) / seconds
+        )
+        out[f"backbone_{name}_bytes_per_image"] = contract.row_bytes("float16", shape)
+        del encoder, model
     return out
 
 

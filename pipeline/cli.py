@@ -18,7 +18,7 @@ from pipeline.train.cli import train_command
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="captioner")
 def main() -> None:
-    """captioner: cache ResNet50 grids once (extract), then train, evaluate and caption."""
+    """captioner: cache backbone grids once (extract), then train, evaluate and caption."""
 
 
 main.add_command(demo_data_command)

@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.backbones import BACKBONES, DEFAULT_BACKBONE, DEFAULT_GRID
 from pipeline.errors import UserError
 
 CAPTION_FORMATS = ("auto", "flickr30k-csv", "flickr8k-csv", "flickr8k-token", "karpathy", "coco")
@@ -67,7 +68,10 @@ class FeaturesConfig:
     """Stage one: the feature file and how it is made."""
 
     path: str = "features/features.h5"
+    backbone: str = DEFAULT_BACKBONE  # a name of pipeline/backbones.py's table
     weights: str = "imagenet"
+    grid: int = DEFAULT_GRID  # cells per side the grid is pooled to; 0: the backbone's own
+    class_token: bool = False  # vit_b_16: keep the class token as one more region
     device: str = "auto"
     precision: str = "auto"
     dtype: str = "float16"
@@ -90,12 +94,13 @@ class VocabConfig:
 
 @dataclass
 class ModelConfig:
-    """The decoder: `kind` "lstm" (attention LSTM) or "transformer" (over the 7x7 grid).
+    """The decoder: `kind` "lstm" (attention LSTM) or "transformer" (over the feature grid).
 
     Shared: embed_dim (the Transformer's width d), dropout, feature_norm, the embeddings.
     LSTM only: attention, hidden_dim, attention_dim, gate, attention_activation,
     init_state_tanh, init. Transformer only: layers, heads,
-    ff_dim, grid_positions (a learned 2-D position code added to the 49 regions),
+    ff_dim, grid_positions (a learned 2-D position code added to the grid's
+    cells, sized from the feature file),
     tied_output (the output projection reuses the word embedding), max_positions.
     """
 
@@ -107,7 +112,7 @@ class ModelConfig:
     dropout: float = 0.5
     gate: bool = True
     doubly_stochastic: float = 1.0
-    attention_penalty: str = "mean"  # λ's penalty averaged (or summed) over the 49 regions
+    attention_penalty: str = "mean"  # λ's penalty averaged (or summed) over the regions
     # The shipped configs choose relu / no tanh (benchmarks/quality.py); these defaults stay
     # the former behaviour so checkpoints saved without the keys load unchanged.
     attention_activation: str = "tanh"
@@ -398,6 +403,12 @@ def validate(config: Config) -> None:
     _check(
         LANGUAGE_TAG.fullmatch(d.language) is not None,
         f"data.language must be a BCP-47 language tag such as en, es, zh-Hans; got {d.language!r}",
+    )
+    _choice("features.backbone", f.backbone, tuple(BACKBONES))
+    _check(f.grid >= 0, "features.grid must be >= 0 (0: the backbone's own grid)")
+    _check(
+        not f.class_token or BACKBONES[f.backbone].has_class_token,
+        f"features.class_token: backbone {f.backbone} has no class token",
     )
     _choice("features.device", f.device, DEVICES)
     _choice("features.precision", f.precision, PRECISIONS)

@@ -2,9 +2,11 @@
 
 Layout (documented for users in features/README.md):
 
-- `features`   (N, 49, 2048) float16|float32, chunks (1, 49, 2048), uncompressed, all
-               chunks allocated when the file is created (so writing rows never changes
-               the file's metadata: a kill -9 mid-run leaves a readable file).
+- `features`   (N, R, C) float16|float32, chunks (1, R, C), uncompressed, all chunks
+               allocated when the file is created (so writing rows never changes the file's
+               metadata: a kill -9 mid-run leaves a readable file). R regions of C channels:
+               a `grid` x `grid` grid of cells in row-major order, plus the backbone's class
+               token as region R-1 when `class_token` is true (ResNet50: 7 x 7 x 2048).
 - `image_ids`  (N,) UTF-8 strings: image paths relative to the images folder, unique.
 - `status`     (N,) int8: 0 pending, 1 written, 2 failed.
 - `failed`     (M, 2) UTF-8 strings: [image_id, reason], written when the run completes.
@@ -13,9 +15,11 @@ Layout (documented for users in features/README.md):
                Optional for readers (files made before they existed have neither).
 - Sharded (torchrun) files may hold `features`, `image_ids`, `status` and the stamps as HDF5
   virtual datasets over shard files next to them; they read exactly like plain ones.
-- attrs        backbone, weights, image_size, resize, mean, std, grid, dtype, precision,
-               versions, created, num_images, complete; a testbed's file (written from
-               captions, not images: pipeline/testbed/) adds `testbed`.
+- attrs        backbone, weights, image_size, resize, mean, std, grid, regions, channels,
+               dtype, precision, versions, created, num_images, complete; `class_token` only
+               where it is kept; a testbed's file (written from captions, not images:
+               pipeline/testbed/) adds `testbed`. `regions` and `channels` are optional for
+               readers: a file without them (made before them, or a testbed's) is 7 x 7 x 2048.
 """
 
 from __future__ import annotations
@@ -24,19 +28,23 @@ import errno
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from pipeline.backbones import BACKBONES, DEFAULT_BACKBONE, DEFAULT_GRID
 from pipeline.config import FEATURE_DTYPES
 from pipeline.errors import UserError
 
-BACKBONE = "resnet50"
 TESTBED_PREFIX = "testbed:"  # the backbone of a testbed's file (written without images)
-GRID = 7
+# The default shape, and that of every file without shape attributes: ResNet50's at 224 px.
+BACKBONE = DEFAULT_BACKBONE
+GRID = DEFAULT_GRID
 REGIONS = GRID * GRID
-CHANNELS = 2048
+CHANNELS = BACKBONES[DEFAULT_BACKBONE].channels
+SHAPE_KEYS = ("grid", "regions", "channels", "class_token")  # the attrs that give the shape
 FEATURES = "features"
 IMAGE_IDS = "image_ids"
 STATUS = "status"
@@ -59,14 +67,61 @@ MATCH_KEYS = (
     "grid",
     "dtype",
     "precision",
+    "class_token",  # only where a backbone's class token is kept (region R-1)
     "testbed",  # only in a testbed's file: its kind, generator version and knobs
 )
 STRING_DTYPE = h5py.string_dtype("utf-8")
 LOCKED = (errno.EAGAIN, errno.EWOULDBLOCK)  # HDF5's lock held by another process
 
 
+@dataclass(frozen=True)
+class FeatureShape:
+    """What one row of `features` holds: `grid` x `grid` cells of `channels` values, row-major,
+    then the class token when `class_token`."""
+
+    grid: int = GRID
+    channels: int = CHANNELS
+    class_token: bool = False
+
+    @property
+    def cells(self) -> int:
+        """The grid's cells: grid * grid."""
+        return self.grid * self.grid
+
+    @property
+    def regions(self) -> int:
+        """R: the cells, plus one for a kept class token."""
+        return self.cells + int(self.class_token)
+
+    def attrs(self) -> dict:
+        """The attrs a file of this shape carries (`class_token` only where it is kept)."""
+        out = {"grid": self.grid, "regions": self.regions, "channels": self.channels}
+        if self.class_token:
+            out["class_token"] = True
+        return out
+
+    def describe(self) -> str:
+        """E.g. "7x7x2048" or "14x14x768 + class token"."""
+        text = f"{self.grid}x{self.grid}x{self.channels}"
+        return text + " + class token" if self.class_token else text
+
+
+LEGACY_SHAPE = FeatureShape()  # files (and checkpoints) without shape attributes
+
+
+def feature_shape(attrs: dict) -> FeatureShape:
+    """The shape a file's attrs (or a fingerprint, e.g. a checkpoint's) declare: absent keys
+    are ResNet50's 7 x 7 x 2048 (what every file made before shape attributes holds)."""
+    return FeatureShape(
+        grid=int(attrs.get("grid", GRID)),
+        channels=int(attrs.get("channels", CHANNELS)),
+        class_token=bool(attrs.get("class_token", False)),
+    )
+
+
 def create_feature_file(path: str | Path, image_ids: list[str], attrs: dict, dtype: str) -> None:
-    """Create an empty, fully allocated feature file for `image_ids` (complete = False).
+    """Create an empty, fully allocated feature file for `image_ids` (complete = False), its
+    rows shaped as `attrs` declare (`feature_shape`).
 
     Written under a temporary name and renamed into place, so a crash here never leaves a
     half-made file at `path`.
@@ -76,12 +131,13 @@ def create_feature_file(path: str | Path, image_ids: list[str], attrs: dict, dty
     n = len(image_ids)
     if n == 0:
         raise UserError("no images to extract")
+    shape = feature_shape(attrs)
     with h5py.File(tmp, "w") as f:
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_chunk((1, REGIONS, CHANNELS))
+        dcpl.set_chunk((1, shape.regions, shape.channels))
         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
         dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-        space = h5py.h5s.create_simple((n, REGIONS, CHANNELS))
+        space = h5py.h5s.create_simple((n, shape.regions, shape.channels))
         tid = h5py.h5t.py_create(np.dtype(dtype))
         h5py.h5d.create(f.id, FEATURES.encode(), tid, space, dcpl=dcpl)
         f.create_dataset(IMAGE_IDS, data=np.array(image_ids, dtype=object), dtype=STRING_DTYPE)
@@ -95,9 +151,9 @@ def create_feature_file(path: str | Path, image_ids: list[str], attrs: dict, dty
     os.replace(tmp, path)
 
 
-def row_bytes(dtype: str | np.dtype) -> int:
-    """Bytes of one image's grid: 49 x 2048 x bytes per value."""
-    return REGIONS * CHANNELS * np.dtype(dtype).itemsize
+def row_bytes(dtype: str | np.dtype, shape: FeatureShape = LEGACY_SHAPE) -> int:
+    """Bytes of one image's grid: R x C x bytes per value (ResNet50: 49 x 2048)."""
+    return shape.regions * shape.channels * np.dtype(dtype).itemsize
 
 
 def encode_attr(value: object) -> object:
@@ -170,9 +226,13 @@ def check_layout(f: h5py.File, path: str | Path) -> None:
     features = f[FEATURES]
     if not isinstance(features, h5py.Dataset) or features.dtype.name not in FEATURE_DTYPES:
         raise UserError(f"{path}: 'features' is not a {'/'.join(FEATURE_DTYPES)} dataset")
+    declared = _declared_shape(f, path)
     shape = features.shape
-    if len(shape) != 3 or shape[1:] != (REGIONS, CHANNELS):
-        raise UserError(f"{path}: features have shape {shape}, expected (N, {REGIONS}, {CHANNELS})")
+    if len(shape) != 3 or shape[1:] != (declared.regions, declared.channels):
+        raise UserError(
+            f"{path}: features have shape {shape}, expected "
+            f"(N, {declared.regions}, {declared.channels})"
+        )
     n = shape[0]
     _check_vector(f, path, IMAGE_IDS, n, "a string", lambda d: h5py.check_string_dtype(d))
     _check_vector(f, path, STATUS, n, "int8", lambda d: d == np.int8)
@@ -207,6 +267,28 @@ def _check_attrs(f: h5py.File, path: str | Path) -> None:
         value = decode_attr(attrs["dtype"])
         if not isinstance(value, str) or value not in FEATURE_DTYPES or value != dtype:
             _bad_attr(path, "dtype", value, f"{dtype!r}, the dtype of its 'features'")
+
+
+def _declared_shape(f: h5py.File, path: str | Path) -> FeatureShape:
+    """The shape the file's attrs declare; UserError for shape attrs that are not positive
+    integers or that disagree with each other (`regions` = grid * grid + class token)."""
+    attrs = read_attrs(f)
+    for key in ("grid", "regions", "channels"):
+        value = attrs.get(key)
+        if key in attrs and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            _bad_attr(path, key, f.attrs[key], "a positive integer")
+    if "class_token" in attrs and not isinstance(attrs["class_token"], bool):
+        _bad_attr(path, "class_token", f.attrs["class_token"], "True or False")
+    shape = feature_shape(attrs)
+    if "regions" in attrs and attrs["regions"] != shape.regions:
+        token = " + 1 (class token)" if shape.class_token else ""
+        _bad_attr(
+            path,
+            "regions",
+            f.attrs["regions"],
+            f"{shape.regions} (grid {shape.grid} squared{token})",
+        )
+    return shape
 
 
 def _bad_attr(path: str | Path, name: str, value: object, expected: str) -> None:
@@ -270,7 +352,9 @@ def is_virtual(f: h5py.File) -> bool:
 
 
 def fingerprint(f: h5py.File) -> dict:
-    """What identifies a file: MATCH_KEYS (the extractor), N and `image_list_sha256`.
+    """What identifies a file: MATCH_KEYS (the extractor: backbone, weights, grid, ...), N,
+    `regions` and `channels` where the file has them (`feature_shape` reads its shape back)
+    and `image_list_sha256`.
 
     Plain types only. `image_list_sha256` is computed from the file's ids (see
     `image_list_sha256`), so files made before it existed have one too.
@@ -278,8 +362,9 @@ def fingerprint(f: h5py.File) -> dict:
     attrs = read_attrs(f)
     out = {key: attrs.get(key) for key in MATCH_KEYS}
     out["num_images"] = int(attrs.get("num_images", f[FEATURES].shape[0]))
-    if "weights_path" in attrs:
-        out["weights_path"] = attrs["weights_path"]
+    for key in ("regions", "channels", "weights_path"):  # only files that have them
+        if key in attrs:
+            out[key] = attrs[key]
     out["image_list_sha256"] = image_list_sha256(read_image_ids(f))
     return out
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 FORBIDDEN = {
-    "sweep": {"extract"},
+    "sweep": set(),  # above every layer: the backbone axis runs extract/ before training
     "train": {"infer", "sweep"},
     "infer": {"train", "sweep"},
     "dataset": {"train", "infer", "sweep"},

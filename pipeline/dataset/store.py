@@ -44,7 +44,7 @@ class NonFiniteFeatures(UserError):
 
 
 def check_finite(grids: np.ndarray, rows: np.ndarray, path: str) -> None:
-    """Raise NonFiniteFeatures naming the first row of `grids` (n, 49, 2048) with nan/inf.
+    """Raise NonFiniteFeatures naming the first row of `grids` (n, R, C) with nan/inf.
 
     nan and inf are the values whose exponent bits are all set: testing those bits on an
     integer view is several times faster than np.isfinite on float16.
@@ -64,7 +64,7 @@ def check_finite(grids: np.ndarray, rows: np.ndarray, path: str) -> None:
 
 
 class FeatureStore:
-    """Reads (n, 49, 2048) grids by row: streamed from the file (opened lazily in each
+    """Reads (n, R, C) grids by row: streamed from the file (opened lazily in each
     process), or from a copy loaded once into RAM or onto a CUDA device (`cache`).
 
     `cache` is "stream", "ram" or "device" (`choose_cache` resolves "auto"); "device" needs
@@ -78,11 +78,12 @@ class FeatureStore:
         self.cache = "ram" if cache == "device" and not on_cuda else cache
         self._file = None
         self._pid = None
-        self._array: np.ndarray | None = None  # (N, 49, 2048) "ram"
-        self._tensor: torch.Tensor | None = None  # (N, 49, 2048) on `device`: "device"
+        self._array: np.ndarray | None = None  # (N, R, C) "ram"
+        self._tensor: torch.Tensor | None = None  # (N, R, C) on `device`: "device"
         with contract.open_h5(self.path) as f:
             dataset = f[contract.FEATURES]
             self.dtype = dataset.dtype
+            self.row_shape = dataset.shape[1:]  # (R, C)
             if self.cache == "ram":
                 self._array = _load_ram(dataset, self.path)
             elif self.cache == "device":
@@ -107,7 +108,7 @@ class FeatureStore:
         return self._file[contract.FEATURES]
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        """Grids of `rows` in the given order: (len(rows), 49, 2048) in the file's dtype.
+        """Grids of `rows` in the given order: (len(rows), R, C) in the file's dtype.
 
         Streamed reads go one image per call, front to back through the file.
         """
@@ -116,7 +117,7 @@ class FeatureStore:
         if self._array is not None:
             return self._array[rows]
         dataset = self._dataset()
-        out = np.empty((len(rows), contract.REGIONS, contract.CHANNELS), dtype=self.dtype)
+        out = np.empty((len(rows), *self.row_shape), dtype=self.dtype)
         for i in np.argsort(rows, kind="stable"):
             row = int(rows[i])
             dataset.read_direct(out, np.s_[row : row + 1], np.s_[i : i + 1])
@@ -124,7 +125,7 @@ class FeatureStore:
         return out
 
     def gather(self, rows: np.ndarray) -> torch.Tensor:
-        """Grids of `rows` as a tensor (len(rows), 49, 2048) in the file's dtype: on the
+        """Grids of `rows` as a tensor (len(rows), R, C) in the file's dtype: on the
         cache's device for "device" (one index_select, no host copy), else on the CPU."""
         if self._tensor is None:
             return torch.from_numpy(self.read(rows))
@@ -138,7 +139,7 @@ def _blocks(count: int) -> list[tuple[int, int]]:
 
 
 def _load_ram(dataset, path: str) -> np.ndarray:
-    """Every grid of `dataset` (N, 49, 2048) in RAM, checked finite block by block."""
+    """Every grid of `dataset` (N, R, C) in RAM, checked finite block by block."""
     try:
         array = np.empty(dataset.shape, dtype=dataset.dtype)
     except MemoryError:
@@ -150,7 +151,7 @@ def _load_ram(dataset, path: str) -> np.ndarray:
 
 
 def _load_device(dataset, path: str, device: torch.device) -> torch.Tensor:
-    """Every grid of `dataset` as one (N, 49, 2048) tensor on `device`, read and checked on
+    """Every grid of `dataset` as one (N, R, C) tensor on `device`, read and checked on
     the host a block at a time (host memory stays at one block)."""
     block = np.empty((min(_CHECK_ROWS, len(dataset)), *dataset.shape[1:]), dtype=dataset.dtype)
     try:
@@ -161,7 +162,7 @@ def _load_device(dataset, path: str, device: torch.device) -> torch.Tensor:
         rows = stop - start
         dataset.read_direct(block, np.s_[start:stop], np.s_[0:rows])
         check_finite(block[:rows], np.arange(start, stop), path)
-        out[start:stop].copy_(torch.from_numpy(block[:rows]))  # (rows, 49, 2048), synchronous
+        out[start:stop].copy_(torch.from_numpy(block[:rows]))  # (rows, R, C), synchronous
     return out
 
 

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from pipeline.capacity import available_memory, byte_count
 from pipeline.config import ModelConfig
+from pipeline.contract import LEGACY_SHAPE, FeatureShape
 from pipeline.decoder.lstm import CaptionDecoder
 from pipeline.decoder.transformer import TransformerDecoder
 from pipeline.decoder.vocab import Vocabulary
@@ -24,35 +25,60 @@ TRAINING_COPIES = 4  # what training on the CPU holds per parameter: weight, gra
 
 
 def build_decoder(
-    config: ModelConfig, vocab: Vocabulary, pretrained_embeddings: Tensor | None = None
+    config: ModelConfig,
+    vocab: Vocabulary,
+    pretrained_embeddings: Tensor | None = None,
+    shape: FeatureShape = LEGACY_SHAPE,
 ) -> nn.Module:
-    """A fresh decoder of `config.kind` for `vocab` (pretrained embeddings (V, E) optional)."""
+    """A fresh decoder of `config.kind` for `vocab` over grids of `shape` (the feature file's;
+    pretrained embeddings (V, E) optional)."""
     return DECODERS[config.kind](
-        len(vocab), config, pad_index=vocab.pad, pretrained_embeddings=pretrained_embeddings
+        len(vocab),
+        config,
+        pad_index=vocab.pad,
+        pretrained_embeddings=pretrained_embeddings,
+        **shape_arguments(config.kind, shape),
     )
 
 
-def parameter_count(config: ModelConfig, vocab: Vocabulary) -> int:
-    """How many parameters `build_decoder(config, vocab)` makes, allocating nothing.
+def shape_arguments(kind: str, shape: FeatureShape) -> dict:
+    """What a decoder of `kind` takes of the grid's shape: its channels (both kinds), and the
+    grid with the class token (the Transformer's 2-D position code)."""
+    if kind == "transformer":
+        return {"feature_dim": shape.channels, "grid": shape.grid, "class_token": shape.class_token}
+    return {"feature_dim": shape.channels}
+
+
+def parameter_count(
+    config: ModelConfig, vocab: Vocabulary, shape: FeatureShape = LEGACY_SHAPE
+) -> int:
+    """How many parameters `build_decoder(config, vocab, shape=shape)` makes, allocating nothing.
 
     One- and two-layer decoders are built on the meta device; the count is affine in
     `layers`, so any depth is counted without building its modules.
     """
-    one, two = (_meta_count(replace(config, layers=layers), vocab) for layers in (1, 2))
+    one, two = (_meta_count(replace(config, layers=layers), vocab, shape) for layers in (1, 2))
     return one + (config.layers - 1) * (two - one)
 
 
-def _meta_count(config: ModelConfig, vocab: Vocabulary) -> int:
+def _meta_count(config: ModelConfig, vocab: Vocabulary, shape: FeatureShape) -> int:
     with torch.device("meta"):
-        model = DECODERS[config.kind](len(vocab), config, pad_index=vocab.pad)
+        model = DECODERS[config.kind](
+            len(vocab), config, pad_index=vocab.pad, **shape_arguments(config.kind, shape)
+        )
     return model.parameter_counts()[0]
 
 
-def check_model_fits(config: ModelConfig, vocab: Vocabulary, device: torch.device) -> None:
+def check_model_fits(
+    config: ModelConfig,
+    vocab: Vocabulary,
+    device: torch.device,
+    shape: FeatureShape = LEGACY_SHAPE,
+) -> None:
     """UserError, naming the model.* sizes, when the decoder's parameters cannot fit in
     memory: the weights are built on the CPU (`WEIGHT_BYTES` each); training on the CPU also
     holds their gradients and Adam's moments there (`TRAINING_COPIES`)."""
-    count = parameter_count(config, vocab)
+    count = parameter_count(config, vocab, shape)
     copies = TRAINING_COPIES if device.type == "cpu" else 1
     needed, available = count * WEIGHT_BYTES * copies, available_memory()
     if needed > available:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import SECTIONS, Config, checkpoint_config
+from pipeline.contract import feature_shape
 from pipeline.decoder.build import build_decoder
 from pipeline.decoder.vocab import Vocabulary
 from pipeline.errors import UserError
@@ -206,7 +207,8 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     check_run(payload, path)
     config = checkpoint_config(payload["config"])
     vocab = Vocabulary(payload["vocab"], config.vocab.tokenizer)
-    model = build_decoder(config.model, vocab)
+    # the grid's shape from the features' fingerprint (older checkpoints: 7 x 7 x 2048)
+    model = build_decoder(config.model, vocab, shape=feature_shape(payload["features"]))
     load_weights(model, payload["model"], path)
     model.to(device).eval()
     return LoadedModel(

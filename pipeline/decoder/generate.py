@@ -57,7 +57,7 @@ def decode_features(
     memory_bytes: int = BEAM_MEMORY_BYTES,
     keep: int = 1,
 ) -> list[Decoded]:
-    """Decode a batch of grids (B, 49, 2048): greedy for beam 1, else batched beam search.
+    """Decode a batch of grids (B, R, C): greedy for beam 1, else batched beam search.
 
     `decoding.max_len` counts words; the decoders count steps, <eos> included. The beam is
     capped at the emittable vocabulary and run on chunks of images within `memory_bytes`.
@@ -84,7 +84,7 @@ def decode_features(
                     suppress=suppress,
                     keep=keep,
                 )
-            )  # (chunk, 49, 2048) in
+            )  # (chunk, R, C) in
         return results
 
 
@@ -103,7 +103,7 @@ def decode_rows(
     results: list[Decoded] = []
     for start in range(0, len(rows), decoding.batch_size):
         batch_rows = rows[start : start + decoding.batch_size]
-        features = store.gather(batch_rows).to(device)  # (b, 49, 2048)
+        features = store.gather(batch_rows).to(device)  # (b, R, C)
         results.extend(decode_features(model, features, vocab, decoding, beam_size))
     model.train(was_training)
     return results

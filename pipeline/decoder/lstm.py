@@ -1,6 +1,7 @@
-"""Show-Attend-Tell style caption decoder over cached ResNet50 grids (pure torch).
+"""Show-Attend-Tell style caption decoder over cached backbone grids (pure torch).
 
-The decoder reads a batch of (B, 49, 2048) feature grids, attends over the 49 regions at every
+The decoder reads a batch of (B, R, C) feature grids (ResNet50: (B, 49, 2048); C is the
+feature file's, `feature_dim`), attends over the R regions at every
 step and predicts the next word with an LSTM cell. `encode` computes the image side of the
 attention once per batch; `step` is one decoding step and is shared by teacher-forced training
 (`forward`) and by greedy / beam decoding (`pipeline.decoder.decode`). Device-agnostic (CPU, CUDA)
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.config import ModelConfig
+from pipeline.contract import CHANNELS
 from pipeline.decoder.embeddings import copy_pretrained
 from pipeline.decoder.loss import target_mask
 
@@ -28,7 +30,7 @@ UNIFORM_INIT = 0.1  # model.init = "uniform": embedding and output weights ~ U(-
 class Encoded:
     """A batch of images ready for decoding: the grids and the attention's image side."""
 
-    features: Tensor  # (B, R, D) float32 (the autocast dtype under autocast), R = 49 regions
+    features: Tensor  # (B, R, D) float32 (the autocast dtype under autocast), R regions
     projected: Tensor  # (B, R, A) additive attention, (B, R, 1) linear attention: W_f·features
 
     def index_select(self, index: Tensor) -> Encoded:
@@ -98,7 +100,7 @@ class CaptionDecoder(nn.Module):
         self,
         vocab_size: int,
         config: ModelConfig,
-        feature_dim: int = 2048,
+        feature_dim: int = CHANNELS,
         pad_index: int = 0,
         pretrained_embeddings: Tensor | None = None,
     ):
@@ -112,10 +114,10 @@ class CaptionDecoder(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embed, padding_idx=pad_index)
         self.init_tanh = config.init_state_tanh
         self.embedding.weight.requires_grad_(not config.freeze_embeddings)
-        # LayerNorm over each region's 2048 channels: random-init grids reach |x| ~ 300 and
+        # LayerNorm over each region's C channels: random-init grids reach |x| ~ 300 and
         # ImageNet ones vary by image; normalised grids keep tanh/sigmoid out of saturation.
         # No affine part: every consumer of the grid is linear (W_f, init_h/c, the LSTM input)
-        # and absorbs a scale and shift, and without parameters the (B, 49, 2048) grid needs
+        # and absorbs a scale and shift, and without parameters the (B, R, C) grid needs
         # no gradient (that gradient was ~40% of a CPU epoch).
         self.feature_norm = (
             nn.LayerNorm(feature_dim, elementwise_affine=False) if config.feature_norm else None
@@ -148,7 +150,7 @@ class CaptionDecoder(nn.Module):
             weight[self.pad_index].zero_()
 
     def encode(self, features: Tensor) -> Encoded:
-        """(B, 49, D) float16/32 -> Encoded: the grids (float32, or the autocast dtype under
+        """(B, R, D) float16/32 -> Encoded: the grids (float32, or the autocast dtype under
         autocast) and the attention's image side."""
         features = features.float()  # (B, R, D)
         if self.feature_norm is not None:
@@ -204,7 +206,7 @@ class CaptionDecoder(nn.Module):
         self, features: Tensor, image_index: Tensor, captions: Tensor, lengths: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Teacher forcing as `CaptionDecoderProtocol.forward` states (packed logits (N, V),
-        alphas (B, T-1, 49)); only the recurrence runs step by step.
+        alphas (B, T-1, R)); only the recurrence runs step by step.
 
         Rows are sorted by length and step t runs the LSTM on the rows still active only; the
         embedding's share of the gates and the output projection run once, outside the loop.

@@ -3,7 +3,8 @@
 A decoder reads a batch of cached grids, encodes it once, then predicts one word per step.
 Decoding code (`pipeline.decoder.decode`) is written once against this protocol; a decoder
 kind (LSTM, Transformer) plugs in by implementing it. Shapes: B rows (images, or images x
-beams), R = 49 regions, D = 2048 channels, V = vocabulary size.
+beams), R regions of D channels (the feature file's: ResNet50's 49 x 2048), V = vocabulary
+size.
 
 The recurrent state is a tuple of tensors whose first dimension is the batch: decoding
 selects, repeats and reorders rows of it with `index_select(0, rows)` alone. An LSTM keeps

@@ -1,14 +1,16 @@
-"""Transformer caption decoder over the 7x7 grid of cached ResNet50 features (pure torch).
+"""Transformer caption decoder over the grid of cached backbone features (pure torch).
 
-Words attend to earlier words (masked self-attention) and to the 49 image regions
-(cross-attention) in `model.layers` pre-norm decoder layers of width d = `model.embed_dim`:
+Words attend to earlier words (masked self-attention) and to the R image regions
+(cross-attention; ResNet50: a 7x7 grid, 49 regions; the feature file gives the grid and its
+channels) in `model.layers` pre-norm decoder layers of width d = `model.embed_dim`:
 
     x = word embedding + learned position embedding
     per layer: x += SelfAttn(LN(x)); x += CrossAttn(LN(x), regions); x += FF(LN(x))
     logits = LN(x) · E^T + b (tied to the word embedding E) or a Linear (untied)
 
-The regions are LayerNorm(2048) (`model.feature_norm`, as the LSTM) -> Linear(2048, d)
-(+ a learned 2-D position code, row + column, if `model.grid_positions`) -> LayerNorm(d).
+The regions are LayerNorm(C) (`model.feature_norm`, as the LSTM) -> Linear(C, d)
+(+ a learned 2-D position code, row + column over the file's grid x grid cells, and one
+vector for a kept class token, if `model.grid_positions`) -> LayerNorm(d).
 `encode` computes every layer's cross-attention keys and values once per batch. The decoding
 state is the self-attention key/value cache, one (keys, values) pair per layer, each
 (B, heads, t, d / heads): a step attends over the cache, so it costs O(t), and greedy and beam
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.config import ModelConfig
-from pipeline.contract import GRID, REGIONS
+from pipeline.contract import CHANNELS, GRID
 from pipeline.decoder.embeddings import copy_pretrained
 from pipeline.decoder.loss import target_mask
 
@@ -134,18 +136,22 @@ def _causal_mask(steps: int, total: int, device: torch.device) -> Tensor | None:
 
 
 class TransformerDecoder(nn.Module):
-    """Pre-norm Transformer decoder over the 49 regions with a key/value cache for decoding."""
+    """Pre-norm Transformer decoder over the regions with a key/value cache for decoding."""
 
     def __init__(
         self,
         vocab_size: int,
         config: ModelConfig,
-        feature_dim: int = 2048,
+        feature_dim: int = CHANNELS,
         pad_index: int = 0,
         pretrained_embeddings: Tensor | None = None,
+        grid: int = GRID,
+        class_token: bool = False,
     ):
         """`pretrained_embeddings` (V, embed_dim) rows aligned to the vocabulary; with
-        `config.tied_output` they are the output projection too (frozen if the embedding is)."""
+        `config.tied_output` they are the output projection too (frozen if the embedding is).
+        `feature_dim` (C), `grid` and `class_token` are the feature file's shape: regions are
+        grid * grid cells, row-major, then the class token if kept."""
         super().__init__()
         width = config.embed_dim
         self.vocab_size = vocab_size
@@ -154,18 +160,23 @@ class TransformerDecoder(nn.Module):
         self.positions = nn.Parameter(torch.randn(config.max_positions, width) * width**-0.5)
         self._init_embedding(pretrained_embeddings, pad_index)
         self.embedding.weight.requires_grad_(not config.freeze_embeddings)
-        # LayerNorm over each region's 2048 channels, no affine part (see lstm.CaptionDecoder).
+        # LayerNorm over each region's C channels, no affine part (see lstm.CaptionDecoder).
         self.feature_norm = (
             nn.LayerNorm(feature_dim, elementwise_affine=False) if config.feature_norm else None
         )
         self.region_proj = nn.Linear(feature_dim, width)
         self.grid_rows, self.grid_cols = (
             (
-                nn.Parameter(torch.randn(GRID, 1, width) * width**-0.5),
-                nn.Parameter(torch.randn(1, GRID, width) * width**-0.5),
+                nn.Parameter(torch.randn(grid, 1, width) * width**-0.5),
+                nn.Parameter(torch.randn(1, grid, width) * width**-0.5),
             )
             if config.grid_positions
             else (None, None)
+        )
+        self.token_position = (
+            nn.Parameter(torch.randn(1, width) * width**-0.5)
+            if config.grid_positions and class_token
+            else None
         )
         self.region_norm = nn.LayerNorm(width)
         self.layers = nn.ModuleList(
@@ -187,19 +198,25 @@ class TransformerDecoder(nn.Module):
             weight[pad_index].zero_()
 
     def encode(self, features: Tensor) -> TransformerEncoded:
-        """(B, 49, D) float16/32 -> every layer's cross-attention keys and values."""
+        """(B, R, D) float16/32 -> every layer's cross-attention keys and values."""
         features = features.float()  # (B, R, D)
         if self.feature_norm is not None:
             features = self.feature_norm(features)
         regions = self.region_proj(features)  # (B, R, d)
         if self.grid_rows is not None:
-            grid = (self.grid_rows + self.grid_cols).reshape(REGIONS, -1)  # (R, d) row-major
-            regions = regions + grid
+            regions = regions + self.region_positions()
         regions = self.dropout(self.region_norm(regions))  # (B, R, d)
         pairs = [layer.memory(regions) for layer in self.layers]  # L x 2 x (B, H, R, dh)
         return TransformerEncoded(
             torch.stack([k for k, _ in pairs], dim=1), torch.stack([v for _, v in pairs], dim=1)
         )
+
+    def region_positions(self) -> Tensor:
+        """(R, d): row + column code of each cell, row-major, then the class token's vector."""
+        cells = (self.grid_rows + self.grid_cols).flatten(0, 1)  # (grid * grid, d)
+        if self.token_position is None:
+            return cells
+        return torch.cat([cells, self.token_position])  # (grid * grid + 1, d)
 
     def init_state(self, encoded: TransformerEncoded) -> State:
         """The empty cache: (keys, values) per layer, each (B, H, 0, d / H)."""
@@ -219,7 +236,7 @@ class TransformerDecoder(nn.Module):
         self, features: Tensor, image_index: Tensor, captions: Tensor, lengths: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Teacher forcing as `CaptionDecoderProtocol.forward` states (packed logits (N, V),
-        alphas (B, T-1, 49)), every step at once under the causal mask.
+        alphas (B, T-1, R)), every step at once under the causal mask.
 
         Padding sits after the real tokens, so the causal mask already keeps it out of every
         real step.

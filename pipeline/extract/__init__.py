@@ -1,1 +1,1 @@
-"""Stage one: images -> frozen ResNet50 -> (N, 49, 2048) grids in HDF5 (see pipeline.contract)."""
+"""Stage one: images -> frozen backbone -> (N, R, C) grids in HDF5 (see pipeline.contract)."""

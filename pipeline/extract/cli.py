@@ -1,4 +1,5 @@
-"""`captioner extract`: cache ResNet50 grids of a folder of images in one HDF5 file.
+"""`captioner extract`: cache a backbone's grids (features.backbone, ResNet50 by default) of a
+folder of images in one HDF5 file.
 
 Values come from the defaults, then `--config FILE` ([data] captions/images/format and
 [features]), then `--set section.key=value`, then the explicit flags (highest priority).
@@ -29,7 +30,10 @@ EXIT_INTERRUPTED = 130
 @click.option("--images", help="Images folder (image names in captions are relative to it).")
 @click.option("--captions", help="Caption file: extract only the images it names.")
 @click.option("--out", help="Output feature file (.h5). Default: features.path.")
-@click.option("--weights", help="imagenet | none | PATH to a resnet50 state_dict.")
+@click.option(
+    "--weights",
+    help="imagenet | none | PATH to a state_dict of features.backbone's torchvision model.",
+)
 @click.option("--device", type=click.Choice(DEVICES), help="auto: cuda when available.")
 @click.option(
     "--precision",
@@ -73,7 +77,10 @@ def extract_command(
     overrides,
     quiet,
 ) -> None:
-    """Run a frozen ResNet50 once over every image; write (N, 49, 2048) grids to HDF5.
+    """Run a frozen backbone once over every image; write (N, R, C) grids to HDF5.
+
+    features.backbone picks it (resnet50 by default: 7x7x2048; --set
+    features.backbone=convnext_tiny, ...), features.grid the cells per side.
 
     Rerunning the same command finishes an interrupted file; a complete one is left as is.
     """

@@ -6,7 +6,7 @@ automatically when extracting on CUDA (`ExtractJob.device_decode`):
 - Decode workers read each file (regular files only, as on the CPU path) and send its bytes
   when it is a plain JPEG the device decoder handles exactly like the policy wants: RGB or
   grayscale, no EXIF rotation, a size the policy accepts (`size_problem`). Anything else
-  (CMYK, rotated, PNG, GIF, ...) is decoded on the CPU per `POLICY` in the worker, as before.
+  (CMYK, rotated, PNG, GIF, ...) is decoded on the CPU per the policy in the worker, as before.
 - The main process decodes a batch's JPEG bytes on the device (`decode_jpegs`), resizes and
   crops each image there (`resize_crop_tensor`), and falls back to the CPU path per image for
   what the device decoder refuses (counted in `DecodeStats`, reported by extract).
@@ -38,11 +38,13 @@ import torch
 from PIL import Image
 
 from pipeline.extract.images import (
-    IMAGE_SIZE,
+    DEFAULT,
     NO_STAMP,
     ImageBatch,
     ImageDataset,
     ImageError,
+    Preprocessing,
+    empty_images,
     image_stamp,
     open_regular,
     preprocess_image,
@@ -74,10 +76,10 @@ class DecodeStats:
 
 
 class RawItem(NamedTuple):
-    """One item: row, a decoded (3, 224, 224) uint8 image or JPEG bytes (L,) uint8, or None."""
+    """One item: row, a decoded (3, S, S) uint8 image or JPEG bytes (L,) uint8, or None."""
 
     row: int
-    data: torch.Tensor | None
+    data: torch.Tensor | None  # (3, S, S) uint8 decoded, or (L,) uint8 JPEG bytes
     is_jpeg: bool  # True: `data` holds the file's bytes, to decode on the device
     error: str
     stamp: tuple[int, int]
@@ -87,7 +89,7 @@ class RawBatch(NamedTuple):
     """A collated batch: decoded images, JPEG bytes, failures and stamps, each with rows."""
 
     decoded_rows: list[int]
-    decoded: list[torch.Tensor]  # (3, 224, 224) uint8 each
+    decoded: list[torch.Tensor]  # (3, S, S) uint8 each
     jpeg_rows: list[int]
     jpegs: list[torch.Tensor]  # (L,) uint8 each
     failures: list[tuple[int, str]]
@@ -95,30 +97,30 @@ class RawBatch(NamedTuple):
     paths: dict[int, Path]  # row -> image path, for the per-image CPU fallback
 
 
-def read_for_device(path: Path) -> tuple[torch.Tensor, bool]:
+def read_for_device(path: Path, pre: Preprocessing = DEFAULT) -> tuple[torch.Tensor, bool]:
     """(the file's bytes, True) for a JPEG the device decodes per policy; else the image
-    decoded on the CPU per `POLICY` and False. ImageError if unusable."""
+    decoded on the CPU per the policy of `pre` and False. ImageError if unusable."""
     try:
         with open_regular(path) as handle:
             data = handle.read()
     except ImageError:
         raise
     except OSError:
-        return preprocess_image(path), False  # the CPU path words the reason
+        return preprocess_image(path, pre), False  # the CPU path words the reason
     if data[:2] == b"\xff\xd8":
         try:
             with Image.open(io.BytesIO(data)) as img:
                 plain = (
                     img.format == "JPEG"
                     and img.mode in _DEVICE_MODES
-                    and not size_problem(img.size)  # else the CPU path words the refusal
+                    and not size_problem(img.size, pre.resize)  # else the CPU path words it
                     and img.getexif().get(_EXIF_ORIENTATION, 1) == 1
                 )
         except Exception:  # let the CPU path decide and word the failure
             plain = False
         if plain:
             return torch.frombuffer(bytearray(data), dtype=torch.uint8), True  # (L,)
-    return preprocess_image(path), False
+    return preprocess_image(path, pre), False
 
 
 class RawImageDataset(ImageDataset):
@@ -130,7 +132,7 @@ class RawImageDataset(ImageDataset):
         try:
             path = resolve_image_path(self.root, self.names[row])
             stamp = image_stamp(path)
-            data, is_jpeg = read_for_device(path)
+            data, is_jpeg = read_for_device(path, self.pre)
             return RawItem(row, data, is_jpeg, "", stamp)
         except ImageError as exc:
             return RawItem(row, None, False, str(exc), stamp)
@@ -151,10 +153,13 @@ def collate_raw(items: list[RawItem], root: Path, names: list[str]) -> RawBatch:
 
 
 def decode_on_device(
-    batch: RawBatch, device: torch.device, stats: DecodeStats | None = None
+    batch: RawBatch,
+    device: torch.device,
+    stats: DecodeStats | None = None,
+    pre: Preprocessing = DEFAULT,
 ) -> ImageBatch:
-    """RawBatch -> ImageBatch with uint8 (K, 3, 224, 224) images on `device`, rows ascending;
-    `stats` counts the JPEGs that fell back to the CPU path."""
+    """RawBatch -> ImageBatch with uint8 (K, 3, S, S) images on `device` (resized and cropped
+    per `pre`), rows ascending; `stats` counts the JPEGs that fell back to the CPU path."""
     images = {
         row: image.to(device, non_blocking=True)
         for row, image in zip(batch.decoded_rows, batch.decoded, strict=True)
@@ -165,23 +170,19 @@ def decode_on_device(
             if stats is not None:
                 stats.fallbacks += 1
             try:
-                image = preprocess_image(batch.paths[row]).to(device)
+                image = preprocess_image(batch.paths[row], pre).to(device)
             except ImageError as exc:
                 failures.append((row, str(exc)))
                 continue
         else:
             try:
-                image = resize_crop_tensor(image)  # (3, 224, 224) uint8 on device
+                image = resize_crop_tensor(image, pre)  # (3, S, S) uint8 on device
             except (MemoryError, torch.OutOfMemoryError):
                 failures.append((row, "out of memory while resizing it on the device"))
                 continue
         images[row] = image
     rows = sorted(images)
-    stacked = (
-        torch.stack([images[row] for row in rows])
-        if rows
-        else torch.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, device=device)
-    )
+    stacked = torch.stack([images[row] for row in rows]) if rows else empty_images(pre, device)
     return ImageBatch(rows, stacked, sorted(failures), batch.stamps)
 
 

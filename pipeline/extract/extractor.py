@@ -42,12 +42,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline import contract, output
+from pipeline.backbones import BACKBONES, DEFAULT_BACKBONE, backbone
 from pipeline.capacity import DISK_FULL, require_space
 from pipeline.captions.readers import read_captions
 from pipeline.device import AUTOCAST_DTYPES, cpu_has_native_bf16
 from pipeline.errors import UserError
 from pipeline.extract.backbone import (
-    BACKBONE,
     GridEncoder,
     WeightsSource,
     build_backbone,
@@ -60,17 +60,17 @@ from pipeline.extract.device_decode import (
     decode_on_device,
 )
 from pipeline.extract.images import (
-    IMAGE_SIZE,
-    MEAN,
-    POLICY,
-    STD,
+    DEFAULT,
     ImageDataset,
     ImageError,
+    Preprocessing,
     collate_images,
+    empty_images,
     image_stamp,
     list_image_files,
     normalize_batch,
     preprocess_image,
+    preprocessing_for,
     resolve_image_path,
 )
 
@@ -97,34 +97,46 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 class FeatureEncoder:
-    """Backbone + device + precision + storage dtype: uint8 image batches -> stored features.
+    """Backbone + preprocessing + device + precision + storage dtype: uint8 image batches ->
+    stored features of `shape`.
 
     Caption-time extraction of new images uses `FeatureEncoder.from_attrs(file_attrs, device)`
     and `encode_paths` to get features made exactly like the file's.
     """
 
     def __init__(
-        self, model: GridEncoder, device: torch.device, precision: str, dtype: str
+        self,
+        model: GridEncoder,
+        device: torch.device,
+        precision: str,
+        dtype: str,
+        pre: Preprocessing = DEFAULT,
+        shape: contract.FeatureShape = contract.LEGACY_SHAPE,
     ) -> None:
         self.model = model
         self.device = device
         self.precision = precision
         self.dtype = dtype
+        self.pre = pre
+        self.shape = shape
 
     @classmethod
     def from_attrs(
         cls, attrs: dict, device: torch.device | str, weights_path: str | None = None
     ) -> FeatureEncoder:
-        """The encoder a feature file was made with (same weights, policy, precision, dtype)."""
+        """The encoder a feature file was made with (same backbone, weights, policy, grid,
+        precision, dtype)."""
         check_policy(attrs)
         device = torch.device(device)
         model = build_backbone_from_attrs(attrs, device, weights_path)
-        return cls(model, device, str(attrs["precision"]), str(attrs["dtype"]))
+        pre = preprocessing_for(str(attrs["backbone"]))
+        shape = contract.feature_shape(attrs)
+        return cls(model, device, str(attrs["precision"]), str(attrs["dtype"]), pre, shape)
 
     def encode(self, images: torch.Tensor) -> np.ndarray:
-        """uint8 (B, 3, 224, 224) -> (B, 49, 2048) numpy array in the storage dtype."""
+        """uint8 (B, 3, S, S) -> (B, R, C) numpy array in the storage dtype."""
         if images.shape[0] == 0:
-            return np.zeros((0, contract.REGIONS, contract.CHANNELS), dtype=self.dtype)
+            return np.zeros((0, self.shape.regions, self.shape.channels), dtype=self.dtype)
         with (
             torch.inference_mode(),
             torch.autocast(
@@ -133,42 +145,72 @@ class FeatureEncoder:
                 enabled=self.precision in AUTOCAST_DTYPES,
             ),
         ):
-            x = normalize_batch(images, self.device)  # (B, 3, 224, 224) float32, channels_last
-            grid = self.model(x)  # (B, 49, 2048) in the autocast dtype
+            x = normalize_batch(images, self.device, self.pre)  # (B, 3, S, S) float32
+            grid = self.model(x)  # (B, R, C) in the autocast dtype
             return grid.to(getattr(torch, self.dtype)).cpu().numpy()
 
     def encode_paths(self, paths: Sequence[str | Path]) -> tuple[np.ndarray, dict[int, str]]:
-        """Image files -> (features (K, 49, 2048) of the K usable ones in order, {index: reason})."""
+        """Image files -> (features (K, R, C) of the K usable ones in order, {index: reason})."""
         images, errors = [], {}
         for index, path in enumerate(paths):
             try:
-                images.append(preprocess_image(path))  # (3, 224, 224) uint8
+                images.append(preprocess_image(path, self.pre))  # (3, S, S) uint8
             except ImageError as exc:
                 errors[index] = str(exc)
         if not images:
-            return self.encode(
-                torch.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-            ), errors
-        return self.encode(torch.stack(images)), errors  # (K, 49, 2048)
+            return self.encode(empty_images(self.pre)), errors
+        return self.encode(torch.stack(images)), errors  # (K, R, C)
+
+
+def native_grid(name: str) -> int:
+    """Cells per side of backbone `name`'s own grid at its crop size (7 for the CNNs at 224,
+    14 for vit_b_16)."""
+    return preprocessing_for(name).crop // backbone(name).stride
+
+
+def resolve_grid(name: str, grid: int) -> int:
+    """features.grid for backbone `name`: 0 is its own grid; UserError for a grid finer than
+    its own (pooling never makes cells)."""
+    own = native_grid(name)
+    if grid == 0:
+        return own
+    if grid > own:
+        raise UserError(
+            f"features.grid {grid} is finer than {name}'s own grid ({own}x{own}): choose "
+            f"1..{own} (0 = {own})"
+        )
+    return grid
+
+
+def extractor_attrs(name: str, grid: int, class_token: bool) -> dict:
+    """The attrs that say how a backbone's features are made: backbone, its preprocessing
+    (image_size, resize, mean, std) and the shape (grid, regions, channels, class_token)."""
+    shape = contract.FeatureShape(grid, backbone(name).channels, class_token)
+    return {"backbone": name, **preprocessing_for(name).attrs(), **shape.attrs()}
 
 
 def check_policy(attrs: dict) -> None:
-    """UserError unless a file's preprocessing attrs are the ones this code implements."""
-    if str(attrs.get("backbone", "")).startswith(contract.TESTBED_PREFIX):
+    """UserError unless a file's backbone is one this code builds and its preprocessing and
+    shape attrs are the ones this code makes for it."""
+    name = str(attrs.get("backbone", ""))
+    if name.startswith(contract.TESTBED_PREFIX):
         raise UserError(
             f"these features are a testbed's ({attrs['backbone']}), written without images: "
             "no image encoder makes them; caption images with a model trained on extracted "
             "features"
         )
-    ours = {
-        "image_size": IMAGE_SIZE,
-        "resize": POLICY,
-        "mean": list(MEAN),
-        "std": list(STD),
-        "backbone": BACKBONE,
-        "grid": contract.GRID,
-    }
+    if name not in BACKBONES:
+        raise UserError(
+            f"features were made with backbone {name!r}, which this code does not build "
+            f"(it builds {', '.join(BACKBONES)})"
+        )
+    shape = contract.feature_shape(attrs)
+    ours = extractor_attrs(name, shape.grid, shape.class_token)
+    if "regions" not in attrs:  # a file made before shape attrs: 7 x 7 x 2048 by definition
+        ours = {k: v for k, v in ours.items() if k not in ("regions", "channels")}
     diff = contract.fingerprint_mismatch(ours, attrs, tuple(ours))
+    if not diff and shape.grid > native_grid(name):
+        diff = [f"grid: {shape.grid} (finer than {name}'s own {native_grid(name)})"]
     if diff:
         raise UserError(
             "features were made with another preprocessing/backbone than this "
@@ -187,6 +229,9 @@ class ExtractJob:
     device: torch.device
     precision: str  # resolved: fp32 | bf16 | fp16
     dtype: str  # float16 | float32
+    backbone: str = DEFAULT_BACKBONE  # a name of pipeline/backbones.py's table
+    grid: int = contract.GRID  # resolved (`resolve_grid`): cells per side
+    class_token: bool = False  # keep a ViT's class token as region R-1
     batch_size: int = 32
     workers: int = 1
     overwrite: bool = False
@@ -194,6 +239,16 @@ class ExtractJob:
     strict: bool = False  # exit 1 when images failed or caption names were rejected
     device_decode: bool | None = None  # JPEGs decoded on `device`; None: on CUDA only
     rejected: list[tuple[str, str]] = field(default_factory=list)  # unsafe caption names
+
+    @property
+    def shape(self) -> contract.FeatureShape:
+        """The shape of each row the job writes."""
+        return contract.FeatureShape(self.grid, backbone(self.backbone).channels, self.class_token)
+
+    @property
+    def pre(self) -> Preprocessing:
+        """The backbone's preprocessing."""
+        return preprocessing_for(self.backbone)
 
     @property
     def decodes_on_device(self) -> bool:
@@ -250,13 +305,8 @@ def list_images(
 def feature_attrs(job: ExtractJob) -> dict:
     """The attrs a new feature file for `job` gets (contract.MATCH_KEYS plus provenance)."""
     attrs = {
-        "backbone": BACKBONE,
+        **extractor_attrs(job.backbone, job.grid, job.class_token),
         "weights": job.weights.tag,
-        "image_size": IMAGE_SIZE,
-        "resize": POLICY,
-        "mean": list(MEAN),
-        "std": list(STD),
-        "grid": contract.GRID,
         "dtype": job.dtype,
         "precision": job.precision,
         "versions": {
@@ -305,15 +355,15 @@ def _is_hdf5(path: Path) -> bool:
 def check_free_space(job: ExtractJob, state: str) -> None:
     """UserError when what is left to write of `job.out` cannot fit on its disk or under the
     file size limit (`ulimit -f`), with both numbers. `state` is check_output's answer."""
-    final = final_size(len(job.names), job.dtype)
+    final = final_size(len(job.names), job.dtype, job.shape)
     allocated = _allocated_bytes(job.out)  # freed by --overwrite, or already written by a resume
     needed = max(0, final - allocated) if state == "resume" else final
     require_space(job.out, needed, final, freed=allocated if state == "new" else 0)
 
 
-def final_size(rows: int, dtype: str) -> int:
-    """Upper bound of a finished feature file's size in bytes: grids plus a margin."""
-    return rows * (contract.row_bytes(dtype) + SPACE_PER_ROW_BYTES) + SPACE_MARGIN_BYTES
+def final_size(rows: int, dtype: str, shape: contract.FeatureShape = contract.LEGACY_SHAPE) -> int:
+    """Upper bound of a finished feature file's size in bytes: grids of `shape` plus a margin."""
+    return rows * (contract.row_bytes(dtype, shape) + SPACE_PER_ROW_BYTES) + SPACE_MARGIN_BYTES
 
 
 def _allocated_bytes(path: Path) -> int:
@@ -421,13 +471,14 @@ class RowFile:
         with contract.open_h5(path) as f:
             features = f[contract.FEATURES]
             self.dtype = features.dtype
+            self.shape = features.shape[1:]  # (R, C)
             self.row_offsets = _chunk_offsets(features, path)  # (N,) int64
             self.offsets = {
                 name: _contiguous_offset(f, name, path)
                 for name in (contract.STATUS, *contract.STAMPS)
                 if name in f
             }
-        self.row_bytes = contract.row_bytes(self.dtype)
+        self.row_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -440,7 +491,7 @@ class RowFile:
         os.close(self.fd)
 
     def write_features(self, rows: list[int], features: np.ndarray) -> None:
-        """features (K, 49, 2048) -> rows `rows` (ascending), one pwrite per run of rows."""
+        """features (K, R, C) -> rows `rows` (ascending), one pwrite per run of rows."""
         data = np.ascontiguousarray(features, dtype=self.dtype)
         for row_start, row_stop, i, j in contiguous_runs(rows):
             offsets = self.row_offsets[row_start:row_stop]
@@ -466,7 +517,7 @@ def _chunk_offsets(features: h5py.Dataset, path: Path) -> np.ndarray:
     n = features.shape[0]
     offsets = np.full(n, -1, dtype=np.int64)
     if (
-        features.chunks == (1, contract.REGIONS, contract.CHANNELS)
+        features.chunks == (1, *features.shape[1:])
         and not features.is_virtual
         and features.compression is None
     ):
@@ -522,7 +573,7 @@ class FeatureWriter(threading.Thread):
         failures: list[tuple[int, str]],
         stamps: dict[int, tuple[int, int]],
     ) -> None:
-        """Queue one batch: rows (ascending) with features (K, 49, 2048), failed rows, and
+        """Queue one batch: rows (ascending) with features (K, R, C), failed rows, and
         every row's (size, mtime_ns) stamp."""
         self.queue.put((rows, features, failures, stamps))
 
@@ -597,9 +648,8 @@ def run_extraction(job: ExtractJob) -> ExtractResult:
     if job.weights.warning:
         output.warn(job.weights.warning)
     with torch_threads(job.device):
-        encoder = FeatureEncoder(
-            build_backbone(job.weights, job.device), job.device, job.precision, job.dtype
-        )
+        model = build_backbone(job.weights, job.device, job.backbone, job.grid, job.class_token)
+        encoder = FeatureEncoder(model, job.device, job.precision, job.dtype, job.pre, job.shape)
         if state == "new":
             create_output(job, attrs)
         with contract.open_h5(job.out) as f:
@@ -618,10 +668,11 @@ def _loader(job: ExtractJob, todo: list[int]) -> DataLoader:
     """Decode workers -> batches of uint8 images (or JPEG bytes to decode on the device);
     pinned memory for CUDA copies."""
     if job.decodes_on_device:
-        dataset = RawImageDataset(job.images_root, job.names, todo)
+        dataset = RawImageDataset(job.images_root, job.names, todo, job.pre)
         collate = functools.partial(collate_raw, root=job.images_root, names=job.names)
     else:
-        dataset, collate = ImageDataset(job.images_root, job.names, todo), collate_images
+        dataset = ImageDataset(job.images_root, job.names, todo, job.pre)
+        collate = collate_images
     return DataLoader(
         dataset,
         batch_size=job.batch_size,
@@ -653,8 +704,8 @@ def _extract_rows(
                 if writer.error is not None:
                     break
                 if job.decodes_on_device:
-                    batch = decode_on_device(batch, job.device, stats)  # (K, 3, 224, 224)
-                features = encoder.encode(batch.images)  # (K, 49, 2048) storage dtype
+                    batch = decode_on_device(batch, job.device, stats, job.pre)  # (K, 3, S, S)
+                features = encoder.encode(batch.images)  # (K, R, C) storage dtype
                 rows, features, failures = drop_non_finite(batch.rows, features, batch.failures)
                 writer.put(rows, features, failures, batch.stamps)
                 bar.update(len(batch.rows) + len(batch.failures))

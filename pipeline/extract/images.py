@@ -1,7 +1,11 @@
-"""Image files -> uint8 (3, 224, 224) tensors under ONE preprocessing policy (`POLICY`).
+"""Image files -> uint8 (3, S, S) tensors under one preprocessing policy per backbone.
 
-The policy, in order (recorded in every feature file as the `resize` attr, so stage two and
-`caption` can refuse features made another way):
+A backbone's `Preprocessing` (`preprocessing_for`) takes its sizes, interpolation, mean and
+std from the transforms its torchvision weights declare (`weights.transforms()`: resize_size,
+crop_size, interpolation, mean, std), the same with `weights = "none"`; ResNet50's are 256,
+224, bilinear, ImageNet's mean/std (`DEFAULT`). The policy, in order (recorded in every
+feature file as the `resize` attr, `Preprocessing.policy`, so stage two and `caption` can
+refuse features made another way), with ResNet50's numbers:
 
 1. JPEG draft mode: the decoder is asked for the smallest DCT scale (1/2, 1/4, 1/8) that keeps
    BOTH sides >= 256 px, so the shorter side stays >= 256 and no detail the resize keeps is lost
@@ -18,11 +22,12 @@ The policy, in order (recorded in every feature file as the `resize` attr, so st
    Too thin: an image whose aspect ratio is beyond 50:1, or whose resized size (step 5) would
    exceed 4 M px, is rejected from its header, before anything is allocated (a 192 KB
    32 x 2,000,000 PNG would resize to 16 GB). Neither rule changes an accepted image's pixels,
-   so `POLICY` (what a feature file records) is unchanged.
+   so the policy text (what a feature file records) does not mention them.
 5. Resize so the shorter side is 256 (torchvision `resize` on the PIL image: bilinear,
-   antialiased), centre crop 224x224, uint8 CHW tensor.
-6. Normalisation ((x / 255 - mean) / std, ImageNet mean/std) is done later on whole batches on
-   the model's device (`normalize_batch`): uint8 crosses the DataLoader, 4x less IPC than float.
+   antialiased; swin_t's weights declare bicubic), centre crop 224x224, uint8 CHW tensor.
+6. Normalisation ((x / 255 - mean) / std, the weights' mean/std) is done later on whole batches
+   on the model's device (`normalize_batch`): uint8 crosses the DataLoader, 4x less IPC than
+   float.
 
 Pillow's decompression-bomb guard stays on and truncated files are NOT loaded: both, like a
 missing file or a file that is not an image (or one that runs out of memory), are per-image
@@ -35,9 +40,11 @@ folder, a name whose symlinks resolve outside the folder is refused like `../x.j
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,22 +53,76 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
+from torchvision.models import get_weight
 from torchvision.transforms import InterpolationMode
 
+from pipeline.backbones import BACKBONES, DEFAULT_BACKBONE, backbone
 from pipeline.captions.readers import unsafe_name_reason
 
-RESIZE = 256
-IMAGE_SIZE = 224
 MIN_SIDE = 32
 MAX_ASPECT = 50  # longer side / shorter side
 MAX_RESIZED_PIXELS = 4_000_000  # pixels of the image after step 5, before the crop
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-POLICY = (
-    "captioner-v1: jpeg draft (both sides >= 256); exif_transpose; RGB (alpha on white, "
-    "16-bit round(v/257), first frame); reject shorter side < 32; shorter side -> 256 "
-    "bilinear antialias; centre crop 224; uint8; (x/255 - mean)/std on the batch"
-)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Steps 5 and 6 of the policy for one backbone: shorter side -> `resize`, centre crop
+    `crop` x `crop`, then (x / 255 - mean) / std."""
+
+    resize: int
+    crop: int
+    interpolation: str  # an InterpolationMode value: "bilinear" | "bicubic"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def mode(self) -> InterpolationMode:
+        """The interpolation as torchvision's enum."""
+        return InterpolationMode(self.interpolation)
+
+    @property
+    def policy(self) -> str:
+        """The whole policy as a feature file's `resize` attr records it."""
+        return (
+            f"captioner-v1: jpeg draft (both sides >= {self.resize}); exif_transpose; RGB "
+            "(alpha on white, 16-bit round(v/257), first frame); reject shorter side < 32; "
+            f"shorter side -> {self.resize} {self.interpolation} antialias; centre crop "
+            f"{self.crop}; uint8; (x/255 - mean)/std on the batch"
+        )
+
+    def attrs(self) -> dict:
+        """The feature-file attrs that record it: image_size, resize (the policy), mean, std."""
+        return {
+            "image_size": self.crop,
+            "resize": self.policy,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+@functools.cache
+def preprocessing_for(name: str) -> Preprocessing:
+    """Backbone `name`'s preprocessing, as its torchvision weights' transforms() declare it."""
+    transforms = get_weight(backbone(name).preprocessing_weights).transforms()
+    return Preprocessing(
+        resize=int(transforms.resize_size[0]),
+        crop=int(transforms.crop_size[0]),
+        interpolation=transforms.interpolation.value,
+        mean=tuple(float(v) for v in transforms.mean),
+        std=tuple(float(v) for v in transforms.std),
+    )
+
+
+DEFAULT = preprocessing_for(DEFAULT_BACKBONE)  # ResNet50's: 256, 224, bilinear, ImageNet
+
+
+def preprocessing_of(attrs: dict) -> Preprocessing:
+    """The preprocessing of a feature file's (or a fingerprint's) backbone; `DEFAULT` for a
+    testbed's file or an unknown backbone (whose crops are then only shown, never encoded)."""
+    name = str(attrs.get("backbone", DEFAULT_BACKBONE))
+    return preprocessing_for(name) if name in BACKBONES else DEFAULT
+
+
 NO_STAMP = (-1, -1)  # (size, mtime_ns) of an image that could not be stat'ed
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 _WHITE = (255, 255, 255)
@@ -129,13 +190,14 @@ def open_regular(path: str | Path):
     return os.fdopen(fd, "rb")
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """Decode `path` into an RGB PIL image per steps 1-4 of the policy; ImageError if unusable."""
+def open_rgb(path: str | Path, resize: int = DEFAULT.resize) -> Image.Image:
+    """Decode `path` into an RGB PIL image per steps 1-4 of the policy (for a shorter side
+    resized to `resize` next); ImageError if unusable."""
     try:
         with open_regular(path) as handle, Image.open(handle) as img:
-            _check_size(img.size)
+            _check_size(img.size, resize)
             if img.format == "JPEG":
-                img.draft("RGB", (RESIZE, RESIZE))  # DCT-scaled decode, both sides >= 256
+                img.draft("RGB", (resize, resize))  # DCT-scaled decode, both sides >= resize
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
     except (ImageError, MemoryError):  # preprocess_image words running out of memory
@@ -156,15 +218,16 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise ImageError(f"cannot decode ({type(exc).__name__}: {exc})") from None
 
 
-def size_problem(size: tuple[int, int]) -> str:
-    """Why an image of `size` (width, height) is refused before decoding ("" when it is not)."""
+def size_problem(size: tuple[int, int], resize: int = DEFAULT.resize) -> str:
+    """Why an image of `size` (width, height) is refused before decoding ("" when it is not),
+    its shorter side to be resized to `resize`."""
     short, long = min(size), max(size)
     if short < MIN_SIDE:
         return f"too small: {size[0]}x{size[1]} px (shorter side must be >= {MIN_SIDE})"
     if long > MAX_ASPECT * short:
         ratio = f"{long / short:.2f}".rstrip("0").rstrip(".")
         return f"aspect ratio {ratio}:1 is beyond {MAX_ASPECT}:1 ({size[0]}x{size[1]} px)"
-    resized = RESIZE * round(long * RESIZE / short)
+    resized = resize * round(long * resize / short)
     if resized > MAX_RESIZED_PIXELS:
         return (
             f"too large: {size[0]}x{size[1]} px resizes to {resized:,} px "
@@ -173,8 +236,8 @@ def size_problem(size: tuple[int, int]) -> str:
     return ""
 
 
-def _check_size(size: tuple[int, int]) -> None:
-    problem = size_problem(size)
+def _check_size(size: tuple[int, int], resize: int) -> None:
+    problem = size_problem(size, resize)
     if problem:
         raise ImageError(problem)
 
@@ -199,41 +262,45 @@ def to_rgb(img: Image.Image) -> Image.Image:
         raise ImageError(f"unsupported image mode {img.mode}") from None
 
 
-def crop_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> shorter side 256 (bilinear, antialias) -> centre 224 -> uint8 (3, 224, 224)."""
-    img = TF.resize(img, RESIZE, interpolation=InterpolationMode.BILINEAR, antialias=True)
-    img = TF.center_crop(img, [IMAGE_SIZE, IMAGE_SIZE])
-    return TF.pil_to_tensor(img)  # (3, 224, 224) uint8
+def crop_tensor(img: Image.Image, pre: Preprocessing = DEFAULT) -> torch.Tensor:
+    """RGB PIL image -> shorter side `pre.resize` (antialiased) -> centre `pre.crop` -> uint8
+    (3, S, S), S = pre.crop (ResNet50: 256 bilinear, 224)."""
+    img = TF.resize(img, pre.resize, interpolation=pre.mode, antialias=True)
+    img = TF.center_crop(img, [pre.crop, pre.crop])
+    return TF.pil_to_tensor(img)  # (3, S, S) uint8
 
 
-def resize_crop_tensor(image: torch.Tensor) -> torch.Tensor:
-    """uint8 (3, H, W) on any device -> shorter side 256 (bilinear, antialias) -> centre 224.
+def resize_crop_tensor(image: torch.Tensor, pre: Preprocessing = DEFAULT) -> torch.Tensor:
+    """uint8 (3, H, W) on any device -> shorter side `pre.resize` (antialiased) -> centre crop.
 
     The tensor twin of `crop_tensor` (used where images are decoded on the GPU): equal to it
-    within a few grey levels, not bit for bit. Returns uint8 (3, 224, 224) on the same device.
+    within a few grey levels, not bit for bit. Returns uint8 (3, S, S) on the same device.
     """
-    resized = TF.resize(image, RESIZE, interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return TF.center_crop(resized, [IMAGE_SIZE, IMAGE_SIZE])
+    resized = TF.resize(image, pre.resize, interpolation=pre.mode, antialias=True)
+    return TF.center_crop(resized, [pre.crop, pre.crop])
 
 
-def preprocess_image(path: str | Path) -> torch.Tensor:
-    """One image file -> uint8 (3, 224, 224) under `POLICY`; ImageError with a reason if unusable.
+def preprocess_image(path: str | Path, pre: Preprocessing = DEFAULT) -> torch.Tensor:
+    """One image file -> uint8 (3, S, S) under the policy of `pre`; ImageError with a reason if
+    unusable.
 
     Caption-time extraction calls this (then `normalize_batch` and the backbone) to reproduce
     a feature file's features exactly. Running out of memory fails this image, not the run.
     """
     try:
-        return crop_tensor(open_rgb(path))
+        return crop_tensor(open_rgb(path, pre.resize), pre)
     except MemoryError:
         raise ImageError("out of memory while decoding or resizing it") from None
 
 
-def normalize_batch(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """uint8 (B, 3, 224, 224) -> float32 (B, 3, 224, 224) on `device`, ImageNet-normalised,
-    channels_last (the layout the backbone runs fastest in)."""
-    x = images.to(device, non_blocking=True).float().div_(255)  # (B, 3, 224, 224) in [0, 1]
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+def normalize_batch(
+    images: torch.Tensor, device: torch.device | str, pre: Preprocessing = DEFAULT
+) -> torch.Tensor:
+    """uint8 (B, 3, S, S) -> float32 (B, 3, S, S) on `device`, normalised with `pre`'s mean and
+    std, channels_last (the layout the backbone runs fastest in)."""
+    x = images.to(device, non_blocking=True).float().div_(255)  # (B, 3, S, S) in [0, 1]
+    mean = torch.tensor(pre.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=x.device).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
 
 
@@ -258,7 +325,7 @@ class ImageItem(NamedTuple):
     file's (size, mtime_ns) stamp taken before reading it."""
 
     row: int
-    image: torch.Tensor | None  # (3, 224, 224) uint8
+    image: torch.Tensor | None  # (3, S, S) uint8
     error: str
     stamp: tuple[int, int] = NO_STAMP
 
@@ -267,21 +334,29 @@ class ImageBatch(NamedTuple):
     """A collated batch: images that decoded, their rows, and (row, reason) for the others."""
 
     rows: list[int]  # rows of `images`, ascending
-    images: torch.Tensor  # (K, 3, 224, 224) uint8, K = len(rows)
+    images: torch.Tensor  # (K, 3, S, S) uint8, K = len(rows)
     failures: list[tuple[int, str]]
     stamps: dict[int, tuple[int, int]]  # every row of the batch -> (size, mtime_ns)
 
 
 class ImageDataset(Dataset):
-    """Rows `rows` of the image list `names` (relative to `root`), decoded per `POLICY`.
+    """Rows `rows` of the image list `names` (relative to `root`), decoded per the policy of
+    `pre`.
 
     `__getitem__` never raises for a bad image: it returns ImageItem(row, None, reason).
     """
 
-    def __init__(self, root: str | Path, names: Sequence[str], rows: Sequence[int]) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        names: Sequence[str],
+        rows: Sequence[int],
+        pre: Preprocessing = DEFAULT,
+    ) -> None:
         self.root = Path(root)
         self.names = names
         self.rows = list(rows)
+        self.pre = pre
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -292,7 +367,7 @@ class ImageDataset(Dataset):
         try:
             path = resolve_image_path(self.root, self.names[row])
             stamp = image_stamp(path)
-            return ImageItem(row, preprocess_image(path), "", stamp)
+            return ImageItem(row, preprocess_image(path, self.pre), "", stamp)
         except ImageError as exc:
             return ImageItem(row, None, str(exc), stamp)
 
@@ -301,9 +376,14 @@ def collate_images(items: list[ImageItem]) -> ImageBatch:
     """DataLoader collate_fn: stack the decoded images, keep the failures aside."""
     good = [item for item in items if item.image is not None]
     if good:
-        images = torch.stack([item.image for item in good])  # (K, 3, 224, 224) uint8
+        images = torch.stack([item.image for item in good])  # (K, 3, S, S) uint8
     else:
-        images = torch.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+        images = empty_images(DEFAULT)
     failures = [(item.row, item.error) for item in items if item.image is None]
     stamps = {item.row: item.stamp for item in items}
     return ImageBatch([item.row for item in good], images, failures, stamps)
+
+
+def empty_images(pre: Preprocessing, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A batch of no images: uint8 (0, 3, S, S)."""
+    return torch.empty((0, 3, pre.crop, pre.crop), dtype=torch.uint8, device=device)

@@ -19,6 +19,7 @@ from pipeline.extract.extractor import (
     ExtractJob,
     ExtractResult,
     list_images,
+    resolve_grid,
     resolve_precision,
 )
 from pipeline.extract.sharded import run_sharded_extraction, run_single_process
@@ -62,10 +63,13 @@ def job_from_config(
         images_root=Path(images),
         names=names,
         out=Path(out or feat.path),
-        weights=resolve_weights(weights or feat.weights),
+        weights=resolve_weights(weights or feat.weights, feat.backbone),
         device=device_,
         precision=resolve_precision(precision or feat.precision, device_),
         dtype=dtype or feat.dtype,
+        backbone=feat.backbone,
+        grid=resolve_grid(feat.backbone, feat.grid),
+        class_token=feat.class_token,
         batch_size=batch_size or feat.batch_size,
         workers=feat.workers if workers is None else workers,
         overwrite=overwrite,
@@ -87,8 +91,9 @@ def run_job(job: ExtractJob) -> int:
     if len(job.rejected) > SHOW_FAILURES:
         output.warn(f"... and {len(job.rejected) - SHOW_FAILURES} more unsafe caption image names")
     output.say(
-        f"extract: {len(job.names)} images -> {job.out} (weights {job.weights.tag}, "
-        f"{job.device.type} {job.precision}, stored {job.dtype})",
+        f"extract: {len(job.names)} images -> {job.out} ({job.backbone} "
+        f"{job.shape.describe()}, weights {job.weights.tag}, {job.device.type} "
+        f"{job.precision}, stored {job.dtype})",
         err=True,
     )
     if launched_by_torchrun():

@@ -181,9 +181,10 @@ def join_shards(job: ExtractJob, world_size: int) -> ExtractResult:
             sizes.append(n)
             offset += n
     joining = job.out.with_name(job.out.name + ".joining")
+    shape = contract.feature_shape(attrs)
     with h5py.File(joining, "w") as out:
         for name in contract.PER_ROW:
-            _virtual_dataset(out, name, shards, sizes, job.dtype)
+            _virtual_dataset(out, name, shards, sizes, job.dtype, shape)
         for key, value in attrs.items():
             out.attrs[key] = contract.encode_attr(value)
         out.attrs["num_images"] = len(job.names)
@@ -195,10 +196,16 @@ def join_shards(job: ExtractJob, world_size: int) -> ExtractResult:
 
 
 def _virtual_dataset(
-    out: h5py.File, name: str, shards: list[Path], sizes: list[int], dtype: str
+    out: h5py.File,
+    name: str,
+    shards: list[Path],
+    sizes: list[int],
+    dtype: str,
+    shape: contract.FeatureShape,
 ) -> None:
-    """Dataset `name` of `out` = the concatenation of the shards' `name` (mapped, not copied)."""
-    tail = (contract.REGIONS, contract.CHANNELS) if name == contract.FEATURES else ()
+    """Dataset `name` of `out` = the concatenation of the shards' `name` (mapped, not copied);
+    `features` rows are (R, C) of `shape`."""
+    tail = (shape.regions, shape.channels) if name == contract.FEATURES else ()
     kinds = {
         contract.FEATURES: np.dtype(dtype),
         contract.IMAGE_IDS: contract.STRING_DTYPE,
@@ -233,7 +240,7 @@ def consolidate_file(path: Path) -> None:
             k: v for k, v in contract.read_attrs(f).items() if k not in ("num_images", "complete")
         }
         failed = list(contract.read_failed(f).items())
-        final = final_size(len(ids), dtype)
+        final = final_size(len(ids), dtype, contract.feature_shape(attrs))
         require_space(path, final, final)
         copying = path.with_name(path.name + ".consolidating")
         try:

@@ -1,16 +1,22 @@
 """Attention figures ("Show, Attend and Tell" Figure 11), drawn with Pillow only.
 
 `attention_png` encodes one PNG grid: the first tile is the image itself (resized and centre-cropped
-to cell x cell), then one tile per generated word, showing that word's 7x7 attention map upsampled
-smoothly (bicubic) to cell x cell, normalised per word (its least-attended point maps to 0, its most
+to cell x cell), then one tile per generated word, showing that word's attention map over the
+grid's cells (7x7 for ResNet50, 14x14 for vit_b_16's patches) upsampled smoothly (bicubic) to
+cell x cell, normalised per word (its least-attended point maps to 0, its most
 attended to 1) and used to darken the image: a pixel keeps `DARKEST + (1 - DARKEST) * attention` of its
 brightness. Every tile has a white label band of LABEL_BAND pixels underneath with the word in it
 (the image tile's band is empty).
 
 Output size, deterministic: with n = 1 + len(words) tiles and c = min(columns, n) columns,
     width = c * cell,  height = ceil(n / c) * (cell + LABEL_BAND).
-Images of any Pillow mode are accepted and converted to RGB exactly as the extractor converts
-them (`extract.images.to_rgb`).
+Images of any Pillow mode are accepted and converted as the extractor converts them
+(`extract.images.to_rgb`): alpha composited on white, 16-bit modes (I;16, I) divided down to
+8 bits, everything else through Image.convert("RGB").
+
+Attention rows have one weight per region, R of them: a g x g grid (R = g * g, row-major),
+or with `class_token` a grid plus a kept class token (R = g * g + 1, the token last). The maps
+show the cells; the class token's weight is left out of them (and kept in the .npy).
 """
 
 import io
@@ -19,16 +25,18 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from pipeline.contract import GRID, REGIONS
 from pipeline.extract.images import to_rgb
 
 LABEL_BAND = 20  # pixels of label space under each tile
 DARKEST = 0.2  # brightness kept where a word's attention is lowest
 
 
-def overlay_tile(image: Image.Image, alpha_7x7: np.ndarray, cell: int = 224) -> Image.Image:
-    """One cell x cell RGB tile: the fitted image darkened where `alpha_7x7` (49 or 7x7) is low."""
-    return _shade(_fit(image, cell), alpha_7x7)
+def overlay_tile(
+    image: Image.Image, alpha: np.ndarray, cell: int = 224, class_token: bool = False
+) -> Image.Image:
+    """One cell x cell RGB tile: the fitted image darkened where `alpha` (R weights, or the
+    g x g grid) is low."""
+    return _shade(_fit(image, cell), alpha, class_token)
 
 
 def attention_png(
@@ -37,18 +45,19 @@ def attention_png(
     alphas: np.ndarray,
     cell: int = 224,
     columns: int = 5,
+    class_token: bool = False,
 ) -> bytes:
     """The PNG grid (image tile, then one attention tile per word), encoded.
 
-    `alphas` is (T, 49) with T == len(words). Size: see the module docstring.
+    `alphas` is (T, R) with T == len(words). Size: see the module docstring.
     """
-    alphas = _check_alphas(alphas)  # (T, 49)
+    alphas = _check_alphas(alphas, class_token)  # (T, R)
     if alphas.shape[0] != len(words):
         raise ValueError(f"{len(words)} words but {alphas.shape[0]} attention rows")
     if cell < 1 or columns < 1:
         raise ValueError(f"cell and columns must be positive, got cell={cell}, columns={columns}")
     base = _fit(image, cell)  # (cell, cell) RGB
-    tiles = [base] + [_shade(base, row) for row in alphas]
+    tiles = [base] + [_shade(base, row, class_token) for row in alphas]
     labels = [""] + list(words)
     sheet = _grid(tiles, labels, cell, min(columns, len(tiles)))
     buffer = io.BytesIO()
@@ -56,18 +65,29 @@ def attention_png(
     return buffer.getvalue()
 
 
-def attention_npy(alphas: np.ndarray) -> bytes:
-    """The raw (T, 49) attention weights as the bytes of a float32 .npy file."""
+def attention_npy(alphas: np.ndarray, class_token: bool = False) -> bytes:
+    """The raw (T, R) attention weights as the bytes of a float32 .npy file."""
     buffer = io.BytesIO()
-    np.save(buffer, _check_alphas(alphas))  # (T, 49)
+    np.save(buffer, _check_alphas(alphas, class_token))  # (T, R)
     return buffer.getvalue()
 
 
-def _check_alphas(alphas: np.ndarray) -> np.ndarray:
-    """(T, 49) finite float32 copy of `alphas`, or ValueError."""
+def grid_side(regions: int, class_token: bool = False) -> int | None:
+    """g for R = g * g regions (g * g + 1 with a class token); None for any other R."""
+    cells = regions - int(class_token)
+    side = math.isqrt(max(cells, 0))
+    return side if side >= 1 and side * side == cells else None
+
+
+def _check_alphas(alphas: np.ndarray, class_token: bool = False) -> np.ndarray:
+    """(T, R) finite float32 copy of `alphas` (R a grid's cells, + 1 class token), or
+    ValueError."""
     weights = np.asarray(alphas, dtype=np.float32)
-    if weights.ndim != 2 or weights.shape[1] != REGIONS:
-        raise ValueError(f"attention must have shape (T, {REGIONS}), got {weights.shape}")
+    if weights.ndim != 2 or grid_side(weights.shape[1], class_token) is None:
+        token = " + 1 class token" if class_token else ""
+        raise ValueError(
+            f"attention must have shape (T, R), R = g * g regions{token}, got {weights.shape}"
+        )
     if not np.isfinite(weights).all():
         raise ValueError("attention weights contain NaN or infinity")
     return weights
@@ -78,9 +98,12 @@ def _fit(image: Image.Image, cell: int) -> Image.Image:
     return ImageOps.fit(to_rgb(image), (cell, cell), method=Image.Resampling.BICUBIC)
 
 
-def _attention_mask(alpha_7x7: np.ndarray, cell: int) -> np.ndarray:
-    """(cell, cell) float32 in [0, 1]: one word's 7x7 map, normalised and bicubically upsampled."""
-    grid = _check_alphas(np.reshape(alpha_7x7, (1, -1)))[0].reshape(GRID, GRID)  # (7, 7)
+def _attention_mask(alpha: np.ndarray, cell: int, class_token: bool = False) -> np.ndarray:
+    """(cell, cell) float32 in [0, 1]: one word's map over the g x g cells (a class token's
+    weight left out), normalised and bicubically upsampled."""
+    weights = _check_alphas(np.reshape(alpha, (1, -1)), class_token)[0]  # (R,)
+    side = grid_side(len(weights), class_token)
+    grid = weights[: side * side].reshape(side, side)  # (g, g)
     grid = grid - grid.min()
     peak = float(grid.max())
     grid = grid / peak if peak > 0 else np.ones_like(grid)  # uniform attention: nothing darkened
@@ -88,9 +111,9 @@ def _attention_mask(alpha_7x7: np.ndarray, cell: int) -> np.ndarray:
     return np.clip(np.asarray(smooth, dtype=np.float32), 0.0, 1.0)  # bicubic overshoots a little
 
 
-def _shade(tile: Image.Image, alpha_7x7: np.ndarray) -> Image.Image:
+def _shade(tile: Image.Image, alpha: np.ndarray, class_token: bool = False) -> Image.Image:
     """Darken an RGB tile where the word's attention is low."""
-    mask = _attention_mask(alpha_7x7, tile.width)  # (cell, cell)
+    mask = _attention_mask(alpha, tile.width, class_token)  # (cell, cell)
     pixels = np.asarray(tile, dtype=np.float32)  # (cell, cell, 3)
     shaded = pixels * (DARKEST + (1.0 - DARKEST) * mask)[..., None]
     return Image.fromarray(shaded.round().astype(np.uint8), "RGB")

@@ -42,6 +42,7 @@ from pipeline.device import resolve_device
 from pipeline.distributed import DistInfo
 from pipeline.errors import UserError
 from pipeline.extract.extractor import FeatureEncoder, check_policy, torch_threads
+from pipeline.extract.images import Preprocessing, preprocessing_of
 from pipeline.extract.sharded import WAIT_FOR_RANKS
 from pipeline.infer.caption_batches import GridBatch, file_grids, image_grids
 from pipeline.infer.caption_output import (
@@ -122,6 +123,7 @@ class Setup:
     pictures: Pictures
     encoder: FeatureEncoder | None  # None for --features
     images_root: str  # where a feature file's images were (crops for the pictures)
+    pre: Preprocessing  # the checkpoint's backbone's preprocessing (its crops)
 
 
 def run_caption(job: CaptionJob) -> CaptionResult:
@@ -207,7 +209,8 @@ def _setup(job: CaptionJob, dist: DistInfo) -> Setup:
     encoder = None
     if not job.source.features:
         encoder = FeatureEncoder.from_attrs(loaded.features, device)
-    return Setup(loaded, device, decoding, identity, pictures, encoder, images_root)
+    pre = preprocessing_of(loaded.features)
+    return Setup(loaded, device, decoding, identity, pictures, encoder, images_root, pre)
 
 
 def check_feature_file(path: str, expected: dict) -> str:
@@ -292,7 +295,7 @@ def _caption_batch(batch: GridBatch, job: CaptionJob, setup: Setup) -> list[dict
     """Beam-search the batch's grids; one record per input, in order; draw its pictures."""
     outcomes: dict[int, Decoded | str] = dict(batch.failures)
     if batch.rows:
-        grids = torch.from_numpy(batch.grids).to(setup.device)  # (K, 49, 2048)
+        grids = torch.from_numpy(batch.grids).to(setup.device)  # (K, R, C)
         model, vocab = setup.loaded.model, setup.loaded.vocab
         keep = max(1, job.keep_beams)
         decoding = setup.decoding
@@ -307,17 +310,18 @@ def _caption_batch(batch: GridBatch, job: CaptionJob, setup: Setup) -> list[dict
         records.append(
             caption_record(item.image, outcome, setup.loaded.vocab, setup.identity, job.keep_beams)
         )
-        captioned.append((item, outcome, _crop(batch, position, setup.images_root)))
-    setup.pictures.add(captioned, setup.loaded.vocab)
+        captioned.append((item, outcome, _crop(batch, position, setup)))
+    class_token = contract.feature_shape(setup.loaded.features).class_token
+    setup.pictures.add(captioned, setup.loaded.vocab, class_token)
     return records
 
 
-def _crop(batch: GridBatch, position: int, images_root: str) -> Crop:
+def _crop(batch: GridBatch, position: int, setup: Setup) -> Crop:
     """The crop of the batch's input at `position`, made only when a picture needs it."""
     if batch.images is None:  # a feature file: its image, if its folder is still there
-        return lambda: load_crop(images_root, batch.inputs[position].image)
+        return lambda: load_crop(setup.images_root, batch.inputs[position].image, setup.pre)
     index = batch.rows.index(position)
-    return lambda: TF.to_pil_image(batch.images[index].cpu())  # (3, 224, 224) uint8
+    return lambda: TF.to_pil_image(batch.images[index].cpu())  # (3, S, S) uint8
 
 
 def _summed(results: list[CaptionResult]) -> CaptionResult:

@@ -30,10 +30,12 @@ from pipeline.extract.device_decode import (
 )
 from pipeline.extract.extractor import FeatureEncoder, drop_non_finite
 from pipeline.extract.images import (
+    DEFAULT,
     NO_STAMP,
     ImageBatch,
     ImageError,
     ImageItem,
+    Preprocessing,
     collate_images,
     preprocess_image,
 )
@@ -45,23 +47,25 @@ class GridBatch(NamedTuple):
 
     inputs: list[Input]
     rows: list[int]  # positions in `inputs` with a grid, ascending
-    grids: np.ndarray  # (K, 49, 2048) in the storage dtype, K = len(rows)
+    grids: np.ndarray  # (K, R, C) in the storage dtype, K = len(rows)
     failures: list[tuple[int, str]]  # (position in `inputs`, reason)
-    images: torch.Tensor | None  # (K, 3, 224, 224) uint8 crops the CNN saw (image files only)
+    images: torch.Tensor | None  # (K, 3, S, S) uint8 crops the CNN saw (image files only)
 
 
 class InputImages(Dataset):
-    """An `Input`'s image file, decoded per the policy (or, for the device, JPEG bytes)."""
+    """An `Input`'s image file, decoded per the policy of `pre` (or, for the device, JPEG
+    bytes)."""
 
-    def __init__(self, on_device: bool) -> None:
+    def __init__(self, on_device: bool, pre: Preprocessing = DEFAULT) -> None:
         self.on_device = on_device
+        self.pre = pre
 
     def __getitem__(self, item: Input) -> tuple[Input, torch.Tensor | None, bool, str]:
-        """(item, uint8 (3, 224, 224) image or (L,) JPEG bytes or None, is_jpeg, reason)."""
+        """(item, uint8 (3, S, S) image or (L,) JPEG bytes or None, is_jpeg, reason)."""
         try:
             if self.on_device:
-                return (item, *read_for_device(Path(item.image)), "")
-            return item, preprocess_image(item.image), False, ""
+                return (item, *read_for_device(Path(item.image), self.pre), "")
+            return item, preprocess_image(item.image, self.pre), False, ""
         except ImageError as exc:
             return item, None, False, str(exc)
 
@@ -89,7 +93,7 @@ def image_grids(
 ) -> Iterator[GridBatch]:
     """Decode each batch's images in `workers` processes and encode them on the CNN."""
     loader = DataLoader(
-        InputImages(on_device),
+        InputImages(on_device, encoder.pre),
         batch_sampler=batches,
         num_workers=workers,
         collate_fn=functools.partial(collate_inputs, on_device=on_device),
@@ -97,8 +101,8 @@ def image_grids(
     )
     for inputs, batch in loader:
         if on_device:
-            batch = decode_on_device(batch, encoder.device)  # images (K, 3, 224, 224)
-        grids = encoder.encode(batch.images)  # (K, 49, 2048) storage dtype
+            batch = decode_on_device(batch, encoder.device, pre=encoder.pre)  # (K, 3, S, S)
+        grids = encoder.encode(batch.images)  # (K, R, C) storage dtype
         rows, grids, failures = drop_non_finite(batch.rows, grids, batch.failures)
         images = batch.images
         if len(rows) < len(batch.rows):  # a non-finite grid: keep the crops of the others
@@ -112,6 +116,6 @@ def file_grids(batches: Iterable[list[Input]], path: str) -> Iterator[GridBatch]
     store = FeatureStore(path)
     for inputs in batches:
         rows = [i for i, item in enumerate(inputs) if not item.error]
-        grids = store.read(np.array([inputs[i].row for i in rows], dtype=np.int64))  # (K, 49, 2048)
+        grids = store.read(np.array([inputs[i].row for i in rows], dtype=np.int64))  # (K, R, C)
         failures = [(i, item.error) for i, item in enumerate(inputs) if item.error]
         yield GridBatch(inputs, rows, grids, failures, None)

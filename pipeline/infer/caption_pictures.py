@@ -1,8 +1,8 @@
 """`caption --attention-dir DIR` and `caption --html PAGE`: what the decoder looked at.
 
-- `--attention-dir`: STEM.png (the image, then one tile per word) and STEM.npy ((T, 49)
-  float32) for every captioned image, stems in input order (`caption_plan.Stems`). A batch's
-  names are claimed together before its lines are written (OutputFolder: a file captioner
+- `--attention-dir`: STEM.png (the image, then one tile per word) and STEM.npy ((T, R)
+  float32: one weight per region, ResNet50's 49) for every captioned image, stems in input
+  order (`caption_plan.Stems`). A batch's names are claimed together before its lines are written (OutputFolder: a file captioner
   did not write is refused). Two files per image: meant for hundreds of images, not millions.
 - `--html`: one page of at most `limit` cards of this run's images: those with the lowest
   `sample_priority`, a fixed pseudo-random sample whatever the input order, the batch size or
@@ -22,7 +22,7 @@ from pipeline import distributed
 from pipeline.decoder.decode import Decoded
 from pipeline.decoder.vocab import Vocabulary
 from pipeline.distributed import DistInfo
-from pipeline.extract.images import IMAGE_SIZE
+from pipeline.extract.images import DEFAULT
 from pipeline.infer.attention_maps import attention_npy, attention_png
 from pipeline.infer.caption_plan import Stems, image_key, sample_priority
 from pipeline.infer.caption_sources import Input
@@ -30,7 +30,7 @@ from pipeline.infer.files import OutputFolder
 from pipeline.infer.gallery import NEUTRAL, Card
 from pipeline.infer.report import caption_report
 
-Crop = Callable[[], Image.Image | None]  # the 224 x 224 crop the CNN saw, made on demand
+Crop = Callable[[], Image.Image | None]  # the crop the CNN saw (224 x 224), made on demand
 
 
 class GallerySample:
@@ -89,8 +89,14 @@ class Pictures:
             self.maps.check(f"{stem}.png")
             self.maps.check(f"{stem}.npy")
 
-    def add(self, captioned: list[tuple[Input, Decoded, Crop]], vocab: Vocabulary) -> None:
-        """Draw a batch's attention maps and offer its cards to the gallery."""
+    def add(
+        self,
+        captioned: list[tuple[Input, Decoded, Crop]],
+        vocab: Vocabulary,
+        class_token: bool = False,
+    ) -> None:
+        """Draw a batch's attention maps and offer its cards to the gallery (`class_token`:
+        the attention's last region is a class token, left out of the maps)."""
         self.captioned += len(captioned)
         if self.maps and captioned:
             self.maps.claim([f"{i.stem}.{ext}" for i, _, _ in captioned for ext in ("png", "npy")])
@@ -103,16 +109,26 @@ class Pictures:
             image = crop()
             if kept:
                 caption = vocab.decode(decoded.tokens)
-                card = Card(item.image, caption, words, decoded.attention, image)
+                card = Card(
+                    item.image, caption, words, decoded.attention, image, class_token=class_token
+                )
                 self.sample.add(priority, item.index, card)
             if self.maps:
-                self._draw(item.stem, image, words, decoded)
+                self._draw(item.stem, image, words, decoded, class_token)
 
-    def _draw(self, stem: str, image: Image.Image | None, words: list[str], decoded: Decoded):
+    def _draw(
+        self,
+        stem: str,
+        image: Image.Image | None,
+        words: list[str],
+        decoded: Decoded,
+        class_token: bool,
+    ) -> None:
         """STEM.png over the crop (a neutral square without one) and STEM.npy."""
-        image = image or Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), NEUTRAL)
-        self.maps.write_bytes(f"{stem}.png", attention_png(image, words, decoded.attention))
-        self.maps.write_bytes(f"{stem}.npy", attention_npy(decoded.attention))
+        image = image or Image.new("RGB", (DEFAULT.crop, DEFAULT.crop), NEUTRAL)
+        png = attention_png(image, words, decoded.attention, class_token=class_token)
+        self.maps.write_bytes(f"{stem}.png", png)
+        self.maps.write_bytes(f"{stem}.npy", attention_npy(decoded.attention, class_token))
 
     def gather(self, dist: DistInfo) -> tuple[list, int]:
         """Every rank's sample and count of captioned images (a collective; rank 0 uses it)."""

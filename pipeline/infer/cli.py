@@ -112,7 +112,8 @@ def evaluate_command(checkpoints, split, beam_size, out, features_path, examples
 @click.option(
     "--attention-dir",
     type=click.Path(file_okay=False),
-    help="Write IMAGE_STEM.png (attention per word) and IMAGE_STEM.npy (T, 49).",
+    help="Write IMAGE_STEM.png (attention per word) and IMAGE_STEM.npy (T, R), R regions "
+    "(49 for ResNet50).",
 )
 @click.option(
     "--html",

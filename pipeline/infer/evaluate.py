@@ -22,6 +22,7 @@ import pandas as pd
 
 from pipeline import output
 from pipeline.config import with_flags
+from pipeline.contract import feature_shape
 from pipeline.dataset.batches import SplitData, build_split
 from pipeline.dataset.experiment import load_experiment_data
 from pipeline.dataset.teacher_forced import split_loss
@@ -31,6 +32,7 @@ from pipeline.decoder.generate import decode_rows, effective_beam_size
 from pipeline.decoder.vocab import SPECIALS
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
+from pipeline.extract.images import preprocessing_of
 from pipeline.infer.baseline import baseline_scores
 from pipeline.infer.curves import read_history
 from pipeline.infer.files import OutputFolder
@@ -200,12 +202,14 @@ def gallery_cards(
 ) -> tuple[dict[str, list[Card]], str | None]:
     """Best / worst / random cards by per-image CIDEr, and a note when images are missing."""
     images_root = loaded.config.data.images
+    pre = preprocessing_of(loaded.features)  # the crops the checkpoint's backbone saw
+    class_token = feature_shape(loaded.features).class_token
     sections: dict[str, list[Card]] = {}
     missing = shown = 0
     for key, positions in select_gallery(cider, count).items():
         sections[key] = []
         for i in positions:
-            image = load_crop(images_root, split_data.image_names[i])
+            image = load_crop(images_root, split_data.image_names[i], pre)
             missing += image is None
             shown += 1
             sections[key].append(
@@ -217,6 +221,7 @@ def gallery_cards(
                     image=image,
                     references=split_data.references[i],
                     cider=cider[i],
+                    class_token=class_token,
                 )
             )
     note = None

@@ -1,8 +1,8 @@
 """Gallery cards for the HTML reports: an image's caption, references and small JPEGs.
 
-A card is one image: its thumbnail (the 224 x 224 crop the model saw, ~200 px), its caption,
-its references and CIDEr when known, and the per-word attention strip (one small 7 x 7
-overlay per word). Without the image (the cache alone), the attention is drawn on a neutral
+A card is one image: its thumbnail (the crop the model saw, 224 x 224 for every backbone of
+the table, ~200 px), its caption, its references and CIDEr when known, and the per-word
+attention strip (one small overlay of the grid's cells, 7 x 7 or 14 x 14, per word). Without the image (the cache alone), the attention is drawn on a neutral
 background. Pictures are embedded as JPEG data URIs: the report stays one file.
 """
 
@@ -17,7 +17,13 @@ import numpy as np
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from pipeline.extract.images import ImageError, preprocess_image, resolve_image_path
+from pipeline.extract.images import (
+    DEFAULT,
+    ImageError,
+    Preprocessing,
+    preprocess_image,
+    resolve_image_path,
+)
 from pipeline.infer.attention_maps import overlay_tile
 
 THUMBNAIL = 200  # px, square
@@ -33,18 +39,22 @@ class Card:
     name: str  # image name (relative path) or file path
     caption: str
     words: list[str]  # the generated words, one per attention row
-    attention: np.ndarray  # (T, 49) float32
+    attention: np.ndarray  # (T, R) float32
     image: Image.Image | None  # the RGB crop the model saw, None when not found
     references: list[str] | None = None
     cider: float | None = None  # this image's CIDEr (0-1 scale)
+    class_token: bool = False  # the attention's last region is a class token, not a cell
 
 
-def load_crop(images_root: str | Path, name: str) -> Image.Image | None:
-    """The 224 x 224 RGB crop the extractor fed the model, or None when unreadable/missing."""
+def load_crop(
+    images_root: str | Path, name: str, pre: Preprocessing = DEFAULT
+) -> Image.Image | None:
+    """The RGB crop the extractor fed the model (preprocessed per `pre`, the backbone's), or
+    None when unreadable/missing."""
     if not images_root or not Path(images_root).is_dir():
         return None
     try:
-        return TF.to_pil_image(preprocess_image(resolve_image_path(images_root, name)))
+        return TF.to_pil_image(preprocess_image(resolve_image_path(images_root, name), pre))
     except ImageError:
         return None
 
@@ -64,6 +74,10 @@ def thumbnail_uri(card: Card) -> str | None:
 
 
 def attention_uris(card: Card) -> list[str]:
-    """One data URI per word: its 7 x 7 attention over the image (or a neutral square)."""
+    """One data URI per word: its attention over the grid's cells on the image (or a neutral
+    square)."""
     base = card.image if card.image is not None else Image.new("RGB", (TILE, TILE), NEUTRAL)
-    return [jpeg_data_uri(overlay_tile(base, row, cell=TILE), TILE) for row in card.attention]
+    return [
+        jpeg_data_uri(overlay_tile(base, row, cell=TILE, class_token=card.class_token), TILE)
+        for row in card.attention
+    ]

@@ -48,11 +48,21 @@ def sweep_command(sweep_file, overrides, seeds, first_seed, only, jobs, out):
     """Train every variant of SWEEP_FILE with each seed, score best.pt on the test split
     (greedy and beam), and compare each variant with its reference: mean ± std over seeds
     and a paired bootstrap over seeds and test images (95% intervals). Ends with one JSON
-    line."""
+    line.
+
+    With sweep.backbones, each backbone's features are extracted first (once; a complete
+    file is reused), the same decoder is trained on each, and the backbones are ranked."""
     from pipeline.config import load_config
+    from pipeline.sweep.extraction import extract_backbones
     from pipeline.sweep.runner import check_folders, execute, lock_out, plan_runs
     from pipeline.sweep.spec import check_sweep, load_sweep, select
-    from pipeline.sweep.summary import json_line, runs_by_variant, summarise, write_summary
+    from pipeline.sweep.summary import (
+        json_line,
+        ranking_line,
+        runs_by_variant,
+        summarise,
+        write_summary,
+    )
 
     started = time.perf_counter()
     sweep = load_sweep(sweep_file, tuple(overrides))
@@ -66,6 +76,7 @@ def sweep_command(sweep_file, overrides, seeds, first_seed, only, jobs, out):
         base = load_config(sweep.config, sweep.extra)
         out = Path(base.train.out_dir) / f"sweep-{sweep.name}"
     with lock_out(out):
+        extract_backbones(sweep, names)
         runs = plan_runs(sweep, names, out)
         check_folders(runs)
         output.say(
@@ -82,6 +93,8 @@ def sweep_command(sweep_file, overrides, seeds, first_seed, only, jobs, out):
         summary = summarise(sweep, names, runs_by_variant(runs, results))
         table = write_summary(out, sweep, summary)
         output.say(f"\n{table}\n(written to {out / 'summary.md'} and {out / 'summary.json'})")
+        if "ranking" in summary:
+            output.say(ranking_line(sweep, summary))
         output.say(json_line(sweep, summary, (time.perf_counter() - started) / 60, failures))
     if failures:
         raise UserError(

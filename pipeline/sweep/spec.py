@@ -22,6 +22,13 @@ compare them.
     set = ["train.objective='scst'", "train.lr=5e-5"]   # and set, then these
     # compare = "lstm"          # (the default for a `from` variant: the run it starts from)
 
+A backbone axis: `backbones = ["resnet50", "convnext_tiny", "vit_b_16"]` in [sweep] adds one
+variant per backbone, named after it: the base config with `features.backbone` set to it and
+`features.path` its own file (the base config's features.path for the base config's backbone,
+else STEM-NAME.h5 beside it). `captioner sweep` extracts each file first (data.images must be
+set; a complete file is reused), then trains the same decoder on each; the first backbone is
+the reference unless `reference` names another. [variants.*] tables are then optional.
+
 Every variant resolves to a full `pipeline.config.Config`; variants that resolve to the same
 recipe (config and start) share their runs. Variant names are TOML keys: letters, digits, "-"
 and "_" (a name with a dot needs quotes: [variants."lr-2.5e-4"]).
@@ -29,14 +36,25 @@ and "_" (a name with a dot needs quotes: [variants."lr-2.5e-4"]).
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import SPLITS, EvalConfig
+from pipeline.backbones import BACKBONES
+from pipeline.config import SPLITS, EvalConfig, load_config
 from pipeline.errors import UserError
 
-SWEEP_KEYS = ("config", "seeds", "first_seed", "reference", "beam_size", "split", "default")
+SWEEP_KEYS = (
+    "config",
+    "seeds",
+    "first_seed",
+    "reference",
+    "beam_size",
+    "split",
+    "default",
+    "backbones",
+)
 VARIANT_KEYS = ("about", "config", "set", "from", "compare")
 
 
@@ -67,6 +85,7 @@ class Sweep:
     split: str = EvalConfig.split
     default: tuple[str, ...] = ()  # the variants run when none are named (empty: all)
     extra: tuple[str, ...] = field(default_factory=tuple)  # --set for every variant, first
+    backbones: tuple[str, ...] = ()  # the backbone axis: one variant per name, named after it
 
     @property
     def name(self) -> str:
@@ -147,24 +166,77 @@ def load_sweep(path: str | Path, extra: tuple[str, ...] = ()) -> Sweep:
         raise _fail(path, f"unknown key sweep.{bad[0]}; known: {', '.join(SWEEP_KEYS)}")
     if not isinstance(head.get("config"), str):
         raise _fail(path, "sweep.config must name the base experiment's TOML file")
-    if not tables:
-        raise _fail(path, "it names no variant ([variants.NAME] tables)")
+    backbones = _backbones(path, head.get("backbones", []))
+    if not tables and not backbones:
+        raise _fail(path, "it names no variant ([variants.NAME] tables, or sweep.backbones)")
     default = head.get("default", [])
     if not isinstance(default, list) or not all(isinstance(n, str) for n in default):
         raise _fail(path, "sweep.default must be a list of variant names")
     variants = {name: _variant(path, name, table) for name, table in tables.items()}
+    config = path.parent / head["config"]
+    if backbones:
+        if not config.is_file():
+            raise _fail(path, f"config file not found: {config}")
+        for name, variant in backbone_variants(config, backbones, tuple(extra)).items():
+            if name in variants:
+                raise _fail(path, f"[variants.{name}] has the name of a backbone of the axis")
+            variants[name] = variant
     settings = {k: head[k] for k in ("seeds", "first_seed", "beam_size", "split") if k in head}
     sweep = Sweep(
         path=path,
-        config=path.parent / head["config"],
+        config=config,
         variants=variants,
-        reference=head.get("reference", next(iter(variants))),
+        reference=head.get("reference", backbones[0] if backbones else next(iter(variants))),
         default=tuple(default),
         extra=tuple(extra),
+        backbones=backbones,
         **settings,
     )
     check_sweep(sweep)
     return sweep
+
+
+def _backbones(path: Path, names: object) -> tuple[str, ...]:
+    """sweep.backbones checked: distinct names of the backbone table."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _fail(path, "sweep.backbones must be a list of backbone names")
+    unknown = [n for n in names if n not in BACKBONES]
+    if unknown:
+        raise _fail(
+            path, f"sweep.backbones: unknown backbone {unknown[0]!r}; known: {', '.join(BACKBONES)}"
+        )
+    if len(set(names)) != len(names):
+        raise _fail(path, "sweep.backbones names a backbone twice")
+    return tuple(names)
+
+
+def backbone_features(base_path: str, base_backbone: str, name: str) -> str:
+    """Where the backbone axis keeps backbone `name`'s features: the base config's own file
+    for its own backbone, else STEM-NAME.SUFFIX beside it."""
+    if name == base_backbone:
+        return base_path
+    base = Path(base_path)
+    return str(base.with_name(f"{base.stem}-{name}{base.suffix or '.h5'}"))
+
+
+def backbone_variants(
+    config: Path, backbones: tuple[str, ...], extra: tuple[str, ...]
+) -> dict[str, Variant]:
+    """One variant per backbone of the axis: the base config (with the sweep's --set) on that
+    backbone's own feature file."""
+    base = load_config(config, extra).features
+    return {
+        name: Variant(
+            name,
+            f"the base config on {name} features",
+            (),
+            (
+                f"features.backbone={json.dumps(name)}",  # a TOML string
+                f"features.path={json.dumps(backbone_features(base.path, base.backbone, name))}",
+            ),
+        )
+        for name in backbones
+    }
 
 
 def check_sweep(sweep: Sweep) -> None:

@@ -25,7 +25,7 @@ def runs_by_variant(
 
 def summarise(sweep: Sweep, names: list[str], by_variant: dict[str, dict[int, dict]]) -> dict:
     """Rows (mean ± std over seeds) and comparisons (paired bootstrap) of the variants, greedy
-    and at the sweep's beam."""
+    and at the sweep's beam; with a backbone axis, the backbones ranked (`ranking`)."""
     decodings = ("greedy", f"beam{sweep.beam_size}")
     rows = {n: variant_row(by_variant[n], decodings) for n in names if n in by_variant}
     comparisons: dict[str, dict] = {}
@@ -37,7 +37,32 @@ def summarise(sweep: Sweep, names: list[str], by_variant: dict[str, dict[int, di
             result = compare(by_variant[name], by_variant[other], decoding)
             if result is not None:
                 comparisons.setdefault(decoding, {})[name] = {"against": other, **result}
-    return {"variants": rows, "comparisons": comparisons}
+    summary = {"variants": rows, "comparisons": comparisons}
+    if sweep.backbones:
+        summary["ranking"] = ranking(rows, [n for n in sweep.backbones if n in rows], decodings[1])
+    return summary
+
+
+def ranking(rows: dict[str, dict], names: list[str], decoding: str) -> list[str]:
+    """`names` by mean CIDEr at `decoding` over seeds, best first."""
+    return sorted(names, key=lambda n: -(rows[n][f"CIDEr_{decoding}"] or [float("-inf")])[0])
+
+
+def ranking_line(sweep: Sweep, summary: dict) -> str:
+    """The backbones ranked, with their CIDEr at the beam and each one's interval against the
+    reference."""
+    decoding = f"beam{sweep.beam_size}"
+    versus = summary["comparisons"].get(decoding, {})
+    parts = []
+    for name in summary["ranking"]:
+        text = f"{name} {summary['variants'][name][f'CIDEr_{decoding}'][0]:.1f}"
+        if name in versus:
+            low, high = versus[name]["difference_ci"]
+            text += (
+                f" ({100 * versus[name]['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}])"
+            )
+        parts.append(text)
+    return f"backbones by CIDEr beam {sweep.beam_size} (vs {sweep.reference}): " + " > ".join(parts)
 
 
 def write_summary(out: Path, sweep: Sweep, summary: dict) -> str:
@@ -48,6 +73,8 @@ def write_summary(out: Path, sweep: Sweep, summary: dict) -> str:
         f"# sweep {sweep.name}: {sweep.split} split, CIDEr x100, mean ± std over seeds; "
         "comparisons: paired bootstrap over seeds and images\n\n"
     )
+    if "ranking" in summary:
+        header += ranking_line(sweep, summary) + "\n\n"
     write_text_atomic(out / "summary.md", header + table)
     write_json(out / "summary.json", summary)
     return table

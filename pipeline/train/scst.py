@@ -159,7 +159,7 @@ def scst_loss(
 ) -> tuple[torch.Tensor, StepStats]:
     """The SCST loss of one batch (see the module docstring) and its statistics.
 
-    features (B, 49, 2048) on the model's device; images (B,) positions in the reward's split.
+    features (B, R, C) on the model's device; images (B,) positions in the reward's split.
     The model samples in its current mode (training: dropout on); the greedy baseline decodes
     in eval mode.
     """

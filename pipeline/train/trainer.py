@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import distributed, output
+from pipeline import contract, distributed, output
 from pipeline.config import Config, checkpoint_config, config_to_dict
 from pipeline.dataset.batches import SplitData, build_split
 from pipeline.dataset.experiment import ExperimentData, load_experiment_data
@@ -143,9 +143,10 @@ def build_trainer(
             "the train and val splits both need images: check data.split_ratios or the "
             "split lists (captioner inspect CAPTIONS shows the splits)"
         )
-    check_model_fits(config.model, vocab, device)  # before allocating any weight
+    shape = contract.feature_shape(data.fingerprint)  # the decoder's input: the file's grid
+    check_model_fits(config.model, vocab, device, shape)  # before allocating any weight
     torch.manual_seed(config.train.seed)  # the initial weights, the same on every rank
-    model = build_model(config, vocab).to(device)
+    model = build_model(config, vocab, shape).to(device)
     if init is not None and not checkpoint:
         scst.load_init_weights(model, config, source, str(init))
     optimizer = build_optimizer(config, model, device)
@@ -228,8 +229,11 @@ def make_vocabulary(data: ExperimentData, config: Config) -> Vocabulary:
     return vocab
 
 
-def build_model(config: Config, vocab: Vocabulary) -> torch.nn.Module:
-    """The decoder, with pretrained word vectors if configured; prints parameter counts."""
+def build_model(
+    config: Config, vocab: Vocabulary, shape: contract.FeatureShape = contract.LEGACY_SHAPE
+) -> torch.nn.Module:
+    """The decoder over grids of `shape`, with pretrained word vectors if configured; prints
+    parameter counts."""
     vectors = None
     if config.model.pretrained_embeddings:
         vectors, coverage = load_word_vectors(
@@ -240,12 +244,12 @@ def build_model(config: Config, vocab: Vocabulary) -> torch.nn.Module:
             f"{coverage:.1%} of the vocabulary"
             f"{' (frozen)' if config.model.freeze_embeddings else ''}"
         )
-    model = build_decoder(config.model, vocab, pretrained_embeddings=vectors)
+    model = build_decoder(config.model, vocab, pretrained_embeddings=vectors, shape=shape)
     total, trainable = model.parameter_counts()
     output.say(
         f"decoder ({describe_decoder(config)}): {total / 1e6:.2f} M parameters, "
-        f"{trainable / 1e6:.2f} M trainable. No CNN here: the grids come from the "
-        "feature file."
+        f"{trainable / 1e6:.2f} M trainable. No CNN here: the grids "
+        f"({shape.describe()}) come from the feature file."
     )
     return model
 
