@@ -1,8 +1,8 @@
 """The teacher-forced training step: captioner's LSTM decoder vs the public tutorial's step.
 
-    .venv/bin/python -m benchmarks.step [--rounds 6]
+    .venv/bin/python -m benchmarks.step [--rounds 6] [--compile]
 
-A Flickr30k-sized step: embed/hidden/attention 512, vocabulary 10,000, batch 32
+Sizes: embed/hidden/attention 512, vocabulary 10,000, batch 32
 captions of up to 20 steps (lengths drawn once, seeded; the same batch for every variant),
 49 regions x 2048 channels, Adam (the tutorial's plain one, ours fused as the trainer builds
 it), dropout 0.5, doubly stochastic λ = 1, 2 torch threads.
@@ -11,8 +11,11 @@ The reference is our own re-implementation, from its published description, of t
 of sgrvinod's Show-Attend-Tell tutorial step (`TutorialDecoder` below): every step recomputes
 the image side of the attention (W_f·features) for the active rows, writes its (b, V)
 projection into a (B, T, V) tensor, and the loss packs that tensor afterwards. captioner's
-step computes W_f·features once per batch, the embedding's share of the LSTM gates once, and
-the output projection once on the packed hidden states (pipeline/decoder/lstm.py).
+step is the trainer's (`pipeline.dataset.teacher_forced.teacher_forced_loss`): static shapes
+(every caption runs every step of the batch, the padded ones masked in the loss), W_f·features
+once per batch, the embedding's share of the LSTM gates once, the output projection once on
+all the hidden states (pipeline/decoder/lstm.py). `--compile` adds the step through
+torch.compile (`train.compile`; compiling takes minutes on a CPU, in the warm-up round).
 
 Printed: seconds per step (best of the rounds, variants alternated), the speedup, and
 `step_gemm_efficiency` = the step's matmul FLOPs (forward + backward, counted by
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import timed
 from pipeline.config import Config, ModelConfig
 from pipeline.contract import CHANNELS, REGIONS
-from pipeline.decoder.loss import caption_loss
+from pipeline.dataset.teacher_forced import teacher_forced_loss
 from pipeline.decoder.lstm import CaptionDecoder
 from pipeline.device import cpu_has_native_bf16
 from pipeline.train.trainer import build_optimizer
@@ -107,13 +111,16 @@ def tutorial_loss(model: TutorialDecoder, batch: dict) -> torch.Tensor:
     return F.cross_entropy(packed, targets) + ((1.0 - alphas.sum(dim=1)) ** 2).mean()
 
 
-def captioner_loss(model: CaptionDecoder, batch: dict, dtype: torch.dtype | None) -> torch.Tensor:
-    """captioner's loss for the same batch (each caption its own image), optionally autocast."""
-    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        logits, alphas = model(
-            batch["features"], batch["image_index"], batch["captions"], batch["lengths"]
-        )  # (N, V), (B, T-1, R)
-    return caption_loss(logits, batch["captions"], alphas, batch["lengths"], 1.0)[0]
+def captioner_loss(
+    model: CaptionDecoder, precision: str, compile: bool = False
+) -> Callable[[dict], torch.Tensor]:
+    """captioner's training loss of a batch (each caption its own image) under
+    `train.precision` = `precision`, as the trainer computes it."""
+    config = Config()
+    config.model.doubly_stochastic = 1.0
+    config.train.precision = precision
+    loss = teacher_forced_loss(config, torch.device("cpu"), compile)
+    return lambda b: loss(model, b["features"], b["image_index"], b["captions"], b["lengths"])[0]
 
 
 def make_batch(seed: int = 0) -> dict:
@@ -135,7 +142,7 @@ def make_batch(seed: int = 0) -> dict:
     }
 
 
-def build_variants() -> dict:
+def build_variants(compile: bool) -> dict:
     """name -> (model, loss function of the batch)."""
     torch.manual_seed(0)
     ours = CaptionDecoder(
@@ -144,10 +151,12 @@ def build_variants() -> dict:
     tutorial = TutorialDecoder(VOCAB, WIDTH)
     variants = {
         "tutorial": (tutorial, lambda b: tutorial_loss(tutorial, b)),
-        "captioner": (ours, lambda b: captioner_loss(ours, b, None)),
+        "captioner": (ours, captioner_loss(ours, "fp32")),
     }
+    if compile:
+        variants["captioner_compiled"] = (ours, captioner_loss(ours, "fp32", compile=True))
     if cpu_has_native_bf16():
-        variants["captioner_bf16"] = (ours, lambda b: captioner_loss(ours, b, torch.bfloat16))
+        variants["captioner_bf16"] = (ours, captioner_loss(ours, "bf16"))
     return variants
 
 
@@ -174,11 +183,11 @@ def matmul_flops_per_s(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size**3 / best
 
 
-def measure(rounds: int) -> dict:
+def measure(rounds: int, compile: bool) -> dict:
     """Alternate the variants for `rounds` rounds (round 0 is warm-up); best step of each."""
     torch.set_num_threads(2)
     batch = make_batch()
-    variants = build_variants()
+    variants = build_variants(compile)
     config = Config()
     config.train.lr = 1e-4
     optimizers = {  # the tutorial's plain Adam; ours as the trainer builds it (fused on CPU)
@@ -198,7 +207,13 @@ def measure(rounds: int) -> dict:
             if round_index:
                 times[name].append(seconds)
         peak.append(matmul_flops_per_s())
-    flops = {name: step_flops(model, loss_of, batch) for name, (model, loss_of) in variants.items()}
+    flops = {  # a compiled step does the eager step's work (the counter cannot see into it)
+        name: step_flops(model, loss_of, batch)
+        for name, (model, loss_of) in variants.items()
+        if name != "captioner_compiled"
+    }
+    if "captioner_compiled" in variants:
+        flops["captioner_compiled"] = flops["captioner"]
     return {
         "seconds": {name: min(values) for name, values in times.items()},
         "flops": flops,
@@ -213,11 +228,11 @@ def report(measured: dict) -> dict:
         f"teacher-forced step: batch {BATCH}, <= {MAX_STEPS} steps, {WIDTH}/{WIDTH}/{WIDTH}, "
         f"V = {VOCAB:,}; machine fp32 matmul {peak / 1e9:.0f} GFLOP/s"
     )
-    print(f"{'variant':<16}{'s/step':>9}{'GFLOP':>9}{'matmul eff.':>13}{'vs tutorial':>13}")
+    print(f"{'variant':<20}{'s/step':>9}{'GFLOP':>9}{'matmul eff.':>13}{'vs tutorial':>13}")
     for name in seconds:
         efficiency = flops[name] / (seconds[name] * peak)
         print(
-            f"{name:<16}{seconds[name]:>9.3f}{flops[name] / 1e9:>9.1f}{efficiency:>13.2f}"
+            f"{name:<20}{seconds[name]:>9.3f}{flops[name] / 1e9:>9.1f}{efficiency:>13.2f}"
             f"{seconds['tutorial'] / seconds[name]:>12.2f}x"
         )
     result = {
@@ -227,6 +242,10 @@ def report(measured: dict) -> dict:
         "tutorial_gemm_efficiency": round(flops["tutorial"] / (seconds["tutorial"] * peak), 3),
         "matmul_gflops": round(peak / 1e9, 1),
     }
+    if "captioner_compiled" in seconds:
+        result["speedup_compiled_step_vs_tutorial"] = round(
+            seconds["tutorial"] / seconds["captioner_compiled"], 3
+        )
     if "captioner_bf16" in seconds:
         result["speedup_step_bf16_vs_fp32"] = round(
             seconds["captioner"] / seconds["captioner_bf16"], 3
@@ -237,8 +256,11 @@ def report(measured: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6, help="measured rounds (default 6)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also the torch.compile'd step (train.compile)"
+    )
     args = parser.parse_args()
-    print(json.dumps(report(measure(args.rounds))))
+    print(json.dumps(report(measure(args.rounds, args.compile))))
 
 
 if __name__ == "__main__":

@@ -155,6 +155,8 @@ class TrainConfig:
     samples: int = 3
     objective: str = "xe"
     warmup_steps: int = 0  # linear learning-rate warmup over the first N optimizer steps
+    compile: bool = False  # torch.compile the cross-entropy step (CUDA graphs on CUDA)
+    length_bucket: int = 1  # pad caption batches to a multiple of N tokens (1: their longest)
 
 
 @dataclass
@@ -480,6 +482,10 @@ def validate(config: Config) -> None:
     )
     _check(config.scst.val_images >= 0, "scst.val_images must be >= 0 (0 disables)")
     _check(t.warmup_steps >= 0, "train.warmup_steps must be >= 0 (0 disables)")
+    _check(
+        t.length_bucket >= 1,
+        f"train.length_bucket must be >= 1 (1: each batch's longest caption); got {t.length_bucket}",
+    )
     _choice("eval.split", e.split, SPLITS)
     _check(e.beam_size >= 1, "eval.beam_size must be >= 1")
     _check(e.max_len >= 2, "eval.max_len must be >= 2")

@@ -65,10 +65,35 @@ def training_precision(config: Config, device: torch.device) -> str:
     return "fp32"
 
 
+def autocast_dtype(config: Config, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of train.precision on `device` (None for fp32)."""
+    return AUTOCAST_DTYPES.get(training_precision(config, device))
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """An autocast context to `dtype` on `device` (disabled for None)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def training_autocast(config: Config, device: torch.device) -> torch.autocast:
     """The autocast context of train.precision on `device` (disabled for fp32)."""
-    dtype = AUTOCAST_DTYPES.get(training_precision(config, device))
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    return autocast_to(device, autocast_dtype(config, device))
+
+
+def compiled(function, device: torch.device):
+    """`function` through `torch.compile` (`train.compile`): static shapes (one graph per
+    input shape: `train.length_bucket` keeps the widths few), CUDA graphs on CUDA
+    ("reduce-overhead": a step is replayed, not launched kernel by kernel), inductor's
+    default mode on the CPU."""
+    if device.type != "cuda":
+        return torch.compile(function, dynamic=False)
+    graphed = torch.compile(function, dynamic=False, mode="reduce-overhead")
+
+    def step(*args):
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are spent
+        return graphed(*args)
+
+    return step
 
 
 def grad_scaler_enabled(config: Config, device: torch.device) -> bool:

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from pipeline import output
+from pipeline.config import TrainConfig
 from pipeline.dataset.store import FeatureStore
 from pipeline.decoder.vocab import Vocabulary
 from pipeline.errors import UserError
@@ -163,17 +164,29 @@ def _image_order(split: SplitData, rng: np.random.Generator | None) -> np.ndarra
 
 
 class CaptionBatches(torch.utils.data.Dataset):
-    """Map-style dataset whose keys are whole batches from `plan_epoch`."""
+    """Map-style dataset whose keys are whole batches from `plan_epoch`.
 
-    def __init__(self, store: FeatureStore, split: SplitData, pad_index: int = 0):
+    A batch's captions are padded to a multiple of `length_bucket` tokens (`train.length_bucket`),
+    at most the split's longest caption: few distinct widths, so few shapes for a compiled step.
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        split: SplitData,
+        pad_index: int = 0,
+        length_bucket: int = TrainConfig.length_bucket,
+    ):
         self.store = store
         self.split = split
         self.pad_index = pad_index
+        self.length_bucket = length_bucket
+        self.longest = max((len(t) for t in split.tokens), default=1)
 
     def __len__(self) -> int:
         return len(self.split.image_names)
 
-    def __getitem__(self, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, batch: tuple[np.ndarray, np.ndarray]) -> dict:
         images, caption_indices = batch
         features = self.store.gather(self.split.image_rows[images])  # (n_img, 49, 2048)
         position = np.full(len(self.split.image_names), -1, dtype=np.int64)
@@ -181,7 +194,7 @@ class CaptionBatches(torch.utils.data.Dataset):
         image_of_caption = position[self.split.caption_image[caption_indices]]  # (B,)
         seqs = [self.split.tokens[c] for c in caption_indices]
         lengths = np.asarray([len(s) for s in seqs], dtype=np.int64)
-        padded = np.full((len(seqs), lengths.max()), self.pad_index, dtype=np.int64)
+        padded = np.full((len(seqs), self.width(int(lengths.max()))), self.pad_index, np.int64)
         for k, seq in enumerate(seqs):
             padded[k, : len(seq)] = seq
         return {
@@ -189,4 +202,10 @@ class CaptionBatches(torch.utils.data.Dataset):
             "image_index": torch.from_numpy(image_of_caption),  # (B,)
             "captions": torch.from_numpy(padded),  # (B, T)
             "lengths": torch.from_numpy(lengths),  # (B,)
+            "tokens": int((lengths - 1).sum()),  # target tokens, known on the host
         }
+
+    def width(self, longest: int) -> int:
+        """The padded width T of a batch whose longest caption has `longest` tokens."""
+        bucket = self.length_bucket
+        return min(-(-longest // bucket) * bucket, self.longest)

@@ -1,9 +1,14 @@
 """Teacher-forced passes over a split: the loader, one batch's loss, and a split's mean loss.
 
 Shared by training (every step, and the val loss each epoch) and `evaluate` (the split loss).
+The loss of a batch is computed with static shapes and no host sync (`teacher_forced_loss`):
+every caption runs every step of its batch's width and the padded steps are masked out, so a
+step can be compiled (`train.compile`) and queued on a GPU without waiting for it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -11,17 +16,27 @@ from pipeline import distributed
 from pipeline.config import Config
 from pipeline.dataset.batches import CaptionBatches, SplitData, plan_epoch
 from pipeline.dataset.store import FeatureStore
-from pipeline.decoder.loss import caption_loss
-from pipeline.device import training_autocast
+from pipeline.decoder.loss import dense_caption_loss
+from pipeline.device import autocast_dtype, autocast_to, compiled
+
+# model, features (n_img, R, D), image_index (B,), captions (B, T), lengths (B,) -> total, CE
+LossFunction = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def make_loader(
-    store: FeatureStore, split: SplitData, plan: list, pad: int, workers: int, device: torch.device
+    store: FeatureStore,
+    split: SplitData,
+    plan: list,
+    pad: int,
+    workers: int,
+    device: torch.device,
+    length_bucket: int,
 ) -> torch.utils.data.DataLoader:
-    """Batches of `plan`; workers read HDF5 lazily (none when the cache is held: a worker
-    would only copy it); pinned for CUDA unless the grids are already on the device."""
+    """Batches of `plan` padded to `length_bucket` multiples; workers read HDF5 lazily (none
+    when the cache is held: a worker would only copy it); pinned for CUDA unless the grids
+    are already on the device."""
     return torch.utils.data.DataLoader(
-        CaptionBatches(store, split, pad),
+        CaptionBatches(store, split, pad, length_bucket),
         batch_size=None,
         sampler=plan,
         num_workers=0 if store.in_memory else workers,
@@ -29,26 +44,47 @@ def make_loader(
     )
 
 
+def teacher_forced_loss(
+    config: Config, device: torch.device, compile: bool = False
+) -> LossFunction:
+    """The function (model, features, image_index, captions, lengths) -> (total loss,
+    cross-entropy) of one batch on `device` under `train.precision`: `dense_caption_loss`
+    on the decoder's `teacher_forced` outputs. `compile`: through `pipeline.device.compiled`.
+    """
+    model_config, smoothing = config.model, config.train.label_smoothing
+    dtype = autocast_dtype(config, device)
+
+    def loss(model, features, image_index, captions, lengths):
+        with autocast_to(device, dtype):
+            logits, alphas = model.teacher_forced(
+                features, image_index, captions, alphas=model_config.doubly_stochastic > 0
+            )  # (B, T-1, V), (B, T-1, R)
+        return dense_caption_loss(
+            logits,
+            captions,
+            alphas,
+            lengths,
+            model_config.doubly_stochastic,
+            smoothing,
+            model_config.attention_penalty,
+        )
+
+    return compiled(loss, device) if compile else loss
+
+
 def batch_loss(
-    model: torch.nn.Module, batch: dict, config: Config, device: torch.device
+    loss: LossFunction, model: torch.nn.Module, batch: dict, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(total loss, cross-entropy, target tokens) of one batch, computed on `device`."""
-    features = batch["features"].to(device, non_blocking=True)  # (n_img, 49, 2048)
-    image_index = batch["image_index"].to(device, non_blocking=True)  # (B,)
-    captions = batch["captions"].to(device, non_blocking=True)  # (B, T)
-    lengths = batch["lengths"].to(device, non_blocking=True)  # (B,)
-    with training_autocast(config, device):
-        logits, alphas = model(features, image_index, captions, lengths)  # (N, V), (B, T-1, 49)
-    total, cross_entropy = caption_loss(
-        logits,
-        captions,
-        alphas,
-        lengths,
-        config.model.doubly_stochastic,
-        config.train.label_smoothing,
-        config.model.attention_penalty,
+    """(total loss, cross-entropy, target tokens) of one batch: the losses stay on `device`
+    (nothing waits for them), the token count comes from the host."""
+    total, cross_entropy = loss(
+        model,
+        batch["features"].to(device, non_blocking=True),  # (n_img, 49, 2048)
+        batch["image_index"].to(device, non_blocking=True),  # (B,)
+        batch["captions"].to(device, non_blocking=True),  # (B, T)
+        batch["lengths"].to(device, non_blocking=True),  # (B,)
     )
-    return total, cross_entropy, int((lengths - 1).sum())
+    return total, cross_entropy, batch["tokens"]
 
 
 def split_loss(
@@ -67,11 +103,15 @@ def split_loss(
     dist = dist or distributed.DistInfo()
     model.eval()
     plan = plan_epoch(split, config.train.batch_size, "images", None)[dist.rank :: dist.world_size]
-    loss_sum, tokens = 0.0, 0
+    loss = teacher_forced_loss(config, device)
+    loader = make_loader(
+        store, split, plan, pad, config.train.workers, device, config.train.length_bucket
+    )
     with torch.inference_mode():
-        for batch in make_loader(store, split, plan, pad, config.train.workers, device):
-            _, cross_entropy, n_tokens = batch_loss(model, batch, config, device)
-            loss_sum += float(cross_entropy) * n_tokens
+        loss_sum, tokens = torch.zeros((), dtype=torch.float64, device=device), 0
+        for batch in loader:
+            _, cross_entropy, n_tokens = batch_loss(loss, model, batch, device)
+            loss_sum += cross_entropy.double() * n_tokens
             tokens += n_tokens
-    loss_sum, tokens = distributed.sum_pair(loss_sum, tokens, dist, device)
+    loss_sum, tokens = distributed.sum_pair(float(loss_sum), tokens, dist, device)
     return loss_sum / max(tokens, 1)

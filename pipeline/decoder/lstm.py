@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from pipeline.config import ModelConfig
 from pipeline.contract import CHANNELS
 from pipeline.decoder.embeddings import copy_pretrained
-from pipeline.decoder.loss import target_mask
+from pipeline.decoder.loss import check_lengths, pack_steps
 
 State = tuple[Tensor, Tensor]  # h, c: each (B, H)
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}  # keys: config.ATTENTION_ACTIVATIONS
@@ -36,10 +36,6 @@ class Encoded:
     def index_select(self, index: Tensor) -> Encoded:
         """Rows `index` (B',) long, in that order; repeats allowed (beam expansion)."""
         return Encoded(self.features.index_select(0, index), self.projected.index_select(0, index))
-
-    def head(self, n: int) -> Encoded:
-        """The first `n` rows, as views (no copy): the active rows of a length-sorted batch."""
-        return Encoded(self.features[:n], self.projected[:n])
 
 
 class Attention(nn.Module):
@@ -206,41 +202,35 @@ class CaptionDecoder(nn.Module):
         self, features: Tensor, image_index: Tensor, captions: Tensor, lengths: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Teacher forcing as `CaptionDecoderProtocol.forward` states (packed logits (N, V),
-        alphas (B, T-1, R)); only the recurrence runs step by step.
+        alphas (B, T-1, R)): `teacher_forced`, packed."""
+        check_lengths(lengths, captions.shape[1])
+        return pack_steps(*self.teacher_forced(features, image_index, captions), lengths)
 
-        Rows are sorted by length and step t runs the LSTM on the rows still active only; the
-        embedding's share of the gates and the output projection run once, outside the loop.
+    def teacher_forced(
+        self, features: Tensor, image_index: Tensor, captions: Tensor, alphas: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher forcing with static shapes: every row runs all T-1 steps (a padded step
+        too, masked by the loss: `dense_caption_loss`), so no sort, no shrinking batch, no host
+        sync; only the recurrence runs step by step. The embedding's share of the gates and
+        the output projection run once, outside the loop.
+
+        features (n_img, R, D); image_index (B,); captions (B, T) -> logits (B, T-1, V),
+        alphas (B, T-1, R) at every step (computed whatever `alphas` asks: the context needs
+        them).
         """
-        batch, width = captions.shape
-        steps_per_row = lengths.to(captions.device) - 1  # (B,) predictions per caption
-        if batch and int(steps_per_row.max()) > width - 1:
-            raise ValueError(f"lengths exceed the caption width {width}")
-        steps_sorted, order = steps_per_row.sort(descending=True, stable=True)  # (B,), (B,)
-        active = _active_counts(steps_sorted, width - 1)  # rows alive at each step
-        encoded = self.encode(features).index_select(
-            image_index.to(order.device)[order]
-        )  # (B, R, *)
-        inputs = captions.index_select(0, order)[:, :-1]  # (B, T-1) sorted
-        word_gates = (
-            self._word_gates(self.embedding(inputs)).transpose(0, 1).unbind(0)
-        )  # T-1 x (B, 4H)
+        encoded = self.encode(features).index_select(image_index)  # (B, R, *)
+        embedded = self.embedding(captions[:, :-1])  # (B, T-1, E)
+        word_gates = self._word_gates(embedded).unbind(1)  # T-1 x (B, 4H)
         h, c = self.init_state(encoded)  # (B, H) each
         context_weight = self._context_weight()  # (4H, D)
-        hiddens, alphas = [], []
-        for t, n in enumerate(active):
-            context, alpha = self._attend(encoded.head(n), h[:n])  # (n, D), (n, R)
-            h, c = self._cell(word_gates[t][:n], context, (h[:n], c[:n]), context_weight)
+        hiddens, weights = [], []
+        for gates in word_gates:
+            context, alpha = self._attend(encoded, h)  # (B, D), (B, R)
+            h, c = self._cell(gates, context, (h, c), context_weight)  # (B, H) each
             hiddens.append(h)
-            alphas.append(alpha)
-        mask = target_mask(lengths, width - 1)  # (B, T-1) caller order
-        regions = encoded.features.shape[1]
-        alphas_out = features.new_zeros(batch, max(width - 1, 0), regions, dtype=torch.float32)
-        if not hiddens:  # no caption has a step to predict
-            return features.new_zeros(0, self.vocab_size, dtype=torch.float32), alphas_out
-        index = _row_major_index(active, order.argsort(), mask)  # (N,)
-        packed = torch.cat(hiddens).index_select(0, index)  # (N, H) caller row-major
-        alphas_out[mask] = torch.cat(alphas).float().index_select(0, index)  # (N, R)
-        return self.output(self.dropout(packed)), alphas_out  # (N, V), (B, T-1, R)
+            weights.append(alpha)
+        hidden = torch.stack(hiddens, dim=1)  # (B, T-1, H)
+        return self.output(self.dropout(hidden)), torch.stack(weights, dim=1)
 
     def parameter_counts(self) -> tuple[int, int]:
         """(total, trainable) number of parameters."""
@@ -256,24 +246,3 @@ def _autocast_once(features: Tensor) -> Tensor:
     if not torch.is_autocast_enabled(kind):
         return features
     return features.to(torch.get_autocast_dtype(kind))  # (B, R, D)
-
-
-def _active_counts(steps_sorted: Tensor, width: int) -> list[int]:
-    """Descending steps per row (B,) -> number of active rows at each step t (one host sync)."""
-    t = torch.arange(width, device=steps_sorted.device).unsqueeze(1)  # (T-1, 1)
-    counts = (steps_sorted.unsqueeze(0) > t).sum(dim=1).tolist()  # (T-1,)
-    return [n for n in counts if n > 0]
-
-
-def _row_major_index(active: list[int], rank: Tensor, mask: Tensor) -> Tensor:
-    """Positions in the step-major packed outputs of each real (row, step), row-major.
-
-    Step t's outputs hold the `active[t]` longest rows, sorted; `rank` (B,) is each caller
-    row's place in that sort and `mask` (B, T-1) marks its real steps.
-    """
-    starts = [0]
-    for n in active[:-1]:
-        starts.append(starts[-1] + n)
-    starts += [0] * (mask.shape[1] - len(starts))  # steps no row reaches (masked out)
-    offsets = torch.tensor(starts, device=mask.device)  # (T-1,)
-    return (offsets.unsqueeze(0) + rank.to(mask.device).unsqueeze(1))[mask]  # (N,)

@@ -60,3 +60,11 @@ class CaptionDecoderProtocol(Protocol):
         alphas (B, T-1, R), zero at padded steps.
         """
         ...
+
+    def teacher_forced(
+        self, features: Tensor, image_index: Tensor, captions: Tensor, alphas: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """Teacher forcing with static shapes (the training step): as `forward`, but the
+        outputs of every step, padded ones included: logits (B, T-1, V), alphas (B, T-1, R)
+        (None is allowed when `alphas` is False). `dense_caption_loss` masks the padding."""
+        ...

@@ -16,7 +16,10 @@ state is the self-attention key/value cache, one (keys, values) pair per layer, 
 (B, heads, t, d / heads): a step attends over the cache, so it costs O(t), and greedy and beam
 search (`pipeline.decoder.decode`) reorder it with `index_select(0, rows)` like an LSTM's (h, c).
 The attention map of a word is the last layer's cross-attention, averaged over heads.
-Softmaxes run in float32, so the decoder is safe under fp16/bf16 autocast.
+Attention runs in `F.scaled_dot_product_attention` (fused kernels that accumulate in float32),
+except that last cross-attention where its weights are read (decoding, attention maps, the
+coverage penalty): `attend` computes them with the softmax in float32. Either way the decoder is
+safe under fp16/bf16 autocast.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import Tensor, nn
 from pipeline.config import ModelConfig
 from pipeline.contract import CHANNELS, GRID
 from pipeline.decoder.embeddings import copy_pretrained
-from pipeline.decoder.loss import target_mask
+from pipeline.decoder.loss import check_lengths, pack_steps
 
 State = tuple[Tensor, ...]  # keys_0, values_0, keys_1, ..: each (B, heads, t, d / heads)
 
@@ -50,17 +53,13 @@ class TransformerEncoded:
         )
 
 
-def attend(
-    queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Scaled dot-product attention, softmax in float32.
+def attend(queries: Tensor, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """Scaled dot-product attention with its weights, softmax in float32.
 
-    queries (B, H, Tq, dh), keys and values (B, H, Tk, dh), mask (Tq, Tk) bool True = allowed
-    -> context (B, H, Tq, dh), weights (B, H, Tq, Tk) float32.
+    queries (B, H, Tq, dh), keys and values (B, H, Tk, dh) -> context (B, H, Tq, dh),
+    weights (B, H, Tq, Tk) float32.
     """
     scores = torch.matmul(queries, keys.transpose(-1, -2)).float() / math.sqrt(queries.shape[-1])
-    if mask is not None:
-        scores = scores.masked_fill(~mask, -math.inf)
     weights = torch.softmax(scores, dim=-1)  # (B, H, Tq, Tk)
     return torch.matmul(weights.to(values.dtype), values), weights
 
@@ -106,33 +105,46 @@ class DecoderLayer(nn.Module):
         past_values: Tensor,
         memory_keys: Tensor,
         memory_values: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """x (B, T, d) at positions t0..t0+T-1 after a cache of t0 positions (B, H, t0, d / H)
-        -> x (B, T, d), the cache extended to t0+T positions (keys, values), and the
-        cross-attention weights averaged over heads (B, T, R) float32."""
+        -> x (B, T, d), the cache extended to t0+T positions (keys, values), and (when
+        `need_weights`) the cross-attention weights averaged over heads (B, T, R) float32.
+
+        Attention runs in `F.scaled_dot_product_attention` (fused kernels); only weights that
+        are read are computed explicitly (`attend`).
+        """
         queries, keys, values = (
             self._split(part) for part in self.self_qkv(self.self_norm(x)).chunk(3, dim=-1)
         )
+        start = past_keys.shape[2]
         keys = torch.cat([past_keys.to(keys.dtype), keys], dim=2)  # (B, H, t0+T, dh)
         values = torch.cat([past_values.to(values.dtype), values], dim=2)  # (B, H, t0+T, dh)
-        context, _ = attend(
-            queries, keys, values, _causal_mask(x.shape[1], keys.shape[2], x.device)
-        )
+        context = _self_attention(queries, keys, values, start)  # (B, H, T, dh)
         x = x + self.dropout(self.self_out(self._merge(context)))
         queries = self._split(self.cross_query(self.cross_norm(x)))  # (B, H, T, dh)
-        context, weights = attend(queries, memory_keys, memory_values)  # weights (B, H, T, R)
+        weights = None
+        if need_weights:
+            context, weights = attend(queries, memory_keys, memory_values)  # (B, H, T, R)
+        else:
+            context = F.scaled_dot_product_attention(
+                queries, memory_keys.to(queries.dtype), memory_values.to(queries.dtype)
+            )  # (B, H, T, dh)
         x = x + self.dropout(self.cross_out(self._merge(context)))
         x = x + self.dropout(self.ff(self.ff_norm(x)))
-        return x, keys, values, weights.mean(dim=1)
+        return x, keys, values, None if weights is None else weights.mean(dim=1)
 
 
-def _causal_mask(steps: int, total: int, device: torch.device) -> Tensor | None:
-    """(steps, total) bool: query i (position total-steps+i) sees keys 0..its own position.
-    None for a single query, which sees the whole cache."""
-    if steps == 1:
-        return None
-    offset = total - steps
-    return torch.ones(steps, total, dtype=torch.bool, device=device).tril(diagonal=offset)
+def _self_attention(queries: Tensor, keys: Tensor, values: Tensor, start: int) -> Tensor:
+    """Causal self-attention of T queries at positions start..start+T-1 over start+T keys
+    (B, H, *, dh) -> (B, H, T, dh): query i sees keys 0..its own position."""
+    steps, total = queries.shape[2], keys.shape[2]
+    if steps == 1:  # one query sees the whole cache
+        return F.scaled_dot_product_attention(queries, keys, values)
+    if start == 0:
+        return F.scaled_dot_product_attention(queries, keys, values, is_causal=True)
+    mask = torch.ones(steps, total, dtype=torch.bool, device=queries.device).tril(diagonal=start)
+    return F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
 
 
 class TransformerDecoder(nn.Module):
@@ -236,24 +248,30 @@ class TransformerDecoder(nn.Module):
         self, features: Tensor, image_index: Tensor, captions: Tensor, lengths: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Teacher forcing as `CaptionDecoderProtocol.forward` states (packed logits (N, V),
-        alphas (B, T-1, R)), every step at once under the causal mask.
+        alphas (B, T-1, R)): `teacher_forced`, packed."""
+        check_lengths(lengths, captions.shape[1])
+        return pack_steps(*self.teacher_forced(features, image_index, captions), lengths)
 
-        Padding sits after the real tokens, so the causal mask already keeps it out of every
-        real step.
+    def teacher_forced(
+        self, features: Tensor, image_index: Tensor, captions: Tensor, alphas: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """Every step at once under the causal mask: features (n_img, R, D); image_index (B,);
+        captions (B, T) -> logits (B, T-1, V) and the last layer's alphas (B, T-1, R) (None
+        unless `alphas`: every attention then runs fused). Padding sits after the real tokens,
+        so the causal mask keeps it out of every real step; the loss masks the padded steps.
         """
-        width = captions.shape[1]
-        if lengths.numel() and int(lengths.max()) > width:
-            raise ValueError(f"lengths exceed the caption width {width}")
         encoded = self.encode(features).index_select(image_index)  # (B, L, H, R, dh)
-        hidden, alphas, _ = self.run_positions(captions[:, :-1], self.init_state(encoded), encoded)
-        mask = target_mask(lengths.to(captions.device), width - 1)  # (B, T-1)
-        return self.logits(hidden[mask]), alphas * mask.unsqueeze(2)  # (N, V), (B, T-1, R)
+        hidden, weights, _ = self.run_positions(
+            captions[:, :-1], self.init_state(encoded), encoded, alphas
+        )  # (B, T-1, d), (B, T-1, R)
+        return self.logits(hidden), weights
 
     def run_positions(
-        self, words: Tensor, state: State, encoded: TransformerEncoded
-    ) -> tuple[Tensor, Tensor, State]:
+        self, words: Tensor, state: State, encoded: TransformerEncoded, alphas: bool = True
+    ) -> tuple[Tensor, Tensor | None, State]:
         """words (B, T) at positions t0..t0+T-1 after a cache of t0 -> hidden (B, T, d) after the
-        final norm, last-layer alphas (B, T, R) float32, the cache of t0+T positions."""
+        final norm, last-layer alphas (B, T, R) float32 (None unless `alphas`), the cache of
+        t0+T positions."""
         start, steps = state[0].shape[2], words.shape[1]
         if start + steps > self.positions.shape[0]:
             raise ValueError(
@@ -261,13 +279,19 @@ class TransformerDecoder(nn.Module):
                 f"{self.positions.shape[0]}"
             )
         x = self.dropout(self.embedding(words) + self.positions[start : start + steps])  # (B, T, d)
-        new_state, alphas = [], None
+        new_state, weights = [], None
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x, keys, values, alphas = layer(
-                x, state[2 * i], state[2 * i + 1], encoded.keys[:, i], encoded.values[:, i]
+            x, keys, values, weights = layer(
+                x,
+                state[2 * i],
+                state[2 * i + 1],
+                encoded.keys[:, i],
+                encoded.values[:, i],
+                need_weights=alphas and i == last,
             )
             new_state += [keys, values]
-        return self.final_norm(x), alphas, tuple(new_state)
+        return self.final_norm(x), weights, tuple(new_state)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """(..., d) -> (..., V)."""

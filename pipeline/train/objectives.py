@@ -18,16 +18,24 @@ import torch
 
 from pipeline.config import Config
 from pipeline.dataset.batches import SplitData, plan_epoch
-from pipeline.dataset.teacher_forced import batch_loss
+from pipeline.dataset.teacher_forced import batch_loss, teacher_forced_loss
 from pipeline.decoder.vocab import Vocabulary
 from pipeline.device import training_autocast
 from pipeline.train import scst
 
 
 class CrossEntropy:
-    """Teacher-forced cross-entropy; sums: `loss` (CE x tokens) and `tokens`."""
+    """Teacher-forced cross-entropy; sums: `loss` (CE x tokens, on the device) and `tokens`.
+
+    The step (`teacher_forced_loss`) has static shapes and never waits for the device;
+    `train.compile` compiles it.
+    """
 
     name = "xe"
+    host_bound = False  # nothing in a step reads the device
+
+    def __init__(self, config: Config, device: torch.device):
+        self.loss_function = teacher_forced_loss(config, device, config.train.compile)
 
     def plan(self, trainer, epoch: int, rng: np.random.Generator) -> list:
         """The epoch's batches of captions (`train.batching`)."""
@@ -37,9 +45,9 @@ class CrossEntropy:
     def loss(self, trainer, key, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """The batch's loss (with the attention penalty) and its CE x tokens, tokens."""
         total, cross_entropy, tokens = batch_loss(
-            trainer.model, batch, trainer.config, trainer.device
+            self.loss_function, trainer.model, batch, trainer.device
         )
-        return total, {"loss": float(cross_entropy.detach()) * tokens, "tokens": tokens}
+        return total, {"loss": cross_entropy.detach().double() * tokens, "tokens": tokens}
 
     def progress(self, sums: dict[str, float], seconds: float) -> str:
         """The progress bar's text so far."""
@@ -59,6 +67,7 @@ class SelfCritical:
     """SCST (see pipeline/train/scst.py); sums: the fields of `scst.StepStats`."""
 
     name = "scst"
+    host_bound = True  # every step reads its samples on the host for their rewards
 
     def __init__(self, config: Config, train_split: SplitData, val_split: SplitData, vocab):
         self.scst = scst.build_scst(config, train_split.references, vocab)
@@ -111,9 +120,13 @@ class SelfCritical:
 
 
 def build_objective(
-    config: Config, train_split: SplitData, val_split: SplitData, vocab: Vocabulary
+    config: Config,
+    train_split: SplitData,
+    val_split: SplitData,
+    vocab: Vocabulary,
+    device: torch.device,
 ):
     """The objective `train.objective` names."""
     if config.train.objective == "scst":
         return SelfCritical(config, train_split, val_split, vocab)
-    return CrossEntropy()
+    return CrossEntropy(config, device)

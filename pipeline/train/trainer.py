@@ -187,7 +187,7 @@ def build_trainer(
         scaler,
         state,
         dist,
-        build_objective(config, train_split, val_split, vocab),
+        build_objective(config, train_split, val_split, vocab, device),
         lock,
         run,
     )
