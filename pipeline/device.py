@@ -80,6 +80,15 @@ def training_autocast(config: Config, device: torch.device) -> torch.autocast:
     return autocast_to(device, autocast_dtype(config, device))
 
 
+def static_step(device: torch.device, compile: bool) -> bool:
+    """Whether the training step runs with static shapes (`teacher_forced`: every caption
+    every step of its batch, no host sync) rather than packed (`forward`: the LSTM's batch
+    shrinks step by step, after one host read of the lengths). Static on CUDA, where launches
+    and host syncs are the cost, and when compiling (one graph per shape); packed on a CPU
+    without compiling, where a host read is free and the padded steps' FLOPs are the time."""
+    return compile or device.type == "cuda"
+
+
 def compiled(function, device: torch.device):
     """`function` through `torch.compile` (`train.compile`): static shapes (one graph per
     input shape: `train.length_bucket` keeps the widths few), CUDA graphs on CUDA

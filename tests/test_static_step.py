@@ -1,5 +1,5 @@
-"""The static-shape training step: the same losses and gradients as one caption at a time, the
-bucketed batch widths, and the compiled step equal to the eager one."""
+"""The training step, static (GPU, compiled) and packed (CPU): the same losses and gradients as
+one caption at a time, the bucketed batch widths, and the compiled step equal to the eager one."""
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ from pipeline.dataset.batches import CaptionBatches, SplitData
 from pipeline.dataset.teacher_forced import teacher_forced_loss
 from pipeline.decoder.build import DECODERS
 from pipeline.decoder.loss import IGNORED, coverage_penalty, dense_caption_loss
+from pipeline.device import static_step as static_step_rule
 
 VOCAB, FEATURE_DIM, REGIONS = 30, 32, 49
 PAD, SOS, EOS = 0, 1, 2
@@ -162,3 +163,29 @@ def test_compiled_step_equals_the_eager_step(kind):
     assert grads.keys() == expected.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kind,attention", [("lstm", "additive"), ("lstm", "linear"), ("transformer", "additive")]
+)
+def test_the_cpu_step_packed_equals_one_caption_at_a_time(kind, attention):
+    """On a CPU without compiling the step is the packed `forward` (the LSTM's batch shrinks
+    step by step): the same total loss and gradients as the reference, and the static path."""
+    config = Config()
+    config.model.doubly_stochastic, config.train.label_smoothing = LAMBDA, SMOOTHING
+    assert not static_step_rule(torch.device("cpu"), False)
+    assert static_step_rule(torch.device("cpu"), True) and static_step_rule(
+        torch.device("cuda"), False
+    )
+    model = make_decoder(kind, attention)
+    batch = make_batch()
+    _, reference_total = one_at_a_time(model, *batch)
+    reference_grads = gradients(model, reference_total)
+    total, _ = teacher_forced_loss(config, torch.device("cpu"))(model, *batch)
+    torch.testing.assert_close(total, reference_total, atol=1e-5, rtol=1e-5)
+    grads = gradients(model, total)
+    assert grads.keys() == reference_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], atol=1e-5, rtol=1e-4)
+    _, static_total = static_step(model, *batch)
+    torch.testing.assert_close(total, static_total, atol=1e-5, rtol=1e-5)

@@ -1,9 +1,10 @@
 """Teacher-forced passes over a split: the loader, one batch's loss, and a split's mean loss.
 
 Shared by training (every step, and the val loss each epoch) and `evaluate` (the split loss).
-The loss of a batch is computed with static shapes and no host sync (`teacher_forced_loss`):
-every caption runs every step of its batch's width and the padded steps are masked out, so a
-step can be compiled (`train.compile`) and queued on a GPU without waiting for it.
+On a GPU (or compiled) the loss of a batch is computed with static shapes and no host sync
+(`teacher_forced_loss`): every caption runs every step of its batch's width and the padded
+steps are masked out, so a step can be compiled (`train.compile`) and queued without waiting
+for it; on a CPU the decoder's packed `forward` does fewer FLOPs (`device.static_step`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pipeline import distributed
 from pipeline.config import Config
 from pipeline.dataset.batches import CaptionBatches, SplitData, plan_epoch
 from pipeline.dataset.store import FeatureStore
-from pipeline.decoder.loss import dense_caption_loss
-from pipeline.device import autocast_dtype, autocast_to, compiled
+from pipeline.decoder.loss import caption_loss, dense_caption_loss
+from pipeline.device import autocast_dtype, autocast_to, compiled, static_step
 
 # model, features (n_img, R, D), image_index (B,), captions (B, T), lengths (B,) -> total, CE
 LossFunction = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -48,28 +49,30 @@ def teacher_forced_loss(
     config: Config, device: torch.device, compile: bool = False
 ) -> LossFunction:
     """The function (model, features, image_index, captions, lengths) -> (total loss,
-    cross-entropy) of one batch on `device` under `train.precision`: `dense_caption_loss`
-    on the decoder's `teacher_forced` outputs. `compile`: through `pipeline.device.compiled`.
+    cross-entropy) of one batch on `device` under `train.precision`: `dense_caption_loss` on
+    the decoder's static-shape `teacher_forced` outputs, or `caption_loss` on its packed
+    `forward` (the rule: `pipeline.device.static_step`). `compile`: through
+    `pipeline.device.compiled`.
     """
     model_config, smoothing = config.model, config.train.label_smoothing
+    penalty = model_config.doubly_stochastic, smoothing, model_config.attention_penalty
     dtype = autocast_dtype(config, device)
 
-    def loss(model, features, image_index, captions, lengths):
+    def static(model, features, image_index, captions, lengths):
         with autocast_to(device, dtype):
             logits, alphas = model.teacher_forced(
                 features, image_index, captions, alphas=model_config.doubly_stochastic > 0
             )  # (B, T-1, V), (B, T-1, R)
-        return dense_caption_loss(
-            logits,
-            captions,
-            alphas,
-            lengths,
-            model_config.doubly_stochastic,
-            smoothing,
-            model_config.attention_penalty,
-        )
+        return dense_caption_loss(logits, captions, alphas, lengths, *penalty)
 
-    return compiled(loss, device) if compile else loss
+    def packed(model, features, image_index, captions, lengths):
+        with autocast_to(device, dtype):
+            logits, alphas = model(features, image_index, captions, lengths)  # (N, V), (B, T-1, R)
+        return caption_loss(logits, captions, alphas, lengths, *penalty)
+
+    if not static_step(device, compile):
+        return packed
+    return compiled(static, device) if compile else static
 
 
 def batch_loss(

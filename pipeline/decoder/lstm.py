@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from pipeline.config import ModelConfig
 from pipeline.contract import CHANNELS
 from pipeline.decoder.embeddings import copy_pretrained
-from pipeline.decoder.loss import check_lengths, pack_steps
+from pipeline.decoder.loss import check_lengths, target_mask
 
 State = tuple[Tensor, Tensor]  # h, c: each (B, H)
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}  # keys: config.ATTENTION_ACTIVATIONS
@@ -202,9 +202,37 @@ class CaptionDecoder(nn.Module):
         self, features: Tensor, image_index: Tensor, captions: Tensor, lengths: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Teacher forcing as `CaptionDecoderProtocol.forward` states (packed logits (N, V),
-        alphas (B, T-1, R)): `teacher_forced`, packed."""
-        check_lengths(lengths, captions.shape[1])
-        return pack_steps(*self.teacher_forced(features, image_index, captions), lengths)
+        alphas (B, T-1, R)) with the fewest FLOPs: rows sorted by length, step t runs the
+        LSTM on the rows still active only (one host read of the lengths); the embedding's
+        share of the gates and the output projection run once, outside the loop. The CPU's
+        training step (`pipeline.device.static_step`); `teacher_forced` is the GPU's.
+        """
+        batch, width = captions.shape
+        check_lengths(lengths, width)
+        steps_per_row = lengths.to(captions.device) - 1  # (B,) predictions per caption
+        steps_sorted, order = steps_per_row.sort(descending=True, stable=True)  # (B,), (B,)
+        active = _active_counts(steps_sorted, width - 1)  # rows alive at each step
+        encoded = self.encode(features).index_select(image_index.to(order.device)[order])
+        inputs = captions.index_select(0, order)[:, :-1]  # (B, T-1) sorted
+        word_gates = self._word_gates(self.embedding(inputs)).unbind(1)  # T-1 x (B, 4H)
+        h, c = self.init_state(encoded)  # (B, H) each
+        context_weight = self._context_weight()  # (4H, D)
+        hiddens, alphas = [], []
+        for t, n in enumerate(active):
+            head = Encoded(encoded.features[:n], encoded.projected[:n])  # the n longest rows
+            context, alpha = self._attend(head, h[:n])  # (n, D), (n, R)
+            h, c = self._cell(word_gates[t][:n], context, (h[:n], c[:n]), context_weight)
+            hiddens.append(h)
+            alphas.append(alpha)
+        mask = target_mask(lengths.to(captions.device), width - 1)  # (B, T-1) caller order
+        regions = encoded.features.shape[1]
+        alphas_out = features.new_zeros(batch, max(width - 1, 0), regions, dtype=torch.float32)
+        if not hiddens:  # no caption has a step to predict
+            return features.new_zeros(0, self.vocab_size, dtype=torch.float32), alphas_out
+        index = _row_major_index(active, order.argsort(), mask)  # (N,)
+        packed = torch.cat(hiddens).index_select(0, index)  # (N, H) caller row-major
+        alphas_out[mask] = torch.cat(alphas).float().index_select(0, index)  # (N, R)
+        return self.output(self.dropout(packed)), alphas_out  # (N, V), (B, T-1, R)
 
     def teacher_forced(
         self, features: Tensor, image_index: Tensor, captions: Tensor, alphas: bool = True
@@ -246,3 +274,24 @@ def _autocast_once(features: Tensor) -> Tensor:
     if not torch.is_autocast_enabled(kind):
         return features
     return features.to(torch.get_autocast_dtype(kind))  # (B, R, D)
+
+
+def _active_counts(steps_sorted: Tensor, width: int) -> list[int]:
+    """Descending steps per row (B,) -> number of active rows at each step t (one host read)."""
+    t = torch.arange(width, device=steps_sorted.device).unsqueeze(1)  # (T-1, 1)
+    counts = (steps_sorted.unsqueeze(0) > t).sum(dim=1).tolist()  # (T-1,)
+    return [n for n in counts if n > 0]
+
+
+def _row_major_index(active: list[int], rank: Tensor, mask: Tensor) -> Tensor:
+    """Positions in the step-major packed outputs of each real (row, step), row-major.
+
+    Step t's outputs hold the `active[t]` longest rows, sorted; `rank` (B,) is each caller
+    row's place in that sort and `mask` (B, T-1) marks its real steps.
+    """
+    starts = [0]
+    for n in active[:-1]:
+        starts.append(starts[-1] + n)
+    starts += [0] * (mask.shape[1] - len(starts))  # steps no row reaches (masked out)
+    offsets = torch.tensor(starts, device=mask.device)  # (T-1,)
+    return (offsets.unsqueeze(0) + rank.to(mask.device).unsqueeze(1))[mask]  # (N,)
