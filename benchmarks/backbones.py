@@ -10,8 +10,8 @@ pipeline/backbones.py (`--backbones`): end-to-end `extract` of the same photo-li
 precision "auto" rule and batch size) into a file of its grid (`--grid`, default 7: what the
 sweep's backbone axis compares; 0 = each backbone's own grid), and the bytes one image's grid
 takes stored as float16. (The runs store float32: random-init resnet101/152 grids reach
-values past float16's range; writing is a small share of the time either way.) Every figure is also given as a ratio to resnet50's, measured in
-the same run (resnet50 is measured first whether or not it is listed): on a shared machine
+values past float16's range; writing is a small share of the time either way.) Every figure
+is also given as a ratio to resnet50's, measured in the same run (resnet50 is measured first whether or not it is listed): on a shared machine
 only ratios are comparable between runs.
 
 Prints a table, then one line of JSON.
@@ -21,28 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.extract import make_images  # noqa: E402
-from pipeline import (
-    contract,  # noqa: E402
-    output,
-)
-from pipeline.backbones import BACKBONES, DEFAULT_BACKBONE  # noqa: E402
-from pipeline.extract.backbone import resolve_weights  # noqa: E402
-from pipeline.extract.extractor import (  # noqa: E402
-    ExtractJob,
-    list_images,
-    resolve_grid,
-    resolve_precision,
-    run_extraction,
-)
+from benchmarks.common import folder_job
+from benchmarks.extract import make_images
+from pipeline import contract, output
+from pipeline.backbones import BACKBONES, DEFAULT_BACKBONE
+from pipeline.config import Config
+from pipeline.extract.extractor import run_extraction
 
 DTYPE = "float16"  # what bytes per image are given for
 STORED = "float32"  # what the runs write (random-init deep ResNets overflow float16)
@@ -51,22 +40,10 @@ STORED = "float32"  # what the runs write (random-init deep ResNets overflow flo
 def measure(name: str, images: Path, work: Path, grid: int, batch: int, workers: int) -> dict:
     """One backbone's end-to-end extraction of every image in `images`: images/s and the
     float16 bytes per image of its grid."""
-    device = torch.device("cpu")
-    names, _ = list_images(images)
-    job = ExtractJob(
-        images_root=images,
-        names=names,
-        out=work / f"{name}.h5",
-        weights=resolve_weights("none", name),
-        device=device,
-        precision=resolve_precision("auto", device),
-        dtype=STORED,
-        backbone=name,
-        grid=resolve_grid(name, grid),
-        class_token=False,
-        batch_size=batch,
-        workers=workers,
-        progress=False,
+    config = Config()
+    config.features.backbone, config.features.grid = name, grid
+    job = folder_job(
+        images, work / f"{name}.h5", config, dtype=STORED, batch_size=batch, workers=workers
     )
     with output.quiet():
         result = run_extraction(job)

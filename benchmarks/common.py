@@ -127,13 +127,14 @@ def train_demo(cache: DemoCache, name: str, *settings: str) -> Path:
         return train(config)
 
 
-def folder_job(images: Path, out: Path, **job) -> ExtractJob:
-    """job_from_config for every image under `images` (no caption file) into `out`: random-init
-    weights, the CPU, overwrite, quiet; `job` as job_from_config takes it."""
+def folder_job(images: Path, out: Path, config: Config | None = None, **job) -> ExtractJob:
+    """job_from_config for every image under `images` (no caption file) into `out`: `config`
+    (default Config(): resnet50) with random-init weights, the CPU, overwrite, quiet; `job` as
+    job_from_config takes it."""
     defaults = {"weights": "none", "device": "cpu", "overwrite": True, "progress": False}
     with output.quiet():
         return job_from_config(
-            Config(), images=str(images), captions="", out=str(out), **defaults | job
+            config or Config(), images=str(images), captions="", out=str(out), **defaults | job
         )
 
 

@@ -45,7 +45,9 @@ PREDICTIONS = {
 
 
 def _child_processes() -> list[str]:
-    """'pid state name' of every process (alive or zombie) whose parent is this test process."""
+    """'pid state name' of every process (alive or zombie) whose parent is this test process,
+    but multiprocessing's resource tracker (started once by an earlier test's spawned child,
+    it lives as long as the test process)."""
     children = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -55,7 +57,11 @@ def _child_processes() -> list[str]:
                 fields = handle.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{entry}/comm") as handle:
                 name = handle.read().strip()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read()
         except OSError:  # the process ended while we looked
+            continue
+        if b"multiprocessing.resource_tracker" in command:
             continue
         if int(fields[1]) == os.getpid():
             children.append(f"{entry} {fields[0]} {name}")
