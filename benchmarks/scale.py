@@ -271,6 +271,7 @@ class FirstSteps:
 
     def __init__(self, inner, steps: int):
         self.inner, self.steps, self.name = inner, steps, inner.name
+        self.host_bound = inner.host_bound
         self.arrivals: list[float] = []  # perf_counter() when batch i reached `loss`
         self.tokens: list[float] = []  # target tokens of batch i
 
