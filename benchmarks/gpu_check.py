@@ -80,6 +80,16 @@ SIZES = {  # full: a real GPU run; tiny: the same paths in seconds on a CPU
         "forward_batches": 8,
         "model": [],
         "backbones": tuple(BACKBONES),
+        "train_variants": {  # large batches, the grids on the GPU, the compiled static step
+            "b512": ["train.batch_size=512"],
+            "b512_device": ["train.batch_size=512", 'features.cache="device"'],
+            "b512_device_compiled": [
+                "train.batch_size=512",
+                'features.cache="device"',
+                "train.compile=true",
+                "train.length_bucket=8",
+            ],
+        },
     },
     "tiny": {
         "images": 48,
@@ -88,6 +98,7 @@ SIZES = {  # full: a real GPU run; tiny: the same paths in seconds on a CPU
         "beam_images": 12,
         "forward_batches": 2,
         "backbones": (),  # every backbone's build and forward: minutes on a CPU
+        "train_variants": {},  # compiling takes minutes on a CPU
         "model": [
             "model.embed_dim=16",
             "model.hidden_dim=32",
@@ -246,6 +257,18 @@ def training(work: Path, device: torch.device, size: dict) -> dict:
     return out
 
 
+def training_variants(work: Path, device: torch.device, size: dict) -> dict:
+    """tokens/s of one epoch at the automatic precision for each of `size`'s variants (batch
+    size, `features.cache`, `train.compile`), each beside the plain automatic run's."""
+    out = {}
+    for name, overrides in size["train_variants"].items():
+        run = f"train-{name}"
+        extra = sum((["--set", s] for s in (*settings(work, device, size, run), *overrides)), [])
+        invoke(["train", "--config", str(DEMO_CONFIG), *extra])
+        out[f"tokens_per_s_{name}"] = last_epoch(work / "runs" / run)["tokens_per_s"]
+    return out
+
+
 def end_to_end(work: Path, device: torch.device, size: dict) -> dict:
     """The cached epoch vs the seed's end-to-end epoch (benchmarks/train.py's measurement)."""
     config = load_config(
@@ -373,7 +396,7 @@ def scst(work: Path, device: torch.device, size: dict) -> dict:
 
 # ---------------------------------------------------------------- main
 
-SECTIONS = (stage_one, training, end_to_end, beam, bulk_caption, torchrun, scst)
+SECTIONS = (stage_one, training, end_to_end, beam, bulk_caption, torchrun, scst, training_variants)
 
 
 def run_checks(work: Path, device: torch.device, size: dict, out: Path) -> dict:
