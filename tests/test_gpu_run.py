@@ -44,6 +44,7 @@ SECTIONS = (
     "bulk_caption",
     "torchrun",
     "scst",
+    "training_variants",
 )
 SITECUSTOMIZE = '''"""Imports as on the GPU machine (written by tests/test_gpu_run.py): a top-level module
 not in ALLOWED is looked for in ROOTS and the standard library's folders only."""
