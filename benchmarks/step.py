@@ -13,8 +13,8 @@ the image side of the attention (W_f·features) for the active rows, writes its 
 projection into a (B, T, V) tensor, and the loss packs that tensor afterwards. captioner's
 step is the trainer's on a CPU (`pipeline.dataset.teacher_forced.teacher_forced_loss`: the
 LSTM's packed `forward`, its batch shrinking step by step), W_f·features once per batch, the
-embedding's share of the LSTM gates once, the output projection once on all the hidden states
-(pipeline/decoder/lstm.py); `captioner_static` is the static-shape step a GPU runs (every
+embedding's share of the LSTM gates once, the output projection once on all the hidden states,
+each step weight's gradient once over all the steps (pipeline/decoder/step_weight.py); `captioner_static` is the static-shape step a GPU runs (every
 caption every step of the batch, the padded ones masked in the loss), eager on this CPU. `--compile` adds the step through
 torch.compile (`train.compile`; compiling takes minutes on a CPU, in the warm-up round).
 

@@ -20,6 +20,7 @@ from pipeline.config import ModelConfig
 from pipeline.contract import CHANNELS
 from pipeline.decoder.embeddings import copy_pretrained
 from pipeline.decoder.loss import check_lengths, target_mask
+from pipeline.decoder.step_weight import StepWeight, in_autocast_dtype
 
 State = tuple[Tensor, Tensor]  # h, c: each (B, H)
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}  # keys: config.ATTENTION_ACTIVATIONS
@@ -36,6 +37,16 @@ class Encoded:
     def index_select(self, index: Tensor) -> Encoded:
         """Rows `index` (B',) long, in that order; repeats allowed (beam expansion)."""
         return Encoded(self.features.index_select(0, index), self.projected.index_select(0, index))
+
+
+@dataclass
+class StepProducts:
+    """The products a step applies to the previous h and to the context, for one forward."""
+
+    attention: StepWeight  # W_h: h (n, H) -> (n, A) or (n, 1)
+    gate: StepWeight | None  # W_β, b_β: h (n, H) -> (n, D)
+    hidden: StepWeight  # W_hh: h (n, H) -> (n, 4H)
+    context: StepWeight  # the context's share of W_ih: (n, D) -> (n, 4H)
 
 
 class Attention(nn.Module):
@@ -79,7 +90,11 @@ class Attention(nn.Module):
 
     def forward(self, encoded: Encoded, h: Tensor) -> tuple[Tensor, Tensor]:
         """h (B, H) -> context (B, D), alpha (B, R) float32 summing to 1 over the regions."""
-        hidden = self.hidden_proj(h).unsqueeze(1)  # (B, 1, A|1)
+        return self.attend(encoded, self.hidden_proj(h))
+
+    def attend(self, encoded: Encoded, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward` given W_h·h (B, A|1) -> context (B, D), alpha (B, R)."""
+        hidden = hidden.unsqueeze(1)  # (B, 1, A|1)
         if self.score is None:
             scores = (encoded.projected + hidden).squeeze(2)  # (B, R)
         else:
@@ -151,7 +166,7 @@ class CaptionDecoder(nn.Module):
         features = features.float()  # (B, R, D)
         if self.feature_norm is not None:
             features = self.feature_norm(features)  # (B, R, D)
-        return Encoded(_autocast_once(features), self.attention.project(features))
+        return Encoded(in_autocast_dtype(features), self.attention.project(features))
 
     def init_state(self, encoded: Encoded) -> State:
         """h0, c0 = Linear(mean of the regions), each (B, H), through tanh if
@@ -162,16 +177,31 @@ class CaptionDecoder(nn.Module):
 
     def step(self, words: Tensor, state: State, encoded: Encoded) -> tuple[Tensor, Tensor, State]:
         """One step: words (B,) long, state 2 x (B, H) -> logits (B, V), alpha (B, R), new state."""
-        context, alpha = self._attend(encoded, state[0])  # (B, D), (B, R)
+        products = self._products()
+        context, alpha = self._attend(encoded, state[0], products)  # (B, D), (B, R)
         word_gates = self._word_gates(self.embedding(words))  # (B, 4H)
-        h, c = self._cell(word_gates, context, state, self._context_weight())  # (B, H) each
+        h, c = self._cell(word_gates, context, state, products)  # (B, H) each
         return self.output(self.dropout(h)), alpha, (h, c)
 
-    def _attend(self, encoded: Encoded, h: Tensor) -> tuple[Tensor, Tensor]:
+    def _products(self, deferred: bool = False) -> StepProducts:
+        """One forward pass's step products. `deferred` (the training passes, eager): each
+        weight's gradient formed once over all the steps (`StepWeight`). The context's share of
+        W_ih is sliced here, once: every slice of a parameter costs a full-size zero-filled
+        gradient in backward."""
+        gate = self.gate
+        context_weight = self.lstm.weight_ih[:, self.embedding.embedding_dim :]  # (4H, D)
+        return StepProducts(
+            attention=StepWeight(self.attention.hidden_proj.weight, deferred=deferred),
+            gate=None if gate is None else StepWeight(gate.weight, gate.bias, deferred),
+            hidden=StepWeight(self.lstm.weight_hh, deferred=deferred),
+            context=StepWeight(context_weight, deferred=deferred),
+        )
+
+    def _attend(self, encoded: Encoded, h: Tensor, products: StepProducts) -> tuple[Tensor, Tensor]:
         """h (B, H) -> gated context (B, D), alpha (B, R)."""
-        context, alpha = self.attention(encoded, h)  # (B, D), (B, R)
-        if self.gate is not None:
-            context = torch.sigmoid(self.gate(h)) * context  # β (B, D) scales the context
+        context, alpha = self.attention.attend(encoded, products.attention(h))  # (B, D), (B, R)
+        if products.gate is not None:
+            context = torch.sigmoid(products.gate(h)) * context  # β (B, D) scales the context
         return context, alpha
 
     def _word_gates(self, embedded: Tensor) -> Tensor:
@@ -183,17 +213,12 @@ class CaptionDecoder(nn.Module):
         weight = self.lstm.weight_ih[:, : self.embedding.embedding_dim]  # (4H, E)
         return F.linear(embedded, weight, self.lstm.bias_ih + self.lstm.bias_hh)
 
-    def _context_weight(self) -> Tensor:
-        """The context's share of W_ih, (4H, D). Taken once per forward: every slice of a
-        parameter costs a full-size zero-filled gradient in backward."""
-        return self.lstm.weight_ih[:, self.embedding.embedding_dim :]
-
     def _cell(
-        self, word_gates: Tensor, context: Tensor, state: State, context_weight: Tensor
+        self, word_gates: Tensor, context: Tensor, state: State, products: StepProducts
     ) -> State:
         """nn.LSTMCell's update (gate order i, f, g, o) with the word share precomputed."""
         h, c = state
-        gates = word_gates + F.linear(context, context_weight) + F.linear(h, self.lstm.weight_hh)
+        gates = word_gates + products.context(context) + products.hidden(h)  # (B, 4H)
         i, f, g, o = gates.chunk(4, dim=1)  # (B, H) each
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
@@ -204,7 +229,8 @@ class CaptionDecoder(nn.Module):
         """Teacher forcing as `CaptionDecoderProtocol.forward` states (packed logits (N, V),
         alphas (B, T-1, R)) with the fewest FLOPs: rows sorted by length, step t runs the
         LSTM on the rows still active only (one host read of the lengths); the embedding's
-        share of the gates and the output projection run once, outside the loop. The CPU's
+        share of the gates and the output projection run once, outside the loop, and so does
+        the gradient of each weight the steps apply (`StepWeight`). The CPU's
         training step (`pipeline.device.static_step`); `teacher_forced` is the GPU's.
         """
         batch, width = captions.shape
@@ -216,12 +242,12 @@ class CaptionDecoder(nn.Module):
         inputs = captions.index_select(0, order)[:, :-1]  # (B, T-1) sorted
         word_gates = self._word_gates(self.embedding(inputs)).unbind(1)  # T-1 x (B, 4H)
         h, c = self.init_state(encoded)  # (B, H) each
-        context_weight = self._context_weight()  # (4H, D)
+        products = self._products(deferred=True)
         hiddens, alphas = [], []
         for t, n in enumerate(active):
             head = Encoded(encoded.features[:n], encoded.projected[:n])  # the n longest rows
-            context, alpha = self._attend(head, h[:n])  # (n, D), (n, R)
-            h, c = self._cell(word_gates[t][:n], context, (h[:n], c[:n]), context_weight)
+            context, alpha = self._attend(head, h[:n], products)  # (n, D), (n, R)
+            h, c = self._cell(word_gates[t][:n], context, (h[:n], c[:n]), products)
             hiddens.append(h)
             alphas.append(alpha)
         mask = target_mask(lengths.to(captions.device), width - 1)  # (B, T-1) caller order
@@ -240,7 +266,8 @@ class CaptionDecoder(nn.Module):
         """Teacher forcing with static shapes: every row runs all T-1 steps (a padded step
         too, masked by the loss: `dense_caption_loss`), so no sort, no shrinking batch, no host
         sync; only the recurrence runs step by step. The embedding's share of the gates and
-        the output projection run once, outside the loop.
+        the output projection run once, outside the loop, and, when eager, so does the
+        gradient of each weight the steps apply (`StepWeight`).
 
         features (n_img, R, D); image_index (B,); captions (B, T) -> logits (B, T-1, V),
         alphas (B, T-1, R) at every step (computed whatever `alphas` asks: the context needs
@@ -250,11 +277,11 @@ class CaptionDecoder(nn.Module):
         embedded = self.embedding(captions[:, :-1])  # (B, T-1, E)
         word_gates = self._word_gates(embedded).unbind(1)  # T-1 x (B, 4H)
         h, c = self.init_state(encoded)  # (B, H) each
-        context_weight = self._context_weight()  # (4H, D)
+        products = self._products(deferred=not torch.compiler.is_compiling())
         hiddens, weights = [], []
         for gates in word_gates:
-            context, alpha = self._attend(encoded, h)  # (B, D), (B, R)
-            h, c = self._cell(gates, context, (h, c), context_weight)  # (B, H) each
+            context, alpha = self._attend(encoded, h, products)  # (B, D), (B, R)
+            h, c = self._cell(gates, context, (h, c), products)  # (B, H) each
             hiddens.append(h)
             weights.append(alpha)
         hidden = torch.stack(hiddens, dim=1)  # (B, T-1, H)
@@ -265,15 +292,6 @@ class CaptionDecoder(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return total, trainable
-
-
-def _autocast_once(features: Tensor) -> Tensor:
-    """The grid (B, R, D) in the autocast dtype when autocast is on (else unchanged): every
-    step's attention bmm would otherwise cast the whole float32 grid again."""
-    kind = features.device.type
-    if not torch.is_autocast_enabled(kind):
-        return features
-    return features.to(torch.get_autocast_dtype(kind))  # (B, R, D)
 
 
 def _active_counts(steps_sorted: Tensor, width: int) -> list[int]:
