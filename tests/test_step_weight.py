@@ -85,3 +85,16 @@ def test_under_autocast_it_computes_in_bf16_with_float32_gradients():
     for g, e in zip(got, expected, strict=True):
         assert g.dtype == torch.float32
         assert float((g - e).norm() / e.norm()) < 0.02
+
+
+def test_float16_steps_sum_their_gradient_in_float32():
+    """Each step's share of the weight's gradient fits in float16 (65,504 at most), their sum
+    does not: 8 steps of 256 rows of 0.5 with output gradient 100 give 12,800 each."""
+    weight = torch.zeros(OUT, IN, requires_grad=True)
+    xs = [torch.full((256, IN), 0.5) for _ in range(8)]
+    with torch.autocast("cpu", dtype=torch.float16):
+        step = StepWeight(weight)
+        loss = sum((step(x) * 100.0).sum() for x in xs)
+        got = grads(loss, weight)[0]
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.full((OUT, IN), 8 * 12_800.0))

@@ -16,13 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def compute_dtype(tensor: Tensor) -> torch.dtype:
+    """The dtype products with `tensor` run in: autocast's when it is on for its device."""
+    kind = tensor.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else tensor.dtype
+
+
 def in_autocast_dtype(tensor: Tensor) -> Tensor:
     """`tensor` in the autocast dtype when autocast is on for its device (else unchanged): one
     cast for the whole loop, where every step's operation would cast it again."""
-    kind = tensor.device.type
-    if not torch.is_autocast_enabled(kind):
-        return tensor
-    return tensor.to(torch.get_autocast_dtype(kind))
+    return tensor.to(compute_dtype(tensor))
 
 
 class StepWeight:
@@ -37,9 +40,9 @@ class StepWeight:
         self._inputs: list[Tensor] = []  # each (n, in): a step's input
         self._grads: list[Tensor] = []  # each (n, out): its output's gradient
         self.bias = None if bias is None else in_autocast_dtype(bias)
-        weight = in_autocast_dtype(weight)
+        dtype = compute_dtype(weight)
         self.deferred = deferred and torch.is_grad_enabled() and weight.requires_grad
-        self.weight = _AllSteps.apply(weight, self) if self.deferred else weight
+        self.weight = _AllSteps.apply(weight, self, dtype) if self.deferred else weight.to(dtype)
 
     def __call__(self, x: Tensor) -> Tensor:
         """(n, in) -> (n, out)."""
@@ -55,10 +58,16 @@ class StepWeight:
         self._inputs.append(x)
 
     def weight_grad(self) -> Tensor | None:
-        """(out, in): Σ over the kept steps of grad.T @ x, in one product; forgets them."""
+        """(out, in): Σ over the kept steps of grad.T @ x, in one product; forgets them. In
+        float32 when the steps ran in float16, whose range the sum can exceed where no step's
+        share did (a GradScaler's scaled gradients)."""
         if not self._grads:
             return None
-        grad = torch.cat(self._grads).T @ torch.cat(self._inputs)  # (out, N) @ (N, in)
+        grads, inputs = torch.cat(self._grads), torch.cat(self._inputs)  # (N, out), (N, in)
+        if grads.dtype == torch.float16:
+            grads, inputs = grads.float(), inputs.float()
+        with torch.autocast(grads.device.type, enabled=False):  # a backward inside autocast
+            grad = grads.T @ inputs  # (out, N) @ (N, in)
         self._grads.clear()
         self._inputs.clear()
         return grad
@@ -83,18 +92,18 @@ class _OneStep(torch.autograd.Function):
 
 
 class _AllSteps(torch.autograd.Function):
-    """The identity on the weight. Every step's product takes its output, so autograd runs
-    this backward after all of theirs: there the weight's gradient is formed, once."""
+    """The weight in the steps' dtype. Every step's product takes this output, so autograd
+    runs this backward after all of theirs: there the weight's gradient is formed, once."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, owner: StepWeight) -> Tensor:
-        ctx.owner = owner
+    def forward(ctx, weight: Tensor, owner: StepWeight, dtype: torch.dtype) -> Tensor:
+        ctx.owner, ctx.weight_dtype = owner, weight.dtype
         ctx.set_materialize_grads(False)  # the steps pass None: no zero-filled weight
-        return weight.view_as(weight)
+        return weight.view_as(weight) if dtype == weight.dtype else weight.to(dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor | None):
-        steps = ctx.owner.weight_grad()
-        if grad is None:
-            return steps, None
-        return grad if steps is None else grad + steps, None
+        total = ctx.owner.weight_grad()
+        if grad is not None:
+            total = grad if total is None else total + grad
+        return None if total is None else total.to(ctx.weight_dtype), None, None
