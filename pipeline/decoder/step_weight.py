@@ -39,17 +39,18 @@ class StepWeight:
     def __init__(self, weight: Tensor, bias: Tensor | None = None, deferred: bool = True):
         self._inputs: list[Tensor] = []  # each (n, in): a step's input
         self._grads: list[Tensor] = []  # each (n, out): its output's gradient
-        self.bias = None if bias is None else in_autocast_dtype(bias)
-        dtype = compute_dtype(weight)
         self.deferred = deferred and torch.is_grad_enabled() and weight.requires_grad
-        self.weight = _AllSteps.apply(weight, self, dtype) if self.deferred else weight.to(dtype)
+        if not self.deferred:  # F.linear as it is: autocast casts (and caches) the weight itself
+            self.weight, self.bias = weight, bias
+            return
+        self.weight = _AllSteps.apply(weight, self, compute_dtype(weight))
+        self.bias = None if bias is None else in_autocast_dtype(bias)
 
     def __call__(self, x: Tensor) -> Tensor:
         """(n, in) -> (n, out)."""
-        if self.deferred:
-            out = _OneStep.apply(x, self.weight, self)
-        else:
-            out = F.linear(x, self.weight)
+        if not self.deferred:
+            return F.linear(x, self.weight, self.bias)
+        out = _OneStep.apply(x, self.weight, self)
         return out if self.bias is None else out + self.bias
 
     def keep(self, grad: Tensor, x: Tensor) -> None:
